@@ -1,0 +1,217 @@
+"""The EM engine: a batch of candidate mixtures advanced together, one data pass per iteration.
+
+Each pass is ONE ``compute``: every row chunk goes through a pure-numpy kernel
+(:mod:`daskgmm.kernels`) that returns small per-candidate statistics; these are merged
+by an associative ``combine`` in a tree of fan-in ``split_every`` and the M-step runs
+on the client on the small result. Candidates that converge leave the batch, so a
+batch of restarts (or of model-selection candidates) reads each chunk once per
+iteration of the slowest one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import dask
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from . import kernels
+from .kernels import Params
+from .sources import Dataset
+
+logger = logging.getLogger(__name__)
+
+
+###############################################################################
+# One pass over the data
+
+
+def _tree(parts, combine, split_every):
+    """Reduce delayed ``parts`` with ``combine`` in a tree of fan-in ``split_every``."""
+    if split_every < 2:
+        raise ValueError(f"split_every must be an int >= 2, got {split_every!r}.")
+    depth = 0
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(combine, pure=True)(parts[i : i + split_every])
+            for i in range(0, len(parts), split_every)
+        ]
+        depth += 1
+    return parts[0], depth
+
+
+def _bad_value_error(dataset_description, label, start, stop, row, col, feature_names):
+    column = f"column {col}" + (f" ({feature_names[col]!r})" if feature_names else "")
+    return ValueError(
+        f"Input X contains NaN or infinity: {label} of {dataset_description}, rows "
+        f"{start} to {stop - 1}, first at row {start + row}, {column}. "
+        "Gaussian mixtures need finite values: drop or impute these rows before fitting "
+        "(for example with dask: X = X[da.isfinite(X).all(axis=1)])."
+    )
+
+
+class _ChunkTask:
+    """Applies a per-chunk function and turns non-finite results into a located error."""
+
+    def __init__(self, fn, where):
+        self.fn = fn
+        self.where = where  # (description, feature_names)
+
+    def __call__(self, block, args, label, start):
+        out = self.fn(block, *args, start)
+        if not all(math.isfinite(s.log_likelihood) for s in _as_list(out)):
+            bad = kernels.find_nonfinite(block)
+            if bad is not None:
+                description, names = self.where
+                raise _bad_value_error(
+                    description, label, start, start + block.shape[0], *bad, names
+                )
+        return out
+
+
+def _as_list(out):
+    return out if isinstance(out, list) else [out]
+
+
+def data_pass(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, split_every=8):
+    """Map ``fn(block, *args, row_start)`` over row chunks and tree-combine: one compute.
+
+    ``fn`` returns a ``Stats`` or a list of them; a non-finite log-likelihood in a chunk
+    holding NaN or infinite values raises a ``ValueError`` naming the chunk and rows.
+    """
+    blocks = dataset.array.to_delayed(optimize_graph=True).ravel()
+    offsets = dataset.row_offsets
+    task = _ChunkTask(fn, (dataset.description, dataset.feature_names))
+    shared = dask.delayed(args, traverse=False)
+    parts = [
+        dask.delayed(task, pure=True)(block, shared, dataset.chunk_label(i), int(offsets[i]))
+        for i, block in enumerate(blocks)
+    ]
+    root, _ = _tree(parts, combine, split_every)
+    with threadpool_limits(limits=1):
+        (result,) = dask.compute(root)
+    return result
+
+
+def _em_chunk(block, candidates, row_start):
+    return kernels.chunk_stats(block, candidates)
+
+
+def _hard_assignment_chunk(block, centers_and_params, row_start):
+    return [kernels.hard_assignment_stats(block, c, p) for c, p in centers_and_params]
+
+
+def _random_resp_chunk(block, seeds_and_params, row_start):
+    X = np.asarray(block, dtype=np.float64)
+    out = []
+    for seed, p in seeds_and_params:
+        resp = random_resp(seed, row_start, X.shape[0], p.n_components)
+        out.append(kernels.stats_from_resp(X - p.shift, resp, p, 0.0))
+    return out
+
+
+def random_resp(seed, row_start, n_rows, n_components):
+    """Uniform random responsibilities normalised per row, a function of the global row
+    index only (SplitMix64 hash), so they do not depend on the chunking."""
+    idx = (np.arange(row_start, row_start + n_rows, dtype=np.uint64)[:, None]
+           * np.uint64(n_components) + np.arange(n_components, dtype=np.uint64))
+    z = idx + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+    return u / u.sum(axis=1, keepdims=True)
+
+
+###############################################################################
+# The batch of candidates
+
+
+@dataclass
+class Candidate:
+    """One model being fitted: its parameters and EM history.
+
+    ``lower_bound`` is the mean log-likelihood per row from the latest E-step; ``params``
+    are the parameters after the latest M-step (as in scikit-learn).
+    """
+
+    params: Params
+    tag: object = None
+    lower_bound: float = -np.inf
+    lower_bounds: list = field(default_factory=list)
+    n_iter: int = 0
+    converged: bool = False
+    done: bool = False
+    seconds: float = 0.0
+    error: Exception | None = None
+
+
+@dataclass
+class EMResult:
+    candidates: list
+    n_passes: int
+
+
+def run_em(
+    dataset: Dataset,
+    candidates: list[Candidate],
+    *,
+    tol: float,
+    max_iter: int,
+    reg_covar: float,
+    split_every: int = 8,
+    on_iteration: Callable | None = None,
+    raise_errors: bool = True,
+) -> EMResult:
+    """Advance every candidate with EM until it converges or reaches ``max_iter``.
+
+    Each iteration is one data pass for all active candidates. A candidate whose
+    M-step fails (a covariance that is not positive definite) raises, or with
+    ``raise_errors=False`` leaves the batch with ``error`` set.
+    ``on_iteration(candidate, change)`` is called after each of a candidate's iterations.
+    """
+    n_passes = 0
+    for c in candidates:
+        c.done = c.done or max_iter == 0
+    while True:
+        active = [c for c in candidates if not c.done]
+        if not active:
+            break
+        t0 = time.perf_counter()
+        stats = data_pass(
+            dataset, _em_chunk, ([c.params for c in active],), split_every=split_every
+        )
+        n_passes += 1
+        elapsed = (time.perf_counter() - t0) / len(active)
+        for c, s in zip(active, stats, strict=True):
+            c.seconds += elapsed
+            prev = c.lower_bound
+            c.lower_bound = s.log_likelihood / s.n_samples
+            c.lower_bounds.append(c.lower_bound)
+            c.n_iter += 1
+            try:
+                c.params = kernels.m_step(s, c.params, reg_covar)
+            except kernels.CovarianceError as exc:
+                if raise_errors:
+                    raise
+                c.error, c.done = exc, True
+                continue
+            change = c.lower_bound - prev
+            if on_iteration is not None:
+                on_iteration(c, change)
+            if abs(change) < tol:
+                c.converged = True
+            c.done = c.converged or c.n_iter >= max_iter
+    return EMResult(candidates, n_passes)
+
+
+def score_pass(dataset: Dataset, params: list[Params], split_every: int = 8):
+    """Total log-likelihood and row count of ``dataset`` under each of ``params``."""
+    stats = data_pass(dataset, _em_chunk, (params,), split_every=split_every)
+    return [(s.log_likelihood, s.n_samples) for s in stats]

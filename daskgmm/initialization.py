@@ -1,0 +1,162 @@
+"""Initial parameters for a batch of restarts, as scikit-learn computes them.
+
+- 'kmeans': k-means++ seeding and Lloyd iterations (scikit-learn's ``KMeans``) on a
+  bounded uniform random sample of the rows, then ONE pass over all rows assigning each
+  to its nearest centre, whose statistics give the initial weights, means, covariances.
+- 'k-means++' and 'random_from_data': as scikit-learn, one-hot responsibilities on
+  ``n_components`` rows picked (by k-means++ seeding or uniformly) from the sample.
+- 'random': uniform random responsibilities for every row, one pass over all rows. The
+  random numbers are a hash of the row's global index, so they do not depend on chunking.
+
+When the sample is the whole dataset (``n_samples <= init_sample_size``), 'kmeans',
+'k-means++' and 'random_from_data' consume ``random_state`` exactly as scikit-learn does
+and give scikit-learn's initial parameters. The sample depends only on ``random_state``
+and the number of rows: the same seed gives the same model whatever the chunking or the
+number of workers. All restarts of a fit share one sample and one data pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from sklearn.cluster import KMeans, kmeans_plusplus
+
+from . import em, kernels
+from .kernels import Params, Stats
+from .sources import Dataset
+
+logger = logging.getLogger(__name__)
+
+# Rows of the data whose mean fixes the engine's coordinate shift when no sample is drawn.
+_SHIFT_ROWS = 1000
+
+
+def draw_sample(dataset: Dataset, size: int, random_state):
+    """A uniform random sample of rows (sorted by row index), or all rows if they fit."""
+    n = dataset.n_samples
+    if n <= size:
+        return np.asarray(dataset.array.compute(), dtype=np.float64)
+    rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
+    idx = np.sort(rng.choice(n, size=size, replace=False))
+    return np.asarray(dataset.array[idx].compute(), dtype=np.float64)
+
+
+def data_shift(dataset: Dataset, sample=None):
+    """The fixed centre the engine shifts rows by (removes large offsets)."""
+    if sample is None:
+        sample = dataset.array[:_SHIFT_ROWS].compute()
+    return np.asarray(sample, dtype=np.float64).mean(axis=0)
+
+
+def params_from_stats(stats: Stats, current_means, covariance_type, reg_covar, n_samples, shift):
+    """Initial parameters from initial responsibilities' statistics (weights = nk / n)."""
+    nk, means, covariances = kernels.estimate_gaussian_parameters(
+        stats, current_means, covariance_type, reg_covar
+    )
+    return Params(
+        covariance_type,
+        nk / n_samples,
+        means,
+        kernels.compute_precision_cholesky(covariances, covariance_type),
+        covariances,
+        shift,
+    )
+
+
+def _one_hot_params(points, covariance_type, reg_covar, n_samples, shift):
+    xs = points - shift
+    k = xs.shape[0]
+    stats = kernels.stats_from_resp(xs, np.eye(k), _placeholder(covariance_type, xs, shift), 0.0)
+    return params_from_stats(stats, xs, covariance_type, reg_covar, n_samples, shift)
+
+
+def _placeholder(covariance_type, means, shift):
+    """Params carrying only what statistics need: type, centring means and shift."""
+    k = means.shape[0]
+    return Params(covariance_type, np.full(k, 1.0 / k), means, None, None, shift)
+
+
+def override_with_user_init(params: Params, weights_init, means_init, precisions_init):
+    if weights_init is not None:
+        params.weights = np.asarray(weights_init, dtype=np.float64)
+    if means_init is not None:
+        params.means = np.asarray(means_init, dtype=np.float64) - params.shift
+    if precisions_init is not None:
+        params.precisions_cholesky = kernels.precision_cholesky_from_precisions(
+            np.asarray(precisions_init, dtype=np.float64), params.covariance_type
+        )
+        params.covariances = None
+    return params
+
+
+def initial_params(
+    dataset: Dataset,
+    *,
+    n_components,
+    covariance_type,
+    init_params,
+    n_init,
+    random_state,
+    reg_covar,
+    weights_init=None,
+    means_init=None,
+    precisions_init=None,
+    init_sample_size=100_000,
+    split_every=8,
+):
+    """``n_init`` initial ``Params`` (shifted coordinates) and the number of data passes."""
+    t0 = time.perf_counter()
+    n = dataset.n_samples
+    user_all = weights_init is not None and means_init is not None and precisions_init is not None
+    needs_sample = not user_all and init_params != "random"
+    sample = draw_sample(dataset, init_sample_size, random_state) if needs_sample else None
+    shift = data_shift(dataset, sample)
+    n_passes = int(needs_sample and n > init_sample_size)
+
+    if user_all:
+        out = [
+            override_with_user_init(
+                _placeholder(covariance_type, np.zeros((n_components, shift.size)), shift),
+                weights_init, means_init, precisions_init,
+            )
+            for _ in range(n_init)
+        ]
+    elif init_params == "kmeans":
+        centers = []
+        for _ in range(n_init):
+            km = KMeans(n_clusters=n_components, n_init=1, random_state=random_state)
+            centers.append(km.fit(sample).cluster_centers_)
+        work = [(c, _placeholder(covariance_type, c - shift, shift)) for c in centers]
+        stats = em.data_pass(dataset, em._hard_assignment_chunk, (work,), split_every=split_every)
+        n_passes += 1
+        out = [
+            params_from_stats(s, c - shift, covariance_type, reg_covar, n, shift)
+            for s, c in zip(stats, centers, strict=True)
+        ]
+    elif init_params == "random":
+        zeros = np.zeros((n_components, shift.size))
+        work = [
+            (int(random_state.randint(np.iinfo(np.int32).max)),
+             _placeholder(covariance_type, zeros, shift))
+            for _ in range(n_init)
+        ]
+        stats = em.data_pass(dataset, em._random_resp_chunk, (work,), split_every=split_every)
+        n_passes += 1
+        out = [params_from_stats(s, zeros, covariance_type, reg_covar, n, shift) for s in stats]
+    else:
+        out = []
+        for _ in range(n_init):
+            if init_params == "k-means++":
+                _, idx = kmeans_plusplus(sample, n_components, random_state=random_state)
+            else:  # random_from_data
+                idx = random_state.choice(sample.shape[0], size=n_components, replace=False)
+            out.append(_one_hot_params(sample[idx], covariance_type, reg_covar, n, shift))
+    if not user_all:
+        out = [override_with_user_init(p, weights_init, means_init, precisions_init) for p in out]
+    logger.info(
+        "initialised %d candidate(s) with %r in %.2fs (%d data pass(es))",
+        n_init, "user parameters" if user_all else init_params, time.perf_counter() - t0, n_passes,
+    )
+    return out, n_passes

@@ -1,0 +1,420 @@
+"""Pure-numpy maths of the Gaussian mixture: per-chunk E-step and statistics, M-step.
+
+Nothing here imports dask: every function takes and returns small numpy objects,
+so a reader can check any step on a 10-row array.
+
+Conventions (as in scikit-learn's ``sklearn.mixture``):
+
+- Gaussians are parameterised by the Cholesky factor of the precision
+  (``precisions_cholesky``); the log-determinant comes from its diagonal and no
+  covariance is ever inverted.
+- Shapes per ``covariance_type``:
+
+  ============  ===================================  =====================================
+  type          covariances / precisions_cholesky    sufficient statistic ``s2``
+  ============  ===================================  =====================================
+  'full'        (n_components, n_features, n_features)  sum_i r_ik (x_i-mu_k)(x_i-mu_k)^T
+  'tied'        (n_features, n_features)             sum_i x_i x_i^T
+  'diag'        (n_components, n_features)           sum_i r_ik x_i**2
+  'spherical'   (n_components,)                      sum_i r_ik x_i**2 (per feature)
+  ============  ===================================  =====================================
+
+Numerical precision. The engine works in coordinates shifted by a fixed centre of the
+data (``Params.shift``), so data offset by 1e6 with unit spread fits like centred data.
+All statistics accumulate in float64. For 'full' the second moments are additionally
+centred on each component's current mean, and the M-step corrects for the shift
+between the current and the new mean, so no ``E[x^2] - mu^2`` cancellation occurs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+# Rows per sub-block inside a chunk: temporaries of shape (block, n_components * n_features)
+# stay within a few MiB, i.e. in the CPU's L2/L3 cache.
+_BLOCK_BYTES = 2 * 2**20
+
+
+@dataclass
+class Params:
+    """Parameters of one candidate mixture, in the engine's shifted coordinates.
+
+    ``means`` are relative to ``shift``: the model's means are ``means + shift``.
+    """
+
+    covariance_type: str
+    weights: np.ndarray
+    means: np.ndarray
+    precisions_cholesky: np.ndarray
+    covariances: np.ndarray | None
+    shift: np.ndarray
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+
+@dataclass
+class Stats:
+    """Sufficient statistics of one candidate over some rows.
+
+    ``nk``: sum of responsibilities per component; ``s1``: sum_i r_ik x_i (shifted x);
+    ``s2``: second moments (see module docstring); ``log_likelihood``: sum of
+    log p(x_i); ``n_samples``: number of rows.
+    """
+
+    nk: np.ndarray
+    s1: np.ndarray
+    s2: np.ndarray
+    log_likelihood: float
+    n_samples: int
+
+    def __add__(self, other: Stats) -> Stats:
+        return Stats(
+            self.nk + other.nk,
+            self.s1 + other.s1,
+            self.s2 + other.s2,
+            self.log_likelihood + other.log_likelihood,
+            self.n_samples + other.n_samples,
+        )
+
+
+def combine_stats(parts):
+    """Merge lists of per-candidate statistics (associative, order-insensitive up to
+    floating-point rounding). ``parts`` is a sequence of lists of ``Stats``."""
+    parts = list(parts)
+    out = list(parts[0])
+    for part in parts[1:]:
+        out = [a + b for a, b in zip(out, part, strict=True)]
+    return out
+
+
+###############################################################################
+# Log-densities
+
+
+def log_det_cholesky(precisions_cholesky, covariance_type, n_features):
+    """log det of the Cholesky factor of the precision (= -0.5 log det covariance)."""
+    if covariance_type == "full":
+        n_components = precisions_cholesky.shape[0]
+        diag = precisions_cholesky.reshape(n_components, -1)[:, :: n_features + 1]
+        return np.sum(np.log(diag), axis=1)
+    if covariance_type == "tied":
+        return np.sum(np.log(np.diag(precisions_cholesky)))
+    if covariance_type == "diag":
+        return np.sum(np.log(precisions_cholesky), axis=1)
+    return n_features * np.log(precisions_cholesky)
+
+
+def _mahalanobis_full(X, means, precisions_cholesky):
+    # One matrix product for all components: X @ [P_1 | P_2 | ... | P_k].
+    n_components, n_features, _ = precisions_cholesky.shape
+    W = np.ascontiguousarray(precisions_cholesky.transpose(1, 0, 2)).reshape(n_features, -1)
+    b = np.einsum("kd,kde->ke", means, precisions_cholesky).reshape(-1)
+    Y = X @ W
+    Y -= b
+    Y *= Y
+    return Y.reshape(X.shape[0], n_components, n_features).sum(axis=2)
+
+
+def _mahalanobis_tied(X, means, precisions_cholesky):
+    Y = X @ precisions_cholesky
+    mb = means @ precisions_cholesky
+    D = Y[:, None, :] - mb[None, :, :]
+    D *= D
+    return D.sum(axis=2)
+
+
+def _mahalanobis_diag(X, means, precisions_cholesky):
+    precisions = precisions_cholesky**2
+    out = (X * X) @ precisions.T
+    out -= 2.0 * (X @ (means * precisions).T)
+    out += np.sum(means**2 * precisions, axis=1)
+    return out
+
+
+def _mahalanobis_spherical(X, means, precisions_cholesky):
+    precisions = precisions_cholesky**2
+    out = np.einsum("ij,ij->i", X, X)[:, None] * precisions
+    out -= 2.0 * (X @ means.T) * precisions
+    out += np.sum(means**2, axis=1) * precisions
+    return out
+
+
+_MAHALANOBIS = {
+    "full": _mahalanobis_full,
+    "tied": _mahalanobis_tied,
+    "diag": _mahalanobis_diag,
+    "spherical": _mahalanobis_spherical,
+}
+
+
+def estimate_weighted_log_prob(X, params: Params):
+    """log p(x_i | k) + log w_k for shifted rows ``X``; shape (n_samples, n_components)."""
+    n_features = X.shape[1]
+    log_det = log_det_cholesky(params.precisions_cholesky, params.covariance_type, n_features)
+    const = log_det - 0.5 * n_features * math.log(2 * math.pi) + np.log(params.weights)
+    out = _MAHALANOBIS[params.covariance_type](X, params.means, params.precisions_cholesky)
+    out *= -0.5
+    out += const
+    return out
+
+
+def log_prob_resp(weighted_log_prob):
+    """Row-wise logsumexp and log-responsibilities; modifies nothing in place."""
+    amax = weighted_log_prob.max(axis=1, keepdims=True)
+    amax[~np.isfinite(amax)] = 0.0
+    log_resp = weighted_log_prob - amax
+    with np.errstate(divide="ignore"):
+        log_norm = np.log(np.exp(log_resp).sum(axis=1))
+    log_resp -= log_norm[:, None]
+    log_norm += amax[:, 0]
+    return log_norm, log_resp
+
+
+###############################################################################
+# Per-chunk statistics (the E-step of one data pass)
+
+
+def _second_moment_full(X, resp, means):
+    n_components, n_features = means.shape
+    s2 = np.empty((n_components, n_features, n_features))
+    for k in range(n_components):
+        diff = X - means[k]
+        s2[k] = (diff * resp[:, k : k + 1]).T @ diff
+    return s2
+
+
+def _second_moment_tied(X, resp, means):
+    return X.T @ X
+
+
+def _second_moment_diag(X, resp, means):
+    return resp.T @ (X * X)
+
+
+_SECOND_MOMENT = {
+    "full": _second_moment_full,
+    "tied": _second_moment_tied,
+    "diag": _second_moment_diag,
+    "spherical": _second_moment_diag,
+}
+
+
+def empty_stats(params: Params, n_features: int) -> Stats:
+    k = params.n_components
+    shape = {
+        "full": (k, n_features, n_features),
+        "tied": (n_features, n_features),
+        "diag": (k, n_features),
+        "spherical": (k, n_features),
+    }[params.covariance_type]
+    return Stats(np.zeros(k), np.zeros((k, n_features)), np.zeros(shape), 0.0, 0)
+
+
+def stats_from_resp(X, resp, params: Params, log_likelihood: float) -> Stats:
+    """Statistics of shifted rows ``X`` under responsibilities ``resp``."""
+    s2 = _SECOND_MOMENT[params.covariance_type](X, resp, params.means)
+    return Stats(resp.sum(axis=0), resp.T @ X, s2, float(log_likelihood), X.shape[0])
+
+
+def _block_rows(n_features, widest):
+    return max(256, _BLOCK_BYTES // (8 * max(n_features, widest)))
+
+
+def chunk_stats(X, candidates: list[Params]) -> list[Stats]:
+    """E-step of every candidate on one chunk of (unshifted) rows, with statistics.
+
+    The chunk is processed in sub-blocks of rows sized to keep temporaries in cache.
+    Returns one ``Stats`` per candidate; a non-finite ``log_likelihood`` means the
+    chunk holds NaN or infinite values (the caller locates them).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n_samples, n_features = X.shape
+    out = [empty_stats(p, n_features) for p in candidates]
+    if n_samples == 0:
+        return out
+    widest = max(p.n_components * n_features for p in candidates)
+    step = _block_rows(n_features, widest)
+    shift = candidates[0].shift
+    same_shift = all(p.shift is shift or np.array_equal(p.shift, shift) for p in candidates)
+    for start in range(0, n_samples, step):
+        block = X[start : start + step]
+        shifted = block - shift if same_shift else None
+        for i, p in enumerate(candidates):
+            xs = shifted if same_shift else block - p.shift
+            log_norm, log_resp = log_prob_resp(estimate_weighted_log_prob(xs, p))
+            resp = np.exp(log_resp, out=log_resp)
+            out[i] = out[i] + stats_from_resp(xs, resp, p, log_norm.sum())
+    return out
+
+
+def hard_assignment_stats(X, centers, params: Params) -> Stats:
+    """Statistics of rows assigned to their nearest centre (k-means initialisation)."""
+    X = np.asarray(X, dtype=np.float64) - params.shift
+    c = centers - params.shift
+    d2 = (X * X).sum(axis=1)[:, None] - 2.0 * X @ c.T + (c * c).sum(axis=1)
+    resp = np.zeros((X.shape[0], c.shape[0]))
+    resp[np.arange(X.shape[0]), d2.argmin(axis=1)] = 1.0
+    return stats_from_resp(X, resp, params, 0.0)
+
+
+###############################################################################
+# M-step
+
+
+class CovarianceError(ValueError):
+    """A covariance matrix is not positive definite."""
+
+
+def precision_error_message(component=None, covariance_type="full"):
+    where = "" if component is None else f" (component {component}, covariance_type={covariance_type!r})"
+    return (
+        "Fitting the mixture model failed because some components have ill-defined "
+        f"empirical covariance{where} (for instance caused by singleton or collapsed "
+        "samples). Try to decrease the number of components, increase reg_covar, or "
+        "scale the input data."
+    )
+
+
+def compute_precision_cholesky(covariances, covariance_type):
+    """Cholesky factor of the precision from covariances (scikit-learn's convention)."""
+    if covariance_type in ("full", "tied"):
+        covs = covariances if covariance_type == "full" else covariances[None]
+        n_features = covs.shape[-1]
+        out = np.empty_like(covs)
+        eye = np.eye(n_features)
+        for k, cov in enumerate(covs):
+            try:
+                cov_chol = linalg.cholesky(cov, lower=True)
+            except linalg.LinAlgError:
+                raise CovarianceError(
+                    precision_error_message(k if covariance_type == "full" else None,
+                                            covariance_type)
+                ) from None
+            out[k] = linalg.solve_triangular(cov_chol, eye, lower=True).T
+        return out if covariance_type == "full" else out[0]
+    if np.any(covariances <= 0.0):
+        bad = int(np.flatnonzero(np.ravel(covariances <= 0.0))[0])
+        if covariances.ndim == 2:
+            bad //= covariances.shape[1]
+        raise CovarianceError(precision_error_message(bad, covariance_type))
+    return 1.0 / np.sqrt(covariances)
+
+
+def precision_cholesky_from_precisions(precisions, covariance_type):
+    """Upper-triangular U with precision = U U^T (scikit-learn's convention)."""
+    if covariance_type == "full":
+        return np.stack([_flip(linalg.cholesky(_flip(p), lower=True)) for p in precisions])
+    if covariance_type == "tied":
+        return _flip(linalg.cholesky(_flip(precisions), lower=True))
+    return np.sqrt(precisions)
+
+
+def _flip(a):
+    return a[::-1, ::-1]
+
+
+def precisions_from_cholesky(precisions_cholesky, covariance_type):
+    if covariance_type == "full":
+        return precisions_cholesky @ precisions_cholesky.transpose(0, 2, 1)
+    if covariance_type == "tied":
+        return precisions_cholesky @ precisions_cholesky.T
+    return precisions_cholesky**2
+
+
+def _add_to_diagonal(a, value):
+    n = a.shape[-1]
+    a.reshape(a.shape[:-2] + (n * n,))[..., :: n + 1] += value
+    return a
+
+
+def _covariances_full(stats, nk, means, current_means, reg_covar):
+    # s2 is centred on the current means; shift it to the new means:
+    # sum r (x-m)(x-m)^T = s2 - a d^T - d a^T + N d d^T with a = sum r (x-mu), d = m - mu.
+    n = stats.nk
+    a = stats.s1 - n[:, None] * current_means
+    d = means - current_means
+    outer_ad = a[:, :, None] * d[:, None, :]
+    cov = (
+        stats.s2
+        - outer_ad
+        - outer_ad.transpose(0, 2, 1)
+        + n[:, None, None] * d[:, :, None] * d[:, None, :]
+    )
+    cov /= nk[:, None, None]
+    return _add_to_diagonal(cov, reg_covar)
+
+
+def _covariances_tied(stats, nk, means, current_means, reg_covar):
+    cov = stats.s2 - (nk[:, None] * means).T @ means
+    cov /= nk.sum()
+    return _add_to_diagonal(cov, reg_covar)
+
+
+def _covariances_diag(stats, nk, means, current_means, reg_covar):
+    return stats.s2 / nk[:, None] - means**2 + reg_covar
+
+
+def _covariances_spherical(stats, nk, means, current_means, reg_covar):
+    return _covariances_diag(stats, nk, means, current_means, reg_covar).mean(axis=1)
+
+
+_COVARIANCES = {
+    "full": _covariances_full,
+    "tied": _covariances_tied,
+    "diag": _covariances_diag,
+    "spherical": _covariances_spherical,
+}
+
+
+def estimate_gaussian_parameters(stats: Stats, current_means, covariance_type, reg_covar):
+    """nk (with scikit-learn's 10*eps guard), means and covariances from statistics.
+
+    ``current_means`` are the means the statistics were centred on ('full' only).
+    """
+    nk = stats.nk + 10 * np.finfo(np.float64).eps
+    means = stats.s1 / nk[:, None]
+    covariances = _COVARIANCES[covariance_type](stats, nk, means, current_means, reg_covar)
+    return nk, means, covariances
+
+
+def m_step(stats: Stats, params: Params, reg_covar: float) -> Params:
+    """New parameters from the statistics gathered under ``params``."""
+    nk, means, covariances = estimate_gaussian_parameters(
+        stats, params.means, params.covariance_type, reg_covar
+    )
+    return Params(
+        params.covariance_type,
+        nk / nk.sum(),
+        means,
+        compute_precision_cholesky(covariances, params.covariance_type),
+        covariances,
+        params.shift,
+    )
+
+
+def n_parameters(n_components, n_features, covariance_type):
+    """Number of free parameters, counted as scikit-learn does."""
+    cov_params = {
+        "full": n_components * n_features * (n_features + 1) / 2.0,
+        "diag": n_components * n_features,
+        "tied": n_features * (n_features + 1) / 2.0,
+        "spherical": n_components,
+    }[covariance_type]
+    return int(cov_params + n_features * n_components + n_components - 1)
+
+
+def find_nonfinite(X):
+    """(row, column) of the first NaN or infinite value in ``X``, or None."""
+    bad = ~np.isfinite(np.asarray(X, dtype=np.float64))
+    if not bad.any():
+        return None
+    row, col = np.argwhere(bad)[0]
+    return int(row), int(col)

@@ -1,0 +1,171 @@
+"""Model files: JSON metadata plus arrays in ``.npy`` format inside a zip; never pickle.
+
+Layout of a model file (a zip archive, written atomically)::
+
+    metadata.json                 format version, library version, parameters, fit facts
+    arrays/<name>.npy             weights_, means_, covariances_, precisions_cholesky_, ...
+
+Arrays are read with ``numpy.load(..., allow_pickle=False)``: loading a model file never
+executes code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import fsspec
+import numpy as np
+
+from ._version import __version__
+
+FORMAT = "daskgmm-model"
+FORMAT_VERSION = 1
+_ARRAYS = ("weights_", "means_", "covariances_", "precisions_cholesky_")
+_REQUIRED_ARRAYS = ("weights_", "means_", "precisions_cholesky_")
+_REQUIRED_META = (
+    "format", "format_version", "library_version", "params", "covariance_type",
+    "n_features_in", "n_iter", "converged", "lower_bound", "lower_bounds",
+    "fit_data", "arrays",
+)
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, incomplete, or from a newer format version."""
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _params_for_file(est):
+    params = est.get_params(deep=False)
+    params.pop("storage_options", None)  # may hold credentials
+    rs = params.get("random_state")
+    if rs is not None and not isinstance(rs, (int, np.integer)):
+        params["random_state"] = None  # a RandomState instance is not portable
+    return _jsonable(params)
+
+
+def save_model(est, path, *, storage_options=None):
+    """Write the fitted estimator ``est`` to ``path`` (local path or fsspec URL)."""
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(est)
+    lower_bound = float(est.lower_bound_)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "params": _params_for_file(est),
+        "covariance_type": est.covariance_type,
+        "n_features_in": int(est.n_features_in_),
+        "feature_names": (
+            [str(n) for n in est.feature_names_in_] if hasattr(est, "feature_names_in_") else None
+        ),
+        "n_iter": int(est.n_iter_),
+        "converged": bool(est.converged_),
+        "lower_bound": lower_bound if np.isfinite(lower_bound) else None,
+        "lower_bounds": [float(v) for v in est.lower_bounds_],
+        "fit_data": {
+            "n_samples": int(getattr(est, "fit_n_samples_", -1)),
+            "n_features": int(est.n_features_in_),
+        },
+        "n_passes": int(getattr(est, "n_passes_", 0)),
+        "arrays": [name for name in _ARRAYS if getattr(est, name, None) is not None],
+    }
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("metadata.json", json.dumps(meta, indent=2, sort_keys=True))
+        for name in meta["arrays"]:
+            arr = io.BytesIO()
+            np.save(arr, np.asarray(getattr(est, name), dtype=np.float64), allow_pickle=False)
+            zf.writestr(f"arrays/{name}.npy", arr.getvalue())
+    fs, fspath = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+    parent = fspath.rsplit("/", 1)[0] if "/" in fspath else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{fspath}.tmp-{np.random.default_rng().integers(1 << 62):x}"
+    with fs.open(tmp, "wb") as f:
+        f.write(buf.getvalue())
+    try:
+        fs.mv(tmp, fspath)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
+def load(path, *, storage_options=None):
+    """Read a model written by :meth:`GaussianMixture.save` (no pickle is involved)."""
+    from .estimator import GaussianMixture
+
+    fs, fspath = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+    if not fs.exists(fspath):
+        raise FileNotFoundError(f"No daskgmm model file at {str(path)!r}.")
+    with fs.open(fspath, "rb") as f:
+        raw = f.read()
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(raw))
+    except zipfile.BadZipFile:
+        raise ModelFileError(
+            f"{str(path)!r} is not a daskgmm model file (not a zip archive written by "
+            "GaussianMixture.save)."
+        ) from None
+    with zf:
+        names = set(zf.namelist())
+        if "metadata.json" not in names:
+            raise ModelFileError(f"{str(path)!r} has no metadata.json: not a daskgmm model file.")
+        meta = json.loads(zf.read("metadata.json"))
+        if meta.get("format") != FORMAT:
+            raise ModelFileError(
+                f"{str(path)!r} is not a daskgmm model file (format {meta.get('format')!r})."
+            )
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ModelFileError(
+                f"{str(path)!r} has model format version {version!r}, newer than this "
+                f"daskgmm {__version__} reads (up to {FORMAT_VERSION}); it was written by "
+                f"daskgmm {meta.get('library_version')}. Upgrade daskgmm to load it."
+            )
+        missing = [k for k in _REQUIRED_META if k not in meta]
+        missing += [
+            f"arrays/{a}.npy"
+            for a in set(_REQUIRED_ARRAYS) | set(meta.get("arrays", []))
+            if f"arrays/{a}.npy" not in names
+        ]
+        if missing:
+            raise ModelFileError(
+                f"{str(path)!r} is incomplete: missing {', '.join(sorted(missing))}. "
+                "Re-save the model with GaussianMixture.save."
+            )
+        arrays = {
+            a: np.load(io.BytesIO(zf.read(f"arrays/{a}.npy")), allow_pickle=False)
+            for a in meta["arrays"]
+        }
+    est = GaussianMixture(**meta["params"])
+    for name, value in arrays.items():
+        setattr(est, name, value)
+    from . import kernels
+
+    est.precisions_ = kernels.precisions_from_cholesky(
+        est.precisions_cholesky_, est.covariance_type
+    )
+    est.n_features_in_ = meta["n_features_in"]
+    if meta.get("feature_names") is not None:
+        est.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
+    est.n_iter_ = meta["n_iter"]
+    est.converged_ = meta["converged"]
+    est.lower_bound_ = -np.inf if meta["lower_bound"] is None else meta["lower_bound"]
+    est.lower_bounds_ = list(meta["lower_bounds"])
+    est.fit_n_samples_ = meta["fit_data"]["n_samples"]
+    est.n_passes_ = meta.get("n_passes", 0)
+    return est
