@@ -63,8 +63,10 @@ class _ChunkTask:
         self.where = where  # (description, feature_names)
 
     def __call__(self, block, args, label, start):
-        out = self.fn(block, *args, start)
-        if not all(math.isfinite(s.log_likelihood) for s in _as_list(out)):
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = self.fn(block, *args, start)
+        if not all(math.isfinite(s.log_likelihood) and np.isfinite(s.s1).all()
+                   for s in _as_list(out)):
             bad = kernels.find_nonfinite(block)
             if bad is not None:
                 description, names = self.where
@@ -120,8 +122,8 @@ def random_resp(seed, row_start, n_rows, n_components):
     index only (SplitMix64 hash), so they do not depend on the chunking."""
     idx = (np.arange(row_start, row_start + n_rows, dtype=np.uint64)[:, None]
            * np.uint64(n_components) + np.arange(n_components, dtype=np.uint64))
-    z = idx + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
+        z = idx + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))

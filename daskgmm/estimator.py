@@ -634,7 +634,6 @@ class _RowsTask:
         self.feature_names, self.chunk_labels = feature_names, chunk_labels
 
     def __call__(self, block, params, block_info=None):
-        out = self.fn(np.asarray(block, dtype=np.float64), params)
         bad = kernels.find_nonfinite(block)
         if bad is not None:
             info = block_info[0] if block_info else {}
@@ -644,7 +643,7 @@ class _RowsTask:
             raise em._bad_value_error(
                 self.description, label, start, stop, *bad, self.feature_names
             )
-        return out
+        return self.fn(np.asarray(block, dtype=np.float64), params)
 
 
 def _log_resp(X, params):

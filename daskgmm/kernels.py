@@ -119,8 +119,8 @@ def _mahalanobis_full(X, means, precisions_cholesky):
     b = np.einsum("kd,kde->ke", means, precisions_cholesky).reshape(-1)
     Y = X @ W
     Y -= b
-    Y *= Y
-    return Y.reshape(X.shape[0], n_components, n_features).sum(axis=2)
+    Y = Y.reshape(X.shape[0], n_components, n_features)
+    return np.einsum("nkd,nkd->nk", Y, Y)
 
 
 def _mahalanobis_tied(X, means, precisions_cholesky):
@@ -168,7 +168,7 @@ def estimate_weighted_log_prob(X, params: Params):
 
 def log_prob_resp(weighted_log_prob):
     """Row-wise logsumexp and log-responsibilities; modifies nothing in place."""
-    amax = weighted_log_prob.max(axis=1, keepdims=True)
+    amax = np.max(weighted_log_prob, axis=1, keepdims=True)
     amax[~np.isfinite(amax)] = 0.0
     log_resp = weighted_log_prob - amax
     with np.errstate(divide="ignore"):
@@ -183,11 +183,14 @@ def log_prob_resp(weighted_log_prob):
 
 
 def _second_moment_full(X, resp, means):
+    # Features-by-rows layout: each product is (d x B) @ (B x d) over contiguous rows.
     n_components, n_features = means.shape
     s2 = np.empty((n_components, n_features, n_features))
+    XT = np.ascontiguousarray(X.T)
+    respT = np.ascontiguousarray(resp.T)
     for k in range(n_components):
-        diff = X - means[k]
-        s2[k] = (diff * resp[:, k : k + 1]).T @ diff
+        diff = XT - means[k][:, None]
+        np.matmul(diff, (diff * respT[k]).T, out=s2[k])
     return s2
 
 
@@ -274,7 +277,10 @@ class CovarianceError(ValueError):
 
 
 def precision_error_message(component=None, covariance_type="full"):
-    where = "" if component is None else f" (component {component}, covariance_type={covariance_type!r})"
+    where = (
+        "" if component is None
+        else f" (component {component}, covariance_type={covariance_type!r})"
+    )
     return (
         "Fitting the mixture model failed because some components have ill-defined "
         f"empirical covariance{where} (for instance caused by singleton or collapsed "

@@ -1,0 +1,254 @@
+"""daskgmm.GaussianMixture against scikit-learn's GaussianMixture (the oracle)."""
+
+import dask.array as da
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+from daskgmm import GaussianMixture
+
+from .conftest import COVARIANCE_TYPES, make_blobs
+
+RTOL = 1e-6
+
+
+def sk_start(X, covariance_type, n_components=3, seed=0):
+    """Initial parameters from a short scikit-learn fit, to start both fits the same way."""
+    sk = SkGaussianMixture(
+        n_components, covariance_type=covariance_type, max_iter=1, random_state=seed,
+        init_params="random_from_data",
+    )
+    with pytest.warns(ConvergenceWarning):
+        sk.fit(X)
+    return dict(weights_init=sk.weights_, means_init=sk.means_, precisions_init=sk.precisions_)
+
+
+def assert_same_model(ours, ref, rtol=RTOL):
+    assert_allclose(ours.weights_, ref.weights_, rtol=rtol)
+    assert_allclose(ours.means_, ref.means_, rtol=rtol, atol=1e-9)
+    assert_allclose(ours.covariances_, ref.covariances_, rtol=rtol, atol=1e-12)
+    assert_allclose(ours.precisions_, ref.precisions_, rtol=rtol, atol=1e-12)
+    assert_allclose(ours.precisions_cholesky_, ref.precisions_cholesky_, rtol=rtol, atol=1e-12)
+    assert_allclose(ours.lower_bound_, ref.lower_bound_, rtol=rtol)
+    assert_allclose(ours.lower_bounds_, ref.lower_bounds_, rtol=rtol)
+    assert ours.n_iter_ == ref.n_iter_
+    assert ours.converged_ == ref.converged_
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_same_fit_as_sklearn_from_same_start(blobs, covariance_type):
+    start = sk_start(blobs, covariance_type)
+    kw = dict(covariance_type=covariance_type, tol=1e-6, max_iter=500, **start)
+    ref = SkGaussianMixture(3, **kw).fit(blobs)
+    ours = GaussianMixture(3, chunk_rows=128, **kw).fit(blobs)
+    assert_same_model(ours, ref)
+    assert_array_equal(ours.predict(blobs), ref.predict(blobs))
+    assert_allclose(ours.predict_proba(blobs), ref.predict_proba(blobs), rtol=RTOL, atol=1e-12)
+    assert_allclose(ours.score_samples(blobs), ref.score_samples(blobs), rtol=RTOL)
+    assert_allclose(ours.score(blobs), ref.score(blobs), rtol=RTOL)
+    assert_allclose(ours.bic(blobs), ref.bic(blobs), rtol=1e-9)
+    assert_allclose(ours.aic(blobs), ref.aic(blobs), rtol=1e-9)
+
+
+# scikit-learn's 'tied' estimate from k singleton rows ('k-means++', 'random_from_data')
+# adds the second moments of every row; daskgmm uses the k rows only, so those starts differ.
+SEEDED = [
+    (c, i) for c in COVARIANCE_TYPES for i in ("kmeans", "k-means++", "random_from_data")
+    if c != "tied" or i == "kmeans"
+]
+
+
+@pytest.mark.parametrize(("covariance_type", "init_params"), SEEDED)
+def test_same_fit_as_sklearn_from_same_seed(blobs, covariance_type, init_params):
+    """Data smaller than init_sample_size: the seed is consumed exactly as scikit-learn does."""
+    kw = dict(covariance_type=covariance_type, tol=1e-6, max_iter=500, n_init=2,
+              init_params=init_params, random_state=7)
+    ref = SkGaussianMixture(3, **kw).fit(blobs)
+    ours = GaussianMixture(3, chunk_rows=200, **kw).fit(blobs)
+    assert_same_model(ours, ref)
+    assert_array_equal(ours.predict(blobs), ref.predict(blobs))
+
+
+def test_restarts_match_sklearn(blobs):
+    ours = GaussianMixture(3, n_init=4, tol=1e-6, random_state=0).fit(blobs)
+    ref = SkGaussianMixture(3, n_init=4, tol=1e-6, random_state=0).fit(blobs)
+    assert_same_model(ours, ref)
+
+
+def test_passes_equal_slowest_restart(blobs):
+    """n_init restarts advance in one pass per iteration: passes = iterations of the slowest."""
+    rs = np.random.RandomState(3)  # consumed restart after restart, as within one fit
+    kw = dict(tol=1e-4, max_iter=1000, init_params="random_from_data")
+    iters = [SkGaussianMixture(3, random_state=rs, **kw).fit(blobs).n_iter_ for _ in range(3)]
+    assert len(set(iters)) > 1
+    both = GaussianMixture(3, n_init=3, random_state=3, **kw).fit(blobs)
+    assert both.n_passes_ == max(iters)  # in-memory sample: no initialisation pass
+
+
+def test_chunking_invariance():
+    X = make_blobs(3000, 4, 3, seed=1)
+    fits = [
+        GaussianMixture(3, tol=1e-8, random_state=0, init_params="random").fit(
+            da.from_array(X, chunks=(rows, 4))
+        )
+        for rows in (3000, 217, 1000)
+    ]
+    for other in fits[1:]:
+        assert other.n_iter_ == fits[0].n_iter_
+        for name in ("weights_", "means_", "covariances_"):
+            assert_allclose(getattr(other, name), getattr(fits[0], name), rtol=1e-9, atol=1e-12)
+        assert_allclose(other.lower_bound_, fits[0].lower_bound_, rtol=1e-9)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_large_offset_fits_like_centred(covariance_type):
+    X = make_blobs(2000, 3, 3, seed=2, spread=3.0)
+    kw = dict(covariance_type=covariance_type, tol=1e-8, max_iter=2000, random_state=0)
+    centred = GaussianMixture(3, **kw).fit(X)
+    shifted = GaussianMixture(3, **kw).fit(X + 1e6)
+    assert shifted.n_iter_ == centred.n_iter_
+    assert_allclose(shifted.means_ - 1e6, centred.means_, atol=1e-7)
+    assert_allclose(shifted.covariances_, centred.covariances_, rtol=1e-7)
+    assert_allclose(shifted.lower_bound_, centred.lower_bound_, rtol=1e-9)
+    if covariance_type != "full":
+        return  # scikit-learn's uncentred diag/spherical/tied moments lose ~1e-4 at this offset
+    # the offset data is also what scikit-learn fits from the same start
+    start = sk_start(X + 1e6, covariance_type)
+    kw = dict(covariance_type=covariance_type, tol=1e-8, max_iter=2000, **start)
+    ref = SkGaussianMixture(3, **kw).fit(X + 1e6)
+    ours = GaussianMixture(3, **kw).fit(X + 1e6)
+    assert_allclose(ours.means_, ref.means_, rtol=1e-12)
+    assert_allclose(ours.covariances_, ref.covariances_, rtol=1e-6)
+
+
+def test_dask_input_gives_lazy_output_chunked_like_input(blobs):
+    X = da.from_array(blobs, chunks=(100, 3))
+    gm = GaussianMixture(3, random_state=0).fit(X)
+    for out in (gm.predict(X), gm.score_samples(X), gm.predict_proba(X), gm.fit_predict(X)):
+        assert isinstance(out, da.Array)
+        assert out.chunks[0] == X.chunks[0]
+    assert gm.predict_proba(X).shape == (900, 3)
+    assert_array_equal(gm.predict(X).compute(), gm.predict(blobs))
+    assert isinstance(gm.predict(blobs), np.ndarray)
+
+
+def test_fit_predict_equals_fit_then_predict(blobs):
+    for max_iter in (1, 2, 100):
+        kw = dict(max_iter=max_iter, random_state=0, tol=1e-10)
+        with pytest.warns(ConvergenceWarning) if max_iter < 100 else _no_warning():
+            labels = GaussianMixture(3, **kw).fit_predict(blobs)
+        with pytest.warns(ConvergenceWarning) if max_iter < 100 else _no_warning():
+            assert_array_equal(labels, GaussianMixture(3, **kw).fit(blobs).predict(blobs))
+
+
+class _no_warning:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_convergence_warning_and_max_iter_zero(blobs):
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        gm = GaussianMixture(3, max_iter=2, tol=0.0, random_state=0).fit(blobs)
+    assert gm.n_iter_ == 2 and not gm.converged_
+    ref = SkGaussianMixture(3, max_iter=0, random_state=0).fit(blobs)
+    ours = GaussianMixture(3, max_iter=0, random_state=0).fit(blobs)
+    assert ours.n_iter_ == 0 and ours.lower_bound_ == -np.inf
+    assert_allclose(ours.means_, ref.means_, rtol=1e-9)
+
+
+def test_warm_start_matches_sklearn(blobs):
+    start = sk_start(blobs, "full")
+    kw = dict(warm_start=True, max_iter=3, tol=1e-12, **start)
+    ref = SkGaussianMixture(3, **kw)
+    ours = GaussianMixture(3, **kw)
+    for _ in range(3):
+        with pytest.warns(ConvergenceWarning):
+            ref.fit(blobs)
+        with pytest.warns(ConvergenceWarning):
+            ours.fit(blobs)
+        assert_same_model(ours, ref)
+
+
+def test_sample_matches_sklearn(blobs):
+    start = sk_start(blobs, "diag")
+    ref = SkGaussianMixture(3, covariance_type="diag", random_state=5, **start).fit(blobs)
+    ours = GaussianMixture(3, covariance_type="diag", random_state=5, **start).fit(blobs)
+    Xr, yr = ref.sample(50)
+    Xo, yo = ours.sample(50)
+    assert_array_equal(yo, yr)
+    assert_allclose(Xo, Xr, rtol=1e-6)
+
+
+def test_not_fitted():
+    with pytest.raises(NotFittedError):
+        GaussianMixture().predict(np.zeros((3, 2)))
+
+
+def test_parameter_errors_read_like_sklearn(blobs):
+    with pytest.raises(ValueError, match=r"The 'n_components' parameter of GaussianMixture "
+                                         r"must be an int in the range \[1, inf\). Got 0"):
+        GaussianMixture(0).fit(blobs)
+    with pytest.raises(ValueError, match="'covariance_type' parameter .* Got 'ful'"):
+        GaussianMixture(covariance_type="ful").fit(blobs)
+    with pytest.raises(ValueError, match="'split_every' parameter .* range \\[2, inf\\)"):
+        GaussianMixture(split_every=1).fit(blobs)
+    with pytest.raises(ValueError, match="'cache' parameter"):
+        GaussianMixture(cache="yes").fit(blobs)
+    with pytest.raises(ValueError, match="'means' should have the shape of \\(3, 3\\)"):
+        GaussianMixture(3, means_init=np.zeros((2, 3))).fit(blobs)
+
+
+def test_n_components_larger_than_rows():
+    with pytest.raises(ValueError, match="Expected n_samples >= n_components but got "
+                                         "n_components = 5, n_samples = 3"):
+        GaussianMixture(5).fit(np.arange(9.0).reshape(3, 3))
+
+
+def test_wrong_number_of_features_at_predict(blobs):
+    gm = GaussianMixture(2, random_state=0).fit(blobs)
+    with pytest.raises(ValueError, match="X has 2 features, but GaussianMixture is expecting 3"):
+        gm.predict(blobs[:, :2])
+    with pytest.raises(ValueError, match="X has 2 features, but GaussianMixture is expecting 3"):
+        gm.predict(da.from_array(blobs[:, :2], chunks=100))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_input_names_chunk_and_rows(blobs, bad):
+    X = blobs.copy()
+    X[437, 1] = bad
+    with pytest.raises(ValueError, match=r"NaN or infinity: chunk 4 of dask array, rows 400 "
+                                         r"to 499, first at row 437, column 1"):
+        GaussianMixture(2, random_state=0, init_params="random").fit(
+            da.from_array(X, chunks=(100, 3))
+        )
+    gm = GaussianMixture(2, random_state=0).fit(blobs)
+    with pytest.raises(ValueError, match=r"rows 400 to 499, first at row 437, column 1"):
+        gm.score_samples(da.from_array(X, chunks=(100, 3))).compute()
+
+
+def test_empty_data():
+    with pytest.raises(ValueError, match="0 sample"):
+        GaussianMixture().fit(np.zeros((0, 3)))
+
+
+def test_degenerate_data_fits_with_reg_covar():
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.normal(size=500), np.full(500, 3.0)])  # a constant column
+    X = np.vstack([X, np.repeat(X[:5], 20, axis=0)])  # duplicated points
+    for covariance_type in COVARIANCE_TYPES:
+        gm = GaussianMixture(2, covariance_type=covariance_type, random_state=0).fit(X)
+        ref = SkGaussianMixture(2, covariance_type=covariance_type, random_state=0).fit(X)
+        assert_allclose(gm.lower_bound_, ref.lower_bound_, rtol=1e-6)
+
+
+def test_collapsed_component_error_names_component_and_fix():
+    X = np.vstack([np.zeros((50, 2)), np.ones((50, 2))])
+    means = np.array([[0.0, 0.0], [1.0, 1.0]])
+    with pytest.raises(ValueError, match=r"ill-defined empirical covariance \(component 0, "
+                                         r"covariance_type='full'\).*increase reg_covar"):
+        GaussianMixture(2, reg_covar=0.0, means_init=means, random_state=0).fit(X)
