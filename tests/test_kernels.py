@@ -81,7 +81,8 @@ def test_combine_is_associative(covariance_type):
     X = np.random.default_rng(3).normal(0, 3, size=(300, 4))
     whole = kernels.chunk_stats(X, [p, p])
     parts = [kernels.chunk_stats(X[i : i + 70], [p, p]) for i in range(0, 300, 70)]
-    left = kernels.combine_stats([kernels.combine_stats(parts[:2]), kernels.combine_stats(parts[2:])])
+    halves = [kernels.combine_stats(parts[:2]), kernels.combine_stats(parts[2:])]
+    left = kernels.combine_stats(halves)
     right = kernels.combine_stats(parts[::-1])
     for merged in (left, right):
         for a, b in zip(merged, whole, strict=True):

@@ -1,0 +1,63 @@
+"""Fits on a real distributed cluster (LocalCluster with worker processes)."""
+
+import os
+import threading
+import time
+
+import dask
+import dask.array as da
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.exceptions import ConvergenceWarning
+
+from daskgmm import GaussianMixture
+
+from .conftest import make_blobs
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_blobs(200_000, 6, 4, seed=5)
+
+
+def test_cluster_fit_equals_local_fit(cluster_client, data):
+    X = da.from_array(data, chunks=(20_000, 6))
+    kw = dict(n_components=4, random_state=0, tol=1e-6, n_init=2)
+    on_cluster = GaussianMixture(**kw).fit(X)
+    with dask.config.set(scheduler="threads"):
+        local = GaussianMixture(**kw).fit(X)
+    assert on_cluster.n_iter_ == local.n_iter_
+    assert_allclose(on_cluster.means_, local.means_, rtol=1e-9)
+    assert_allclose(on_cluster.covariances_, local.covariances_, rtol=1e-9)
+    labels = on_cluster.predict(X)
+    assert isinstance(labels, da.Array)
+    assert_array_equal(labels.compute(), local.predict(data))
+
+
+def test_worker_killed_mid_fit_gives_same_result(cluster_client, data):
+    X = da.from_array(data, chunks=(10_000, 6))
+    kw = dict(n_components=4, random_state=0, tol=0.0, max_iter=25, cache=True)
+    with pytest.warns(ConvergenceWarning):
+        reference = GaussianMixture(**kw).fit(X)
+
+    workers = list(cluster_client.scheduler_info()["workers"])
+    pids = cluster_client.run(os.getpid)
+    killed = []
+
+    def kill_one_worker():
+        time.sleep(1.5)
+        os.kill(pids[workers[0]], 9)
+        killed.append(workers[0])
+
+    killer = threading.Thread(target=kill_one_worker)
+    start = time.perf_counter()
+    killer.start()
+    with pytest.warns(ConvergenceWarning):
+        survived = GaussianMixture(**kw).fit(X)
+    killer.join()
+    assert killed and time.perf_counter() - start > 1.5  # the kill happened during the fit
+    assert survived.n_iter_ == reference.n_iter_ == 25
+    for name in ("weights_", "means_", "covariances_"):
+        assert_allclose(getattr(survived, name), getattr(reference, name), rtol=1e-9)
+    assert_allclose(survived.lower_bounds_, reference.lower_bounds_, rtol=1e-9)
+    cluster_client.wait_for_workers(2, timeout=60)

@@ -1,0 +1,84 @@
+"""Model files: round trip, no pickle, clear errors."""
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+import daskgmm
+from daskgmm import GaussianMixture
+
+from .conftest import COVARIANCE_TYPES
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_round_trip(tmp_path, blobs, covariance_type):
+    gm = GaussianMixture(3, covariance_type=covariance_type, random_state=0).fit(blobs)
+    path = tmp_path / "models" / "gm.daskgmm"
+    gm.save(path)
+    loaded = daskgmm.load(path)
+    for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"):
+        assert_array_equal(getattr(loaded, name), getattr(gm, name))
+    assert loaded.get_params() == gm.get_params()
+    assert (loaded.n_iter_, loaded.converged_, loaded.lower_bound_) == (
+        gm.n_iter_, gm.converged_, gm.lower_bound_)
+    assert loaded.lower_bounds_ == gm.lower_bounds_
+    assert_allclose(loaded.score_samples(blobs), gm.score_samples(blobs), rtol=1e-12)
+    meta = json.loads(zipfile.ZipFile(path).read("metadata.json"))
+    assert meta["fit_data"] == {"n_samples": 900, "n_features": 3}
+    assert meta["format_version"] == 1 and meta["library_version"] == daskgmm.__version__
+
+
+def test_files_hold_no_pickle(tmp_path, blobs):
+    path = tmp_path / "gm.daskgmm"
+    GaussianMixture(2, random_state=0).fit(blobs).save(path)
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            data = zf.read(name)
+            if name.endswith(".npy"):
+                np.load(io.BytesIO(data), allow_pickle=False)  # raises on object arrays
+            else:
+                json.loads(data)
+
+
+def _rewrite(path, edit):
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    edit(members)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def test_newer_format_version_is_refused(tmp_path, blobs):
+    path = tmp_path / "gm.daskgmm"
+    GaussianMixture(2, random_state=0).fit(blobs).save(path)
+
+    def bump(members):
+        meta = json.loads(members["metadata.json"])
+        meta["format_version"] = 99
+        members["metadata.json"] = json.dumps(meta).encode()
+
+    _rewrite(path, bump)
+    with pytest.raises(daskgmm.model_file.ModelFileError, match="format version 99, newer"):
+        daskgmm.load(path)
+
+
+def test_missing_pieces_are_named(tmp_path, blobs):
+    path = tmp_path / "gm.daskgmm"
+    GaussianMixture(2, random_state=0).fit(blobs).save(path)
+    _rewrite(path, lambda m: m.pop("arrays/means_.npy"))
+    with pytest.raises(daskgmm.model_file.ModelFileError, match="missing arrays/means_.npy"):
+        daskgmm.load(path)
+
+
+def test_not_a_model_file(tmp_path):
+    path = tmp_path / "x.daskgmm"
+    path.write_text("hello")
+    with pytest.raises(daskgmm.model_file.ModelFileError, match="not a daskgmm model file"):
+        daskgmm.load(path)
+    with pytest.raises(FileNotFoundError, match="No daskgmm model file"):
+        daskgmm.load(tmp_path / "missing.daskgmm")
