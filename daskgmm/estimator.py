@@ -354,8 +354,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         Returns a numpy array for in-memory input, a lazy dask array otherwise.
         """
-        dataset = self._fit(X)
-        return self._map_rows(dataset, _predict_chunk, np.int64, None)
+        self._fit(X)
+        return self.predict(X)
 
     def _fit(self, X):
         self._validate_params()

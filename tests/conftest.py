@@ -22,7 +22,7 @@ def blobs():
     return make_blobs()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster_client():
     """A real distributed cluster: 2 worker processes, 1 thread each."""
     from distributed import Client, LocalCluster

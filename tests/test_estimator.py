@@ -223,7 +223,7 @@ def test_nonfinite_input_names_chunk_and_rows(blobs, bad):
     X[437, 1] = bad
     with pytest.raises(ValueError, match=r"NaN or infinity: chunk 4 of dask array, rows 400 "
                                          r"to 499, first at row 437, column 1"):
-        GaussianMixture(2, random_state=0, init_params="random").fit(
+        GaussianMixture(2, random_state=0, init_params="random", chunk_rows=None).fit(
             da.from_array(X, chunks=(100, 3))
         )
     gm = GaussianMixture(2, random_state=0).fit(blobs)

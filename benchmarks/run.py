@@ -1,0 +1,156 @@
+"""Speed and memory of daskgmm against scikit-learn, measured side by side in one run.
+
+    python benchmarks/run.py [--quick] [--only speed|memory] [--out benchmarks/results.json]
+
+Speed: seconds per EM iteration on the same data from the same initial parameters:
+scikit-learn in memory (its default threading, both cores) and daskgmm on a LocalCluster
+of 2 single-threaded worker processes, (a) with the data persisted in the workers'
+memory and (b) streaming from compressed Zarr on every pass. A fit's cost per iteration is
+(time of a fit with 1 + m iterations - time with 1 iteration) / m, so initialisation and
+start-up cancel out.
+
+Memory: peak RSS of the workers while fitting Zarr data 4x larger than the workers' total
+memory_limit, at two dataset sizes (the second 4x the first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import zarr
+from distributed import Client, LocalCluster
+from distributed.diagnostics import MemorySampler
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+import daskgmm
+from daskgmm.datasets import write_mixture_zarr
+
+warnings.simplefilter("ignore", ConvergenceWarning)
+
+
+def per_iteration(fit, iterations):
+    """Seconds per iteration: (t(1 + m) - t(1)) / m."""
+    t0 = time.perf_counter()
+    fit(1)
+    one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fit(1 + iterations)
+    more = time.perf_counter() - t0
+    return max(more - one, 1e-9) / iterations
+
+
+def speed_case(root, n_samples, n_features, n_components, covariance_type, iterations):
+    path = root / f"speed-{n_samples}x{n_features}.zarr"
+    if not path.exists():
+        write_mixture_zarr(path, n_samples, n_features, n_components, chunk_rows=250_000, seed=1)
+    X = zarr.open_array(str(path / "X"), mode="r")[:]
+    start = SkGaussianMixture(n_components, covariance_type=covariance_type, max_iter=1,
+                              init_params="random_from_data", random_state=0).fit(X)
+    init = dict(weights_init=start.weights_, means_init=start.means_,
+                precisions_init=start.precisions_)
+
+    def sk_fit(m):
+        SkGaussianMixture(n_components, covariance_type=covariance_type, max_iter=m, tol=0.0,
+                          **init).fit(X)
+
+    def ours(cache, chunk_rows):
+        def fit(m):
+            daskgmm.GaussianMixture(
+                n_components, covariance_type=covariance_type, max_iter=m, tol=0.0,
+                cache=cache, array_name="X", chunk_rows=chunk_rows, **init,
+            ).fit(str(path))
+        return fit
+
+    sk = per_iteration(sk_fit, iterations)
+    persisted = per_iteration(ours(True, "auto"), iterations)
+    streamed = per_iteration(ours(False, None), iterations)
+    del X
+    row = {
+        "rows": n_samples, "features": n_features, "components": n_components,
+        "covariance_type": covariance_type,
+        "sklearn_s_per_iter": round(sk, 3),
+        "persisted_s_per_iter": round(persisted, 3),
+        "zarr_s_per_iter": round(streamed, 3),
+        "persisted_ratio": round(persisted / sk, 3),
+        "zarr_ratio": round(streamed / sk, 3),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def memory_case(root, n_samples, n_features, memory_limit, client):
+    path = root / f"memory-{n_samples}.zarr"
+    t0 = time.perf_counter()
+    write_mixture_zarr(path, n_samples, n_features, 4, chunk_rows=100_000, seed=2)
+    written = time.perf_counter() - t0
+    ms = MemorySampler()
+    gm = daskgmm.GaussianMixture(4, covariance_type="full", max_iter=3, tol=0.0,
+                                 init_params="random_from_data", random_state=0,
+                                 array_name="X")
+    t0 = time.perf_counter()
+    with ms.sample("fit", measure="process", interval=0.05):
+        gm.fit(str(path))
+    seconds = time.perf_counter() - t0
+    peak_total = max(v for _, v in ms.samples["fit"])
+    n_workers = len(client.scheduler_info()["workers"])
+    row = {
+        "rows": n_samples, "features": n_features,
+        "data_GiB": round(n_samples * n_features * 8 / 2**30, 2),
+        "workers_total_memory_limit_GiB": round(memory_limit * n_workers / 2**30, 2),
+        "peak_worker_rss_MiB": round(peak_total / n_workers / 2**20, 1),
+        "fit_seconds": round(seconds, 1), "write_seconds": round(written, 1),
+        "passes": gm.n_passes_,
+    }
+    print(json.dumps(row), flush=True)
+    shutil.rmtree(path)
+    return row
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--only", choices=["speed", "memory"])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
+    parser.add_argument("--data", type=Path, default=None, help="scratch folder for data")
+    args = parser.parse_args(argv)
+    root = args.data or Path(tempfile.mkdtemp(prefix="daskgmm-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    results = {"machine": {"python": platform.python_version(), "cpus": 2,
+                           "daskgmm": daskgmm.__version__}}
+    scale = 10 if args.quick else 1
+    if args.only in (None, "speed"):
+        cases = [
+            (4_000_000 // scale, 16, 8, "full", 3),
+            (4_000_000 // scale, 16, 8, "diag", 3),
+            (1_000_000 // scale, 64, 16, "full", 2),
+        ]
+        with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="6GiB",
+                          dashboard_address=None) as cluster, Client(cluster):
+            results["speed"] = [speed_case(root, *case) for case in cases]
+    if args.only in (None, "memory"):
+        memory_limit = (200 if args.quick else 300) * 2**20
+        with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=memory_limit,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            base = 4 * 2 * memory_limit // (16 * 8)  # 4x the workers' total memory
+            results["memory"] = [
+                memory_case(root, rows, 16, memory_limit, client) for rows in (base, 4 * base)
+            ]
+            low, high = (r["peak_worker_rss_MiB"] for r in results["memory"])
+            results["memory_growth_ratio"] = round(high / low, 3)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    if args.data is None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
