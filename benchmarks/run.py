@@ -72,7 +72,6 @@ def speed_case(root, n_samples, n_features, n_components, covariance_type, itera
     sk = per_iteration(sk_fit, iterations)
     persisted = per_iteration(ours(True, "auto"), iterations)
     streamed = per_iteration(ours(False, None), iterations)
-    del X
     row = {
         "rows": n_samples, "features": n_features, "components": n_components,
         "covariance_type": covariance_type,
