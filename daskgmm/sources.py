@@ -1,0 +1,742 @@
+"""Inputs: numpy arrays, dask arrays, Zarr arrays and Parquet datasets as one row-chunked array.
+
+Every input becomes a :class:`Dataset`: a 2-D float64 dask array chunked by rows only
+(one chunk across the columns), with known chunk sizes, plus what error messages need to
+say where a row came from.
+
+Only metadata is read on the client (shapes, chunk sizes, Parquet footers); the data are
+read inside the tasks, which open their file themselves, so graphs run on a distributed
+cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import os
+import re
+from dataclasses import dataclass, field
+
+import dask.array as da
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+from dask.base import tokenize
+
+logger = logging.getLogger(__name__)
+
+# "auto" chunking: row chunks of about this many bytes of float64 ...
+_TARGET_CHUNK_BYTES = 32 * 2**20
+# ... and existing row chunks smaller than this (median) are merged up to the target.
+_TINY_CHUNK_BYTES = 4 * 2**20
+# A Parquet file whose selected columns take more than this as float64 is split into
+# pieces of consecutive row groups of at most this size (or one row group).
+_PARQUET_PIECE_BYTES = 64 * 2**20
+_PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+_ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+
+
+@dataclass
+class Dataset:
+    """A row-chunked 2-D dask array and what is known about where it came from.
+
+    Attributes
+    ----------
+    array : dask.array.Array of shape (n_samples, n_features), float64
+        Chunked by rows only; chunk sizes are known.
+    feature_names : list of str or None
+        Column names (Parquet columns), else None.
+    description : str
+        Where the data came from, for messages: "numpy array", "dask array",
+        "Zarr array 's3://bucket/x.zarr' (array 'X')", "Parquet dataset 'data/'".
+    chunk_labels : list of str
+        Per row chunk, a human label of its origin used in error messages, e.g.
+        "chunk 3" or "file 'part.2.parquet'".
+    lazy : bool
+        True when the user passed a lazy (dask/Zarr/Parquet) input: outputs are lazy too.
+    """
+
+    array: da.Array
+    feature_names: list[str] | None = None
+    description: str = "numpy array"
+    chunk_labels: list[str] = field(default_factory=list)
+    lazy: bool = False
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.array.shape[1])
+
+    @property
+    def row_offsets(self) -> np.ndarray:
+        """Start row of each chunk, plus the total at the end."""
+        return np.concatenate([[0], np.cumsum(self.array.chunks[0])]).astype(np.int64)
+
+    def chunk_label(self, i: int) -> str:
+        return self.chunk_labels[i] if self.chunk_labels else f"chunk {i}"
+
+
+def as_dataset(
+    X,
+    *,
+    columns=None,
+    array_name=None,
+    storage_options=None,
+    chunk_rows="auto",
+    feature_names=None,
+) -> Dataset:
+    """``X`` as a :class:`Dataset`: a 2-D float64 dask array chunked by rows only.
+
+    Nothing is computed on the data: only shapes, chunk sizes and Parquet footers are
+    read on the client. Values are cast to float64 lazily, chunk by chunk.
+
+    Parameters
+    ----------
+    X : array-like, dask.array.Array, zarr.Array, zarr.Group, Dataset, str or os.PathLike
+        The data, of shape (n_samples, n_features):
+
+        - array-like (numpy array, list, pandas DataFrame): held in memory
+          (``lazy=False``); a DataFrame gives its column names as ``feature_names``.
+        - dask array: chunk sizes must be known.
+        - Zarr array or group object.
+        - path or fsspec URL (``"data/x.zarr"``, ``"file:///..."``, ``"s3://bucket/pq/"``)
+          of a Zarr array or group (a directory holding ``zarr.json``, ``.zarray`` or
+          ``.zgroup``), a Parquet file, or a directory (prefix) of Parquet files.
+        - a :class:`Dataset`: used as is (its chunks too, whatever ``chunk_rows``).
+    columns : list of str, default=None
+        Parquet only: the columns to read, in this order. Default: every numeric
+        (integer, floating-point, decimal, boolean) column of the first file, in schema
+        order. Ignored for other inputs.
+    array_name : str, default=None
+        Zarr group only: path of the array inside the group. Default: the group's only
+        2-D array. Ignored for other inputs.
+    storage_options : dict, default=None
+        Passed to fsspec (``fsspec.filesystem(protocol, **storage_options)``) and to
+        Zarr for URLs, e.g. ``{"key": ..., "secret": ...,
+        "client_kwargs": {"endpoint_url": ...}}`` for S3.
+    chunk_rows : int, 'auto' or None, default='auto'
+        Rows per chunk. An int: exactly that many (the last chunk may be shorter).
+        'auto': chunks of about 32 MiB of float64 for in-memory input; the input's own
+        chunks for dask and Zarr input, with adjacent chunks merged to about 32 MiB when
+        they are small (median under 4 MiB); one chunk per Parquet file (see Notes).
+        None: the input's own row chunks (as 'auto' for in-memory and Parquet input).
+    feature_names : list of str, default=None
+        Column names, overriding those of the input.
+
+    Returns
+    -------
+    Dataset
+
+    Notes
+    -----
+    Parquet: files are the ``*.parquet`` (``.parq``, ``.pq``) files under the directory
+    or prefix, found recursively (Hive partition directories are walked, partition keys
+    are not read as columns); names starting with ``_`` or ``.`` are skipped. Rows are
+    in lexicographic order of the file paths (``part.10`` sorts before ``part.2``: pad
+    numbers with zeros to keep the writing order). Each file is one chunk, except a
+    file whose selected columns exceed 64 MiB as float64, which is split into runs of
+    consecutive row groups. Every file must hold the selected columns with a numeric
+    type (integer widths and float precisions may differ between files); nulls become
+    NaN. Empty files are skipped.
+    """
+    _check_chunk_rows(chunk_rows)
+    if isinstance(X, Dataset):
+        dataset = _from_dataset(X)
+    elif isinstance(X, (str, os.PathLike)):
+        dataset = _from_path(X, columns, array_name, storage_options, chunk_rows)
+    elif isinstance(X, da.Array):
+        dataset = _from_dask(X, chunk_rows)
+    elif isinstance(X, zarr.Array):
+        dataset = _from_zarr_array(X, chunk_rows, _zarr_description(X))
+    elif isinstance(X, zarr.Group):
+        shown = str(X.store_path)
+        z, name = _array_in_group(X, array_name, shown)
+        dataset = _from_zarr_array(z, chunk_rows, f"Zarr array {shown!r} (array {name!r})")
+    else:
+        dataset = _from_memory(X, chunk_rows)
+    if feature_names is not None:
+        dataset.feature_names = _checked_feature_names(feature_names, dataset)
+    return dataset
+
+
+###############################################################################
+# Checks shared by every kind of input
+
+
+def _check_chunk_rows(chunk_rows):
+    if chunk_rows is None or (isinstance(chunk_rows, str) and chunk_rows == "auto"):
+        return
+    if (
+        isinstance(chunk_rows, numbers.Integral)
+        and not isinstance(chunk_rows, bool)
+        and chunk_rows >= 1
+    ):
+        return
+    raise ValueError(
+        "chunk_rows must be an int in the range [1, inf), 'auto' or None. "
+        f"Got {chunk_rows!r} instead."
+    )
+
+
+def _check_2d(shape, description, reshape_hint="X"):
+    if len(shape) == 2:
+        return
+    if len(shape) == 1:
+        raise ValueError(
+            f"Expected a 2-D array of shape (n_samples, n_features), got the 1-D "
+            f"{description} of shape {shape}. Reshape your data: "
+            f"{reshape_hint}.reshape(-1, 1) if it holds a single feature, or "
+            f"{reshape_hint}.reshape(1, -1) if it is a single sample."
+        )
+    raise ValueError(
+        f"Expected a 2-D array of shape (n_samples, n_features), got the {len(shape)}-D "
+        f"{description} of shape {shape}. Reshape it to 2-D, e.g. "
+        f"{reshape_hint}.reshape(-1, {reshape_hint}.shape[-1]) for one row per last-axis "
+        "vector."
+    )
+
+
+def _check_numeric(dtype, description, fix="X.astype(np.float64)"):
+    dtype = np.dtype(dtype)
+    if dtype.kind in "biuf":
+        return
+    what = "complex" if dtype.kind == "c" else "non-numeric"
+    raise ValueError(
+        f"The {description} has {what} dtype {dtype}; Gaussian mixtures need real numbers "
+        f"(integer, floating-point or boolean). Convert the data, e.g. {fix} if the values "
+        "are numbers stored as text or objects"
+        + (", or take the real part: np.real(X)." if dtype.kind == "c" else ".")
+    )
+
+
+def _check_not_empty(shape, description):
+    n_samples, n_features = shape
+    if n_samples == 0 or n_features == 0:
+        what = "rows" if n_samples == 0 else "columns"
+        raise ValueError(
+            f"The {description} has 0 {what} (shape {tuple(shape)}): there is nothing to fit "
+            "or predict. Check that the source holds data"
+            + (" and that the selected columns exist." if n_features == 0 else ".")
+        )
+
+
+def _checked_feature_names(feature_names, dataset):
+    if isinstance(feature_names, str):
+        raise ValueError(
+            f"feature_names must be a list of str, got the string {feature_names!r}. "
+            f"Pass a list, e.g. feature_names=[{feature_names!r}]."
+        )
+    names = [str(name) for name in feature_names]
+    if len(names) != dataset.n_features:
+        raise ValueError(
+            f"feature_names has {len(names)} names but the {dataset.description} has "
+            f"{dataset.n_features} columns (shape {dataset.array.shape}). Pass one name "
+            "per column."
+        )
+    return names
+
+
+###############################################################################
+# Row chunks
+
+
+def _auto_rows(n_samples, n_features):
+    """Rows in about ``_TARGET_CHUNK_BYTES`` of float64, between 1 and n_samples."""
+    return int(min(max(1, _TARGET_CHUNK_BYTES // (8 * max(n_features, 1))), n_samples))
+
+
+def _merged_row_chunks(chunks, n_features):
+    """Adjacent row chunks merged up to about 32 MiB when they are small, else unchanged."""
+    row_bytes = 8 * max(n_features, 1)
+    if np.median(chunks) * row_bytes >= _TINY_CHUNK_BYTES:
+        return tuple(chunks)
+    target = _auto_rows(sum(chunks), n_features)
+    merged, run = [], 0
+    for rows in chunks:
+        if run and run + rows > target:
+            merged.append(run)
+            run = 0
+        run += rows
+    if run or not merged:
+        merged.append(run)
+    return tuple(merged)
+
+
+def _index_labels(array):
+    return [f"chunk {i}" for i in range(len(array.chunks[0]))]
+
+
+def _span_labels(old_chunks, old_labels, new_chunks):
+    """Labels of new row chunks in terms of the old chunks (files) they cover."""
+    old = np.concatenate([[0], np.cumsum(old_chunks)])
+    new = np.concatenate([[0], np.cumsum(new_chunks)])
+    labels = []
+    for start, stop in zip(new[:-1], new[1:], strict=True):
+        i = int(np.searchsorted(old, start, side="right")) - 1
+        j = int(np.searchsorted(old, max(stop - 1, start), side="right")) - 1
+        i, j = min(i, len(old_labels) - 1), min(j, len(old_labels) - 1)
+        first, last = int(start - old[i]), int(stop - 1 - old[j])
+        if i != j:
+            labels.append(
+                f"{old_labels[i]} (from its row {first}) to {old_labels[j]} (to its row {last})"
+            )
+        elif start == old[i] and stop == old[i + 1]:
+            labels.append(old_labels[i])
+        else:
+            labels.append(f"{old_labels[i]} (its rows {first} to {last})")
+    return labels
+
+
+def _from_dataset(dataset):
+    """A Dataset as is, with its array brought to float64 and one column chunk if needed."""
+    array = dataset.array
+    if len(array.chunks[1]) > 1:
+        array = array.rechunk({1: -1})
+    if array.dtype != np.float64:
+        array = array.astype(np.float64)
+    if array is dataset.array:
+        return dataset
+    return Dataset(array, dataset.feature_names, dataset.description,
+                   list(dataset.chunk_labels), dataset.lazy)
+
+
+###############################################################################
+# In-memory and dask input
+
+
+def _from_memory(X, chunk_rows):
+    names, description = None, "numpy array"
+    if hasattr(X, "toarray") and hasattr(X, "nnz"):
+        raise TypeError(
+            f"Sparse input ({type(X).__name__}) is not supported: Gaussian mixtures need "
+            "dense data. Convert it with X.toarray() if it fits in memory."
+        )
+    if hasattr(X, "to_dask_array"):
+        raise TypeError(
+            f"X is a dask DataFrame ({type(X).__name__}); pass a dask array with known "
+            "chunk sizes instead: X.to_dask_array(lengths=True)."
+        )
+    if type(X).__module__.startswith("pandas") and hasattr(X, "columns"):
+        X, names, description = _from_pandas(X)
+    try:
+        array = np.asarray(X)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"Could not convert X of type {type(X).__name__} to a 2-D numeric array: "
+            f"{exc}. Pass a 2-D numpy array, a dask array, a Zarr array, or a path/URL to "
+            "Zarr or Parquet data."
+        ) from exc
+    if array.ndim == 0:
+        raise TypeError(
+            f"Expected a 2-D array-like, a dask array, a Zarr array, or a path/URL to Zarr "
+            f"or Parquet data; got {type(X).__name__}: {X!r:.80}."
+        )
+    _check_2d(array.shape, description)
+    _check_numeric(array.dtype, description)
+    _check_not_empty(array.shape, description)
+    rows = _auto_rows(*array.shape) if not isinstance(chunk_rows, numbers.Integral) else int(
+        chunk_rows
+    )
+    out = da.from_array(array, chunks=(rows, array.shape[1])).astype(np.float64)
+    return Dataset(out, names, description, _index_labels(out), lazy=False)
+
+
+def _from_pandas(df):
+    from pandas.api.types import is_bool_dtype, is_complex_dtype, is_numeric_dtype
+
+    names = [str(c) for c in df.columns]
+    bad = [
+        (str(c), str(t))
+        for c, t in df.dtypes.items()
+        if not (is_numeric_dtype(t) or is_bool_dtype(t)) or is_complex_dtype(t)
+    ]
+    if bad:
+        numeric = [n for n in names if n not in {c for c, _ in bad}]
+        listed = ", ".join(f"{c!r} ({t})" for c, t in bad)
+        raise ValueError(
+            f"The pandas DataFrame has non-numeric columns: {listed}. Gaussian mixtures "
+            f"need numbers: select the numeric ones, e.g. X[{numeric!r}], or encode these "
+            "columns as numbers first."
+        )
+    # to_numpy turns nullable (pd.NA) values into NaN instead of an object array.
+    return df.to_numpy(dtype=np.float64, na_value=np.nan), names, "pandas DataFrame"
+
+
+def _from_dask(X, chunk_rows):
+    description = "dask array"
+    _check_2d(X.shape, description)
+    if any(np.isnan(c) for axis in X.chunks for c in axis):
+        raise ValueError(
+            f"The dask array X has unknown chunk sizes (shape {X.shape}, chunks "
+            f"{X.chunks}), as after DataFrame.values or boolean indexing; its rows cannot "
+            "be located without computing them. Call X.compute_chunk_sizes() or build the "
+            "array with lengths=True, e.g. df.to_dask_array(lengths=True)."
+        )
+    _check_numeric(X.dtype, description)
+    _check_not_empty(X.shape, description)
+    rows = X.chunks[0]
+    if isinstance(chunk_rows, numbers.Integral):
+        rows = int(chunk_rows)
+    elif chunk_rows == "auto":
+        rows = _merged_row_chunks(rows, X.shape[1])
+    if rows != X.chunks[0] or len(X.chunks[1]) > 1:
+        X = X.rechunk({0: rows, 1: -1})
+    out = X.astype(np.float64)
+    return Dataset(out, None, description, _index_labels(out), lazy=True)
+
+
+###############################################################################
+# Paths and URLs: dispatch on what is stored there
+
+
+def _from_path(X, columns, array_name, storage_options, chunk_rows):
+    shown = os.fspath(X)
+    if not isinstance(shown, str):
+        shown = os.fsdecode(shown)
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise TypeError(
+            f"storage_options must be a dict or None, got {type(storage_options).__name__}: "
+            f"{storage_options!r:.80}. E.g. storage_options={{'anon': True}}."
+        )
+    url = shown if "://" in shown else os.path.expanduser(shown)
+    options = dict(storage_options or {})
+    fs, root = fsspec.core.url_to_fs(url, **options)
+    root = root.rstrip("/") or root
+    fs.invalidate_cache(root)  # a listing cached before the data was written is stale
+    if any(fs.exists(f"{root}/{marker}") for marker in _ZARR_MARKERS):
+        return _from_zarr_path(url, fs, root, shown, array_name, options, chunk_rows)
+    if fs.isfile(root):
+        if root.lower().endswith(_PARQUET_SUFFIXES) or _has_parquet_magic(fs, root):
+            files = [(root, os.path.basename(root), fs.info(root))]
+            return _from_parquet(fs, files, shown, columns, chunk_rows)
+        raise ValueError(
+            f"{shown!r} is a file but neither a Parquet file (no .parquet suffix, does not "
+            "start with the Parquet magic bytes 'PAR1') nor a Zarr store. Pass a Parquet "
+            "file, a directory of .parquet files, or a Zarr array or group directory."
+        )
+    if fs.isdir(root):
+        files = _parquet_files(fs, root)
+        if files:
+            return _from_parquet(fs, files, shown, columns, chunk_rows)
+        found = sorted(fs.ls(root, detail=False))[:10]
+        raise ValueError(
+            f"{shown!r} holds neither a Zarr array or group (no {', '.join(_ZARR_MARKERS)}) "
+            f"nor Parquet files (*{', *'.join(_PARQUET_SUFFIXES)}, searched recursively). "
+            f"Entries found: {[p.rsplit('/', 1)[-1] for p in found]}. Pass the path of the "
+            "Zarr store or of the Parquet file(s)."
+        )
+    raise FileNotFoundError(
+        f"No such file or directory: {shown!r}. Looked for a Zarr array or group (a "
+        f"directory holding {', '.join(_ZARR_MARKERS)}), a Parquet file or a directory of "
+        "*.parquet files. Check the path"
+        + (", and storage_options for remote URLs." if "://" in shown else ".")
+    )
+
+
+def _has_parquet_magic(fs, path):
+    with fs.open(path, "rb") as f:
+        return f.read(4) == b"PAR1"
+
+
+###############################################################################
+# Zarr
+
+
+def _zarr_description(z):
+    source = f"Zarr array '{z.store}'"
+    return source + (f" (array {z.path!r})" if z.path else "")
+
+
+def _from_zarr_path(url, fs, root, shown, array_name, options, chunk_rows):
+    if "file" in _protocols(fs):
+        node = zarr.open(store=root, mode="r")  # a local path: zarr's LocalStore
+    else:
+        node = zarr.open(store=url, mode="r", storage_options=options or None)
+    if isinstance(node, zarr.Group):
+        z, name = _array_in_group(node, array_name, shown)
+        description = f"Zarr array {shown!r} (array {name!r})"
+    else:
+        z, description = node, f"Zarr array {shown!r}"
+    return _from_zarr_array(z, chunk_rows, description, reshape_hint=f"da.from_zarr({shown!r})")
+
+
+def _protocols(fs):
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
+def _array_in_group(group, array_name, shown):
+    arrays = sorted(
+        (path, node)
+        for path, node in group.members(max_depth=None)
+        if isinstance(node, zarr.Array)
+    )
+    found = ", ".join(f"{p!r} {node.shape} {node.dtype}" for p, node in arrays) or "none"
+    two_d = [p for p, node in arrays if node.ndim == 2]
+    example = two_d[0] if two_d else (arrays[0][0] if arrays else "X")
+    fix = f"as_dataset({shown!r}, array_name={example!r})"
+    if array_name is not None:
+        name = str(array_name).strip("/")
+        node = dict(arrays).get(name)
+        if node is None:
+            raise ValueError(
+                f"Zarr group {shown!r} has no array {array_name!r}. Arrays found: {found}. "
+                f"Pass one of them, e.g. {fix}."
+            )
+        return node, name
+    if len(two_d) == 1:
+        return dict(arrays)[two_d[0]], two_d[0]
+    if two_d:
+        raise ValueError(
+            f"Zarr group {shown!r} holds {len(two_d)} two-dimensional arrays and array_name "
+            f"was not given. Arrays found: {found}. Pick one with array_name=..., e.g. {fix} "
+            f"(GaussianMixture(array_name={example!r}))."
+        )
+    raise ValueError(
+        f"Zarr group {shown!r} holds no 2-D array (arrays found: {found}). Pass the path of "
+        "a 2-D Zarr array of shape (n_samples, n_features), or array_name=... naming one."
+    )
+
+
+def _from_zarr_array(z, chunk_rows, description, reshape_hint="X"):
+    _check_2d(tuple(z.shape), description, reshape_hint)
+    _check_numeric(z.dtype, description, fix="writing it again with dtype='float64'")
+    _check_not_empty(tuple(z.shape), description)
+    n_samples, n_features = (int(s) for s in z.shape)
+    stored = int((getattr(z, "shards", None) or z.chunks)[0])
+    if isinstance(chunk_rows, numbers.Integral):
+        rows = int(chunk_rows)
+    elif chunk_rows == "auto" and stored * n_features * 8 < _TINY_CHUNK_BYTES:
+        # Whole stored chunks per dask chunk, so that each task reads each chunk once.
+        target = _auto_rows(n_samples, n_features)
+        rows = n_samples if target >= n_samples else stored * max(1, target // stored)
+    else:
+        rows = stored
+    # Reading straight at the target chunks (no rechunk layer); one chunk across columns.
+    out = da.from_zarr(z, chunks=(min(rows, n_samples), n_features)).astype(np.float64)
+    return Dataset(out, None, description, _index_labels(out), lazy=True)
+
+
+###############################################################################
+# Parquet
+
+
+def _parquet_files(fs, root):
+    """(path, path relative to root, info) of the Parquet files under root, by path."""
+    files = []
+    for path, info in sorted(fs.find(root, detail=True).items()):
+        if not path.startswith(f"{root}/") or not path.lower().endswith(_PARQUET_SUFFIXES):
+            continue  # (a key prefix can match more than the directory, e.g. "pq2/")
+        relative = path[len(root) + 1 :]
+        parts = relative.split("/")
+        if any(part.startswith(("_", ".")) for part in parts):
+            continue
+        files.append((path, relative, info))
+    return files
+
+
+def _is_numeric_arrow(type_):
+    return (
+        pa.types.is_integer(type_)
+        or pa.types.is_floating(type_)
+        or pa.types.is_boolean(type_)
+        or pa.types.is_decimal(type_)
+    )
+
+
+def _default_columns(schema):
+    """Numeric columns in schema order, without a pandas index written as a column."""
+    index = set()
+    pandas_meta = schema.pandas_metadata or {}
+    index.update(c for c in pandas_meta.get("index_columns", []) if isinstance(c, str))
+    return [
+        f.name
+        for f in schema
+        if _is_numeric_arrow(f.type)
+        and f.name not in index
+        and not re.fullmatch(r"__index_level_\d+__", f.name)
+    ]
+
+
+def _checked_columns(columns, schema, relative, description):
+    """The selected columns, checked against the first file's schema."""
+    numeric = _default_columns(schema)
+    if columns is None:
+        if not numeric:
+            found = ", ".join(f"{f.name!r} ({f.type})" for f in schema) or "none"
+            raise ValueError(
+                f"The {description} has no numeric column in file {relative!r} (columns: "
+                f"{found}). Gaussian mixtures need numbers: write numeric columns, or pass "
+                "columns=[...] naming some."
+            )
+        return numeric
+    if isinstance(columns, str):
+        raise ValueError(
+            f"columns must be a list of column names, got the string {columns!r}. Pass a "
+            f"list, e.g. columns=[{columns!r}]."
+        )
+    columns = [str(c) for c in columns]
+    if not columns:
+        raise ValueError(
+            f"columns=[] selects no column of the {description}. Pass some names, e.g. "
+            f"columns={numeric!r}, or columns=None for every numeric column."
+        )
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+        raise ValueError(
+            f"columns lists {duplicated} more than once; each column can be selected once. "
+            f"Got columns={columns!r}."
+        )
+    return columns
+
+
+def _check_file_columns(columns, schema, relative, description):
+    numeric = _default_columns(schema)
+    for name in columns:
+        index = schema.get_field_index(name)
+        if index < 0:
+            found = ", ".join(schema.names)
+            raise ValueError(
+                f"Column {name!r} is not in file {relative!r} of the {description} "
+                f"(columns there: {found}). Pick existing numeric columns, e.g. "
+                f"columns={numeric!r}, or rewrite the file with this column."
+            )
+        type_ = schema.field(index).type
+        if not _is_numeric_arrow(type_):
+            raise ValueError(
+                f"Column {name!r} has Arrow type {type_} in file {relative!r} of the "
+                f"{description}: only numeric (integer, floating-point, decimal, boolean) "
+                f"columns can be used. Select numeric columns, e.g. columns={numeric!r}."
+            )
+
+
+def _pieces(n_rows, row_groups, n_columns):
+    """Runs of consecutive row groups of at most ``_PARQUET_PIECE_BYTES`` as float64."""
+    row_bytes = 8 * n_columns
+    if n_rows * row_bytes <= _PARQUET_PIECE_BYTES or len(row_groups) < 2:
+        return [(0, len(row_groups))]
+    runs, first, size = [], 0, 0
+    for i, rows in enumerate(row_groups):
+        if i > first and (size + rows) * row_bytes > _PARQUET_PIECE_BYTES:
+            runs.append((first, i))
+            first, size = i, 0
+        size += rows
+    runs.append((first, len(row_groups)))
+    return runs
+
+
+def _describe_columns(columns):
+    if len(columns) <= 8:
+        return f"columns {', '.join(columns)}"
+    return f"{len(columns)} columns {', '.join(columns[:4])}, ..., {columns[-1]}"
+
+
+def _from_parquet(fs, files, shown, columns, chunk_rows):
+    description = f"Parquet dataset {shown!r}"
+    metas = [pq.read_metadata(path, filesystem=fs) for path, _, _ in files]
+    schemas = [meta.schema.to_arrow_schema() for meta in metas]
+    columns = _checked_columns(columns, schemas[0], files[0][1], description)
+    for (_, relative, _), schema in zip(files, schemas, strict=True):
+        _check_file_columns(columns, schema, relative, description)
+    description = f"{description} ({_describe_columns(columns)})"
+
+    kept, chunks, labels, versions = [], [], [], []
+    for (path, relative, info), meta in zip(files, metas, strict=True):
+        if meta.num_rows == 0:
+            continue
+        row_groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+        kept.append((path, relative, row_groups))
+        versions.append(sorted((k, str(v)) for k, v in info.items()))
+        runs = _pieces(meta.num_rows, row_groups, len(columns))
+        for first, stop in runs:
+            chunks.append(sum(row_groups[first:stop]))
+            if len(runs) == 1:
+                labels.append(f"file {relative!r}")
+            elif stop - first == 1:
+                labels.append(f"file {relative!r}, row group {first}")
+            else:
+                labels.append(f"file {relative!r}, row groups {first} to {stop - 1}")
+    n_rows = sum(chunks)
+    if n_rows == 0:
+        raise ValueError(
+            f"The {description} has 0 rows in its {len(files)} file(s) "
+            f"({', '.join(r for _, r, _ in files[:5])}{', ...' if len(files) > 5 else ''}): "
+            "there is nothing to fit or predict. Check that the path points to the data."
+        )
+
+    reader = _ParquetRows(fs, [(p, rg) for p, _, rg in kept], columns)
+    if isinstance(chunk_rows, numbers.Integral):
+        row_chunks = int(chunk_rows)
+    else:
+        row_chunks = tuple(chunks)
+    # Same files (size, modification time or ETag), columns and chunks: same name.
+    name = "parquet-" + tokenize(fs, [(p, rg) for p, _, rg in kept], versions, columns,
+                                 row_chunks)
+    array = da.from_array(
+        reader, chunks=(row_chunks, (len(columns),)), name=name,
+        meta=np.empty((0, 0), dtype=np.float64), fancy=False,
+    )
+    if array.chunks[0] != tuple(chunks):
+        file_rows = [sum(rg) for _, _, rg in kept]
+        file_labels = [f"file {relative!r}" for _, relative, _ in kept]
+        labels = _span_labels(file_rows, file_labels, array.chunks[0])
+    logger.debug("%s: %d rows in %d files, %d chunks", description, n_rows, len(kept),
+                 len(array.chunks[0]))
+    return Dataset(array, list(columns), description, labels, lazy=True)
+
+
+class _ParquetRows:
+    """Array-like view of the rows of Parquet files, read on ``__getitem__``.
+
+    Holds only the filesystem, the file paths and their row-group sizes (picklable);
+    each slice opens the files it needs and reads the selected columns of the row
+    groups it overlaps.
+    """
+
+    def __init__(self, fs, files, columns):
+        self.fs = fs
+        self.files = files  # [(path, (rows per row group, ...)), ...]
+        self.columns = list(columns)
+        self.offsets = np.concatenate([[0], np.cumsum([sum(rg) for _, rg in files])])
+        self.shape = (int(self.offsets[-1]), len(self.columns))
+        self.dtype = np.dtype(np.float64)
+        self.ndim = 2
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        rows, cols = (key + (slice(None),))[:2]
+        if not isinstance(rows, slice):
+            raise TypeError(f"Parquet rows can only be sliced, got index {rows!r}.")
+        start, stop, step = rows.indices(self.shape[0])
+        parts = []
+        for i, (path, row_groups) in enumerate(self.files):
+            lo, hi = max(start, self.offsets[i]), min(stop, self.offsets[i + 1])
+            if lo < hi:
+                parts.append(self._read(path, row_groups, lo - self.offsets[i],
+                                        hi - self.offsets[i]))
+        if parts:
+            out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        else:
+            out = np.empty((0, self.shape[1]), dtype=np.float64)
+        return out[::step][:, cols]
+
+    def _read(self, path, row_groups, lo, hi):
+        """Rows lo:hi (within the file) of the selected columns, as float64."""
+        bounds = np.concatenate([[0], np.cumsum(row_groups)])
+        first = int(np.searchsorted(bounds, lo, side="right")) - 1
+        last = int(np.searchsorted(bounds, hi, side="left"))
+        with pq.ParquetFile(path, filesystem=self.fs) as f:
+            table = f.read_row_groups(
+                list(range(first, last)), columns=self.columns, use_threads=False
+            )
+        table = table.slice(int(lo - bounds[first]), int(hi - lo))
+        out = np.empty((table.num_rows, len(self.columns)), dtype=np.float64)
+        for j, name in enumerate(self.columns):
+            column = table.column(name).cast(pa.float64(), safe=False)
+            out[:, j] = column.to_numpy(zero_copy_only=False)
+        return out
