@@ -68,7 +68,7 @@ def test_fit_from_parquet_with_columns(tmp_path):
     scores = gm.score_samples(str(root))
     assert scores.chunks[0] == tuple(sizes)
     assert_allclose(scores.compute(), ref.score_samples(X), rtol=1e-6)
-    with pytest.raises(ValueError, match="Column 'name' has Arrow type string in file 'part.0.parquet'"):
+    with pytest.raises(ValueError, match="Column 'name' has Arrow type string in file 'part.0"):
         GaussianMixture(**KW, columns=["a", "name"]).fit(str(root))
     with pytest.raises(ValueError, match=r"expected columns \['a', 'b', 'c'\], got \['a', 'c'"):
         gm.set_params(columns=["a", "c", "b"]).predict(str(root))
