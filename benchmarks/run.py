@@ -135,7 +135,7 @@ def main(argv=None):
                           dashboard_address=None) as cluster, Client(cluster):
             results["speed"] = [speed_case(root, *case) for case in cases]
     if args.only in (None, "memory"):
-        memory_limit = (200 if args.quick else 300) * 2**20
+        memory_limit = (300 if args.quick else 400) * 2**20
         with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=memory_limit,
                           dashboard_address=None) as cluster, Client(cluster) as client:
             base = 4 * 2 * memory_limit // (16 * 8)  # 4x the workers' total memory
