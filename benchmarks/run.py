@@ -113,13 +113,65 @@ def memory_case(root, n_samples, n_features, memory_limit, client):
     return row
 
 
+TARGETS = {"full": (0.25, 0.35), "diag": (0.5, 0.75)}
+
+
+def write_report(results, path):
+    """benchmarks/RESULTS.md: the ratios as a table (lower is better, 1.0 = scikit-learn)."""
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `python benchmarks/run.py` (see its docstring for the method). Ratios are",
+        "daskgmm's seconds per EM iteration over scikit-learn's in the same run, on the same",
+        "data from the same initial parameters (lower is better; 0.25 = four times as fast).",
+        "",
+        "| rows x features, k, covariance | scikit-learn s/iter | persisted s/iter (ratio) "
+        "| Zarr s/iter (ratio) | target ratios (persisted / Zarr) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results.get("speed", []):
+        target = TARGETS.get(r["covariance_type"]) if r["features"] == 16 else None
+        target = f"{target[0]} / {target[1]}" if target else "none set"
+        lines.append(
+            f"| {r['rows']:,} x {r['features']}, k={r['components']}, {r['covariance_type']} "
+            f"| {r['sklearn_s_per_iter']} | {r['persisted_s_per_iter']} "
+            f"({r['persisted_ratio']}) | {r['zarr_s_per_iter']} ({r['zarr_ratio']}) "
+            f"| {target} |"
+        )
+    if "memory" in results:
+        lines += [
+            "",
+            "Peak worker memory (RSS per worker, sampled every 50 ms) fitting Zarr data larger "
+            "than the workers' total `memory_limit`, streaming:",
+            "",
+            "| rows x features | data GiB | workers' total memory_limit GiB | peak RSS per "
+            "worker MiB | passes | fit s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in results["memory"]:
+            lines.append(
+                f"| {r['rows']:,} x {r['features']} | {r['data_GiB']} "
+                f"| {r['workers_total_memory_limit_GiB']} | {r['peak_worker_rss_MiB']} "
+                f"| {r['passes']} | {r['fit_seconds']} |"
+            )
+        lines += ["", f"Growth of peak memory when the data grow 4x: "
+                      f"{results['memory_growth_ratio']}x (target: at most 1.2x)."]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--only", choices=["speed", "memory"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
     parser.add_argument("--data", type=Path, default=None, help="scratch folder for data")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite RESULTS.md from the --out JSON without measuring")
     args = parser.parse_args(argv)
+    report = args.out.with_name("RESULTS.md")
+    if args.report_only:
+        write_report(json.loads(args.out.read_text()), report)
+        return
     root = args.data or Path(tempfile.mkdtemp(prefix="daskgmm-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     results = {"machine": {"python": platform.python_version(), "cpus": 2,
@@ -146,7 +198,8 @@ def main(argv=None):
             results["memory_growth_ratio"] = round(high / low, 3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(results, report)
+    print(f"wrote {args.out} and {report}")
     if args.data is None:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -407,6 +407,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             split_every=self.split_every,
             on_iteration=self._report_iteration,
         )
+        self._report_end(result.candidates)
         best = self._select_best(result.candidates)
         if not best.converged and self.max_iter > 0:
             warnings.warn(
@@ -448,11 +449,28 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             "init %s iteration %d: lower bound %.8f, change %.3g",
             candidate.tag, n_iter, candidate.lower_bound, change,
         )
-        if self.verbose == 1 and n_iter % self.verbose_interval == 0:
-            print(f"  Iteration {n_iter}")
-        elif self.verbose >= 2 and n_iter % self.verbose_interval == 0:
-            print(f"  Iteration {n_iter}\t time lapse {candidate.seconds:.5f}s\t ll change "
-                  f"{change:.5f}")
+        if not self.verbose or n_iter % self.verbose_interval:
+            return
+        which = f"Initialization {candidate.tag}: " if self.n_init > 1 else ""
+        if self.verbose == 1:
+            print(f"  {which}Iteration {n_iter}")
+        else:
+            print(f"  {which}Iteration {n_iter}\t time lapse {candidate.seconds:.5f}s\t "
+                  f"ll change {change:.5f}")
+
+    def _report_end(self, candidates):
+        if not self.verbose:
+            return
+        for c in candidates:
+            if c.n_iter == 0:
+                continue
+            msg = "converged" if c.converged else "did not converge"
+            which = f" {c.tag}" if len(candidates) > 1 else ""
+            if self.verbose == 1:
+                print(f"Initialization{which} {msg}.")
+            else:
+                print(f"Initialization{which} {msg}. time lapse {c.seconds:.5f}s\t lower "
+                      f"bound {c.lower_bound:.5f}.")
 
     def _cached(self, dataset: Dataset) -> Dataset:
         """The dataset, persisted in the cluster's memory when ``cache`` says so."""
@@ -646,17 +664,13 @@ class _RowsTask:
         return self.fn(np.asarray(block, dtype=np.float64), params)
 
 
-def _log_resp(X, params):
-    return kernels.log_prob_resp(kernels.estimate_weighted_log_prob(X - params.shift, params))
-
-
 def _score_samples_chunk(X, params):
-    return _log_resp(X, params)[0]
+    return kernels.score_chunk(X, params, "score_samples")
 
 
 def _predict_chunk(X, params):
-    return _log_resp(X, params)[1].argmax(axis=1).astype(np.int64)
+    return kernels.score_chunk(X, params, "predict")
 
 
 def _predict_proba_chunk(X, params):
-    return np.exp(_log_resp(X, params)[1])
+    return kernels.score_chunk(X, params, "predict_proba")

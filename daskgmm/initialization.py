@@ -111,9 +111,10 @@ def initial_params(
     n = dataset.n_samples
     user_all = weights_init is not None and means_init is not None and precisions_init is not None
     needs_sample = not user_all and init_params != "random"
-    sample = draw_sample(dataset, init_sample_size, random_state) if needs_sample else None
+    size = max(init_sample_size, n_components)
+    sample = draw_sample(dataset, size, random_state) if needs_sample else None
     shift = data_shift(dataset, sample)
-    n_passes = int(needs_sample and n > init_sample_size)
+    n_passes = int(needs_sample and n > size)
 
     if user_all:
         out = [

@@ -112,37 +112,64 @@ def log_det_cholesky(precisions_cholesky, covariance_type, n_features):
     return n_features * np.log(precisions_cholesky)
 
 
-def _mahalanobis_full(X, means, precisions_cholesky):
+class Workspace:
+    """Scratch buffers reused from one block of rows to the next.
+
+    Worker processes of ``distributed`` run with ``MALLOC_TRIM_THRESHOLD_`` set, which
+    makes glibc map and page-fault every temporary over 128 KiB afresh: allocating the
+    temporaries of each block anew is then several times slower than the arithmetic.
+    ``ws(name, shape)`` returns a contiguous float64 array, reusing the memory of the
+    previous request of that name.
+    """
+
+    def __init__(self):
+        self._buffers = {}
+
+    def __call__(self, name, shape):
+        size = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size:
+            buf = self._buffers[name] = np.empty(size)
+        return buf[:size].reshape(shape)
+
+
+def _mahalanobis_full(X, means, precisions_cholesky, ws):
     # One matrix product for all components: X @ [P_1 | P_2 | ... | P_k].
     n_components, n_features, _ = precisions_cholesky.shape
     W = np.ascontiguousarray(precisions_cholesky.transpose(1, 0, 2)).reshape(n_features, -1)
     b = np.einsum("kd,kde->ke", means, precisions_cholesky).reshape(-1)
-    Y = X @ W
+    Y = ws("Y", (X.shape[0], n_components * n_features))
+    np.matmul(X, W, out=Y)
     Y -= b
-    Y = Y.reshape(X.shape[0], n_components, n_features)
-    return np.einsum("nkd,nkd->nk", Y, Y)
+    Y3 = Y.reshape(X.shape[0], n_components, n_features)
+    return np.einsum("nkd,nkd->nk", Y3, Y3, out=ws("mahalanobis", (X.shape[0], n_components)))
 
 
-def _mahalanobis_tied(X, means, precisions_cholesky):
-    Y = X @ precisions_cholesky
+def _mahalanobis_tied(X, means, precisions_cholesky, ws):
+    n_components, n_features = means.shape
+    Y = np.matmul(X, precisions_cholesky, out=ws("Y", X.shape))
     mb = means @ precisions_cholesky
-    D = Y[:, None, :] - mb[None, :, :]
-    D *= D
-    return D.sum(axis=2)
+    D = ws("D", (X.shape[0], n_components, n_features))
+    np.subtract(Y[:, None, :], mb[None, :, :], out=D)
+    return np.einsum("nkd,nkd->nk", D, D, out=ws("mahalanobis", (X.shape[0], n_components)))
 
 
-def _mahalanobis_diag(X, means, precisions_cholesky):
+def _mahalanobis_diag(X, means, precisions_cholesky, ws):
     precisions = precisions_cholesky**2
-    out = (X * X) @ precisions.T
-    out -= 2.0 * (X @ (means * precisions).T)
+    X2 = np.multiply(X, X, out=ws("X2", X.shape))
+    out = np.matmul(X2, precisions.T, out=ws("mahalanobis", (X.shape[0], means.shape[0])))
+    cross = np.matmul(X, (means * precisions).T, out=ws("cross", out.shape))
+    cross *= 2.0
+    out -= cross
     out += np.sum(means**2 * precisions, axis=1)
     return out
 
 
-def _mahalanobis_spherical(X, means, precisions_cholesky):
+def _mahalanobis_spherical(X, means, precisions_cholesky, ws):
     precisions = precisions_cholesky**2
-    out = np.einsum("ij,ij->i", X, X)[:, None] * precisions
-    out -= 2.0 * (X @ means.T) * precisions
+    out = np.matmul(X, -2.0 * means.T, out=ws("mahalanobis", (X.shape[0], means.shape[0])))
+    out += np.einsum("ij,ij->i", X, X)[:, None]
+    out *= precisions
     out += np.sum(means**2, axis=1) * precisions
     return out
 
@@ -155,26 +182,50 @@ _MAHALANOBIS = {
 }
 
 
-def estimate_weighted_log_prob(X, params: Params):
-    """log p(x_i | k) + log w_k for shifted rows ``X``; shape (n_samples, n_components)."""
+def estimate_weighted_log_prob(X, params: Params, ws=None):
+    """log p(x_i | k) + log w_k for shifted rows ``X``; shape (n_samples, n_components).
+
+    With a :class:`Workspace`, the result lives in it (valid until its next use).
+    """
+    ws = Workspace() if ws is None else ws
     n_features = X.shape[1]
     log_det = log_det_cholesky(params.precisions_cholesky, params.covariance_type, n_features)
     const = log_det - 0.5 * n_features * math.log(2 * math.pi) + np.log(params.weights)
-    out = _MAHALANOBIS[params.covariance_type](X, params.means, params.precisions_cholesky)
+    out = _MAHALANOBIS[params.covariance_type](X, params.means, params.precisions_cholesky, ws)
     out *= -0.5
     out += const
     return out
 
 
-def log_prob_resp(weighted_log_prob):
-    """Row-wise logsumexp and log-responsibilities; modifies nothing in place."""
-    amax = np.max(weighted_log_prob, axis=1, keepdims=True)
+# exp() below this stays a normal float: subnormal results make arithmetic ~100x slower,
+# and terms this small (< 1e-304 of the largest) do not change a float64 sum.
+_LOG_TINY = -700.0
+# Responsibilities below exp(-460) ~ 1e-200 are set to 0 before the statistics, so that no
+# product of a responsibility and a difference of data values can become subnormal.
+_LOG_RESP_ZERO = -460.0
+
+
+def log_prob_resp(weighted_log_prob, ws=None):
+    """Row-wise logsumexp and log-responsibilities.
+
+    Returns ``log_norm`` (n_samples,) and ``log_resp`` (n_samples, n_components); without
+    a workspace ``weighted_log_prob`` is left unchanged, with one it becomes ``log_resp``.
+    """
+    n_samples = weighted_log_prob.shape[0]
+    if ws is None:
+        ws, log_resp = Workspace(), weighted_log_prob.copy()
+    else:
+        log_resp = weighted_log_prob
+    amax = np.max(log_resp, axis=1, out=ws("amax", (n_samples,)))
     amax[~np.isfinite(amax)] = 0.0
-    log_resp = weighted_log_prob - amax
+    log_resp -= amax[:, None]
+    np.maximum(log_resp, _LOG_TINY, out=log_resp)
+    expd = np.exp(log_resp, out=ws("exp", log_resp.shape))
+    log_norm = np.sum(expd, axis=1, out=ws("log_norm", (n_samples,)))
     with np.errstate(divide="ignore"):
-        log_norm = np.log(np.exp(log_resp).sum(axis=1))
+        np.log(log_norm, out=log_norm)
     log_resp -= log_norm[:, None]
-    log_norm += amax[:, 0]
+    log_norm += amax
     return log_norm, log_resp
 
 
@@ -182,24 +233,30 @@ def log_prob_resp(weighted_log_prob):
 # Per-chunk statistics (the E-step of one data pass)
 
 
-def _second_moment_full(X, resp, means):
+def _second_moment_full(X, resp, means, ws):
     # Features-by-rows layout: each product is (d x B) @ (B x d) over contiguous rows.
     n_components, n_features = means.shape
+    n = X.shape[0]
     s2 = np.empty((n_components, n_features, n_features))
-    XT = np.ascontiguousarray(X.T)
-    respT = np.ascontiguousarray(resp.T)
+    XT = ws("XT", (n_features, n))
+    np.copyto(XT, X.T)
+    respT = ws("respT", (n_components, n))
+    np.copyto(respT, resp.T)
+    diff = ws("diff", (n_features, n))
+    weighted = ws("weighted", (n_features, n))
     for k in range(n_components):
-        diff = XT - means[k][:, None]
-        np.matmul(diff, (diff * respT[k]).T, out=s2[k])
+        np.subtract(XT, means[k][:, None], out=diff)
+        np.multiply(diff, respT[k], out=weighted)
+        np.matmul(diff, weighted.T, out=s2[k])
     return s2
 
 
-def _second_moment_tied(X, resp, means):
+def _second_moment_tied(X, resp, means, ws):
     return X.T @ X
 
 
-def _second_moment_diag(X, resp, means):
-    return resp.T @ (X * X)
+def _second_moment_diag(X, resp, means, ws):
+    return resp.T @ np.multiply(X, X, out=ws("X2", X.shape))
 
 
 _SECOND_MOMENT = {
@@ -221,14 +278,23 @@ def empty_stats(params: Params, n_features: int) -> Stats:
     return Stats(np.zeros(k), np.zeros((k, n_features)), np.zeros(shape), 0.0, 0)
 
 
-def stats_from_resp(X, resp, params: Params, log_likelihood: float) -> Stats:
+def stats_from_resp(X, resp, params: Params, log_likelihood: float, ws=None) -> Stats:
     """Statistics of shifted rows ``X`` under responsibilities ``resp``."""
-    s2 = _SECOND_MOMENT[params.covariance_type](X, resp, params.means)
+    ws = Workspace() if ws is None else ws
+    s2 = _SECOND_MOMENT[params.covariance_type](X, resp, params.means, ws)
     return Stats(resp.sum(axis=0), resp.T @ X, s2, float(log_likelihood), X.shape[0])
 
 
 def _block_rows(n_features, widest):
     return max(256, _BLOCK_BYTES // (8 * max(n_features, widest)))
+
+
+def _blocks(X, candidates):
+    """Sub-blocks of rows of a chunk, sized to keep temporaries in cache."""
+    widest = max(p.n_components * X.shape[1] for p in candidates)
+    step = _block_rows(X.shape[1], widest)
+    for start in range(0, X.shape[0], step):
+        yield start, X[start : start + step]
 
 
 def chunk_stats(X, candidates: list[Params]) -> list[Stats]:
@@ -241,20 +307,45 @@ def chunk_stats(X, candidates: list[Params]) -> list[Stats]:
     X = np.asarray(X, dtype=np.float64)
     n_samples, n_features = X.shape
     out = [empty_stats(p, n_features) for p in candidates]
-    if n_samples == 0:
-        return out
-    widest = max(p.n_components * n_features for p in candidates)
-    step = _block_rows(n_features, widest)
-    shift = candidates[0].shift
-    same_shift = all(p.shift is shift or np.array_equal(p.shift, shift) for p in candidates)
-    for start in range(0, n_samples, step):
-        block = X[start : start + step]
-        shifted = block - shift if same_shift else None
+    ws = Workspace()
+    for _, block in _blocks(X, candidates):
+        shifted = {}
         for i, p in enumerate(candidates):
-            xs = shifted if same_shift else block - p.shift
-            log_norm, log_resp = log_prob_resp(estimate_weighted_log_prob(xs, p))
+            key = p.shift.tobytes()
+            if key not in shifted:
+                shifted[key] = np.subtract(block, p.shift, out=ws(f"xs{len(shifted)}", block.shape))
+            xs = shifted[key]
+            log_norm, log_resp = log_prob_resp(estimate_weighted_log_prob(xs, p, ws), ws)
+            negligible = log_resp < _LOG_RESP_ZERO
             resp = np.exp(log_resp, out=log_resp)
-            out[i] = out[i] + stats_from_resp(xs, resp, p, log_norm.sum())
+            resp[negligible] = 0.0
+            out[i] = out[i] + stats_from_resp(xs, resp, p, log_norm.sum(), ws)
+    return out
+
+
+def score_chunk(X, params: Params, what):
+    """Per-row results of one model on a chunk of (unshifted) rows, block by block.
+
+    ``what``: 'score_samples' (log-density, float64), 'predict' (int64 component) or
+    'predict_proba' (float64, (n_samples, n_components)).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n = X.shape[0]
+    if what == "predict_proba":
+        out = np.empty((n, params.n_components))
+    else:
+        out = np.empty(n, dtype=np.int64 if what == "predict" else np.float64)
+    ws = Workspace()
+    for start, block in _blocks(X, [params]):
+        xs = np.subtract(block, params.shift, out=ws("xs", block.shape))
+        log_norm, log_resp = log_prob_resp(estimate_weighted_log_prob(xs, params, ws), ws)
+        rows = slice(start, start + block.shape[0])
+        if what == "score_samples":
+            out[rows] = log_norm
+        elif what == "predict":
+            out[rows] = log_resp.argmax(axis=1)
+        else:
+            np.exp(log_resp, out=out[rows])
     return out
 
 

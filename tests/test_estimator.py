@@ -252,3 +252,11 @@ def test_collapsed_component_error_names_component_and_fix():
     with pytest.raises(ValueError, match=r"ill-defined empirical covariance \(component 0, "
                                          r"covariance_type='full'\).*increase reg_covar"):
         GaussianMixture(2, reg_covar=0.0, means_init=means, random_state=0).fit(X)
+
+
+def test_verbose_reports_iterations_and_convergence(blobs, capsys):
+    GaussianMixture(3, n_init=2, verbose=2, verbose_interval=1, random_state=0).fit(blobs)
+    out = capsys.readouterr().out
+    assert "Initialization 0" in out and "Initialization 1" in out
+    assert "Iteration 1\t time lapse" in out and "ll change" in out
+    assert "converged. time lapse" in out and "lower bound" in out
