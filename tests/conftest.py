@@ -32,3 +32,24 @@ def cluster_client():
         memory_limit="2GiB",
     ) as cluster, Client(cluster) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 endpoint (moto's server) on 127.0.0.1, a bucket 'data', and the
+    storage_options that reach it."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "eu-west-1"},
+    }
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir("data")
+    yield fs, options
+    server.stop()

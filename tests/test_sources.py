@@ -364,27 +364,6 @@ def test_tasks_run_on_a_distributed_cluster(cluster_client, parquet_dir, tmp_pat
     assert_array_equal(got_zarr, ref)
 
 
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on 127.0.0.1, a bucket, and storage_options to reach it."""
-    pytest.importorskip("s3fs")
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "eu-west-1"},
-    }
-    import s3fs
-
-    fs = s3fs.S3FileSystem(**options)
-    fs.mkdir("data")
-    yield fs, options
-    server.stop()
-
-
 def test_s3_round_trip_zarr_and_parquet(s3, ref):
     fs, options = s3
     _write_zarr("s3://data/x.zarr", ref, chunks=(40, 5), storage_options=options)

@@ -1,5 +1,9 @@
 """Fitting and predicting from Zarr and Parquet files, locally and on a real cluster."""
 
+import io
+import json
+import zipfile
+
 import dask.array as da
 import numpy as np
 import pyarrow as pa
@@ -9,6 +13,7 @@ import zarr
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
+import daskgmm
 from daskgmm import GaussianMixture
 from daskgmm.datasets import write_mixture_zarr
 
@@ -77,3 +82,33 @@ def test_fit_from_parquet_with_columns(tmp_path):
 def test_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         GaussianMixture(2).fit(str(tmp_path / "nowhere.zarr"))
+
+
+def test_fit_save_load_on_s3(s3, zarr_source):
+    fs, options = s3
+    X = zarr.open_array(str(zarr_source / "X"), mode="r")[:]
+    write_mixture_zarr("s3://data/mix.zarr", 30_000, 4, 3, chunk_rows=7_000, seed=3,
+                       storage_options=options)
+    gm = GaussianMixture(**KW, array_name="X", storage_options=options).fit("s3://data/mix.zarr")
+    local = GaussianMixture(**KW).fit(X)
+    assert_allclose(gm.means_, local.means_, rtol=1e-9)
+    gm.save("s3://data/models/gm.daskgmm", storage_options=options)
+    assert fs.exists("data/models/gm.daskgmm")
+    assert not [p for p in fs.ls("data/models") if ".tmp-" in p]  # no temporary left over
+    loaded = daskgmm.load("s3://data/models/gm.daskgmm", storage_options=options)
+    assert_allclose(loaded.score_samples(X), local.score_samples(X), rtol=1e-9)
+    with zipfile.ZipFile(io.BytesIO(fs.cat("data/models/gm.daskgmm"))) as zf:
+        meta = json.loads(zf.read("metadata.json"))
+    assert "storage_options" not in meta["params"]  # credentials are never written
+    assert "testing" not in json.dumps(meta)
+
+
+def test_cache_auto_persists_small_data_and_streams_large(cluster_client):
+    from daskgmm.estimator import _fits_in_memory
+    from daskgmm.sources import as_dataset
+
+    small = as_dataset(da.zeros((1_000, 4), chunks=(100, 4)))
+    # 2 workers x 2 GiB: half of it is 2 GiB; this lazy array would take 8 GiB
+    large = as_dataset(da.zeros((2**28, 4), chunks=(2**22, 4)))
+    assert _fits_in_memory(small)
+    assert not _fits_in_memory(large)
