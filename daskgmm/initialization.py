@@ -34,13 +34,28 @@ _SHIFT_ROWS = 1000
 
 
 def draw_sample(dataset: Dataset, size: int, random_state):
-    """A uniform random sample of rows (sorted by row index), or all rows if they fit."""
+    """A uniform random sample of rows (sorted by row index), or all rows if they fit.
+
+    A NaN or infinite value in the sample raises the same located error as a data pass.
+    """
     n = dataset.n_samples
     if n <= size:
-        return np.asarray(dataset.array.compute(), dtype=np.float64)
-    rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
-    idx = np.sort(rng.choice(n, size=size, replace=False))
-    return np.asarray(dataset.array[idx].compute(), dtype=np.float64)
+        idx = None
+        sample = np.asarray(dataset.array.compute(), dtype=np.float64)
+    else:
+        rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
+        idx = np.sort(rng.choice(n, size=size, replace=False))
+        sample = np.asarray(dataset.array[idx].compute(), dtype=np.float64)
+    bad = kernels.find_nonfinite(sample)
+    if bad is not None:
+        row = bad[0] if idx is None else int(idx[bad[0]])
+        offsets = dataset.row_offsets
+        chunk = int(np.searchsorted(offsets, row, side="right")) - 1
+        raise em._bad_value_error(
+            dataset.description, dataset.chunk_label(chunk), int(offsets[chunk]),
+            int(offsets[chunk + 1]), row - int(offsets[chunk]), bad[1], dataset.feature_names,
+        )
+    return sample
 
 
 def data_shift(dataset: Dataset, sample=None):

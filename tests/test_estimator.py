@@ -1,5 +1,7 @@
 """daskgmm.GaussianMixture against scikit-learn's GaussianMixture (the oracle)."""
 
+import re
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -226,6 +228,22 @@ def test_nonfinite_input_names_chunk_and_rows(blobs, bad):
         GaussianMixture(2, random_state=0, init_params="random", chunk_rows=None).fit(
             da.from_array(X, chunks=(100, 3))
         )
+    for init_params in ("kmeans", "k-means++", "random_from_data"):  # found in the sample
+        with pytest.raises(ValueError, match=r"chunk 4 of dask array, rows 400 to 499, first "
+                                             r"at row 437, column 1"):
+            GaussianMixture(2, init_params=init_params, chunk_rows=None).fit(
+                da.from_array(X, chunks=(100, 3))
+            )
+    many_bad = np.vstack([X[:437], np.tile(X[437], (1000, 1))])  # rows 437.. are bad
+    with pytest.raises(ValueError, match=r"NaN or infinity: chunk (\d+) of dask array, rows "
+                                         r"(\d+) to (\d+), first at row (\d+), column 1") as err:
+        GaussianMixture(2, init_sample_size=50, chunk_rows=None, random_state=0).fit(
+            da.from_array(many_bad, chunks=(100, 3))  # a 50-row sample of 1437 rows
+        )
+    chunk, start, stop, row = map(int, re.search(r"chunk (\d+) .* rows (\d+) to (\d+), first "
+                                                  r"at row (\d+)", str(err.value)).groups())
+    assert (start, stop) == (100 * chunk, min(100 * chunk + 99, 1436))
+    assert 437 <= row and start <= row <= stop
     gm = GaussianMixture(2, random_state=0).fit(blobs)
     with pytest.raises(ValueError, match=r"rows 400 to 499, first at row 437, column 1"):
         gm.score_samples(da.from_array(X, chunks=(100, 3))).compute()
