@@ -154,24 +154,38 @@ def _mahalanobis_tied(X, means, precisions_cholesky, ws):
     return np.einsum("nkd,nkd->nk", D, D, out=ws("mahalanobis", (X.shape[0], n_components)))
 
 
-def _mahalanobis_diag(X, means, precisions_cholesky, ws):
-    precisions = precisions_cholesky**2
-    X2 = np.multiply(X, X, out=ws("X2", X.shape))
-    out = np.matmul(X2, precisions.T, out=ws("mahalanobis", (X.shape[0], means.shape[0])))
-    cross = np.matmul(X, (means * precisions).T, out=ws("cross", out.shape))
-    cross *= 2.0
-    out -= cross
-    out += np.sum(means**2 * precisions, axis=1)
+def _centred_squares(X, means, ws):
+    """(x_i - mu_k)**2 in a (n_components, n_features, n_rows) buffer ``ws('D2')``.
+
+    Kept for the statistics of the same block: diag and spherical moments reuse it.
+    """
+    n_components, n_features = means.shape
+    D2 = ws("D2", (n_components, n_features, X.shape[0]))
+    XT = ws("XT", (n_features, X.shape[0]))
+    np.copyto(XT, X.T)
+    np.subtract(XT[None, :, :], means[:, :, None], out=D2)
+    np.multiply(D2, D2, out=D2)
+    return D2
+
+
+def _weighted_squares(D2, weights, ws):
+    """sum_d weights[k, d] * D2[k, d, n] as an (n, n_components) array."""
+    n_components, _, n = D2.shape
+    outT = ws("mahalanobisT", (n_components, n))
+    for k in range(n_components):
+        np.dot(weights[k], D2[k], out=outT[k])
+    out = ws("mahalanobis", (n, n_components))
+    np.copyto(out, outT.T)
     return out
+
+
+def _mahalanobis_diag(X, means, precisions_cholesky, ws):
+    return _weighted_squares(_centred_squares(X, means, ws), precisions_cholesky**2, ws)
 
 
 def _mahalanobis_spherical(X, means, precisions_cholesky, ws):
-    precisions = precisions_cholesky**2
-    out = np.matmul(X, -2.0 * means.T, out=ws("mahalanobis", (X.shape[0], means.shape[0])))
-    out += np.einsum("ij,ij->i", X, X)[:, None]
-    out *= precisions
-    out += np.sum(means**2, axis=1) * precisions
-    return out
+    precisions = np.repeat((precisions_cholesky**2)[:, None], means.shape[1], axis=1)
+    return _weighted_squares(_centred_squares(X, means, ws), precisions, ws)
 
 
 _MAHALANOBIS = {
@@ -233,7 +247,7 @@ def log_prob_resp(weighted_log_prob, ws=None):
 # Per-chunk statistics (the E-step of one data pass)
 
 
-def _second_moment_full(X, resp, means, ws):
+def _second_moment_full(X, resp, means, ws, squares=None):
     # Features-by-rows layout: each product is (d x B) @ (B x d) over contiguous rows.
     n_components, n_features = means.shape
     n = X.shape[0]
@@ -251,17 +265,21 @@ def _second_moment_full(X, resp, means, ws):
     return s2
 
 
-def _second_moment_tied(X, resp, means, ws):
-    return X.T @ X
-
-
-def _second_moment_diag(X, resp, means, ws):
-    return resp.T @ np.multiply(X, X, out=ws("X2", X.shape))
+def _second_moment_diag(X, resp, means, ws, squares=None):
+    """sum_i r_ik (x_i - mu_k)**2; ``squares``: those squares if the E-step made them."""
+    D2 = _centred_squares(X, means, ws) if squares is None else squares
+    n_components, n_features, n = D2.shape
+    respT = ws("respT", (n_components, n))
+    np.copyto(respT, resp.T)
+    s2 = np.empty((n_components, n_features))
+    for k in range(n_components):
+        np.dot(D2[k], respT[k], out=s2[k])
+    return s2
 
 
 _SECOND_MOMENT = {
     "full": _second_moment_full,
-    "tied": _second_moment_tied,
+    "tied": _second_moment_full,
     "diag": _second_moment_diag,
     "spherical": _second_moment_diag,
 }
@@ -269,19 +287,19 @@ _SECOND_MOMENT = {
 
 def empty_stats(params: Params, n_features: int) -> Stats:
     k = params.n_components
-    shape = {
-        "full": (k, n_features, n_features),
-        "tied": (n_features, n_features),
-        "diag": (k, n_features),
-        "spherical": (k, n_features),
-    }[params.covariance_type]
+    shape = (k, n_features, n_features) if params.covariance_type in ("full", "tied") else (
+        k, n_features)
     return Stats(np.zeros(k), np.zeros((k, n_features)), np.zeros(shape), 0.0, 0)
 
 
-def stats_from_resp(X, resp, params: Params, log_likelihood: float, ws=None) -> Stats:
-    """Statistics of shifted rows ``X`` under responsibilities ``resp``."""
+def stats_from_resp(X, resp, params: Params, log_likelihood: float, ws=None,
+                    squares=None) -> Stats:
+    """Statistics of shifted rows ``X`` under responsibilities ``resp``.
+
+    All second moments are centred on ``params.means`` (the current means).
+    """
     ws = Workspace() if ws is None else ws
-    s2 = _SECOND_MOMENT[params.covariance_type](X, resp, params.means, ws)
+    s2 = _SECOND_MOMENT[params.covariance_type](X, resp, params.means, ws, squares)
     return Stats(resp.sum(axis=0), resp.T @ X, s2, float(log_likelihood), X.shape[0])
 
 
@@ -319,7 +337,9 @@ def chunk_stats(X, candidates: list[Params]) -> list[Stats]:
             negligible = log_resp < _LOG_RESP_ZERO
             resp = np.exp(log_resp, out=log_resp)
             resp[negligible] = 0.0
-            out[i] = out[i] + stats_from_resp(xs, resp, p, log_norm.sum(), ws)
+            squares = ws("D2", (p.n_components, n_features, xs.shape[0])) if (
+                p.covariance_type in ("diag", "spherical")) else None  # from the E-step
+            out[i] = out[i] + stats_from_resp(xs, resp, p, log_norm.sum(), ws, squares)
     return out
 
 
@@ -432,31 +452,39 @@ def _add_to_diagonal(a, value):
     return a
 
 
-def _covariances_full(stats, nk, means, current_means, reg_covar):
+def _scatter_full(stats, means, current_means):
     # s2 is centred on the current means; shift it to the new means:
     # sum r (x-m)(x-m)^T = s2 - a d^T - d a^T + N d d^T with a = sum r (x-mu), d = m - mu.
     n = stats.nk
     a = stats.s1 - n[:, None] * current_means
     d = means - current_means
     outer_ad = a[:, :, None] * d[:, None, :]
-    cov = (
+    return (
         stats.s2
         - outer_ad
         - outer_ad.transpose(0, 2, 1)
         + n[:, None, None] * d[:, :, None] * d[:, None, :]
     )
+
+
+def _covariances_full(stats, nk, means, current_means, reg_covar):
+    cov = _scatter_full(stats, means, current_means)
     cov /= nk[:, None, None]
     return _add_to_diagonal(cov, reg_covar)
 
 
 def _covariances_tied(stats, nk, means, current_means, reg_covar):
-    cov = stats.s2 - (nk[:, None] * means).T @ means
+    cov = _scatter_full(stats, means, current_means).sum(axis=0)
     cov /= nk.sum()
     return _add_to_diagonal(cov, reg_covar)
 
 
 def _covariances_diag(stats, nk, means, current_means, reg_covar):
-    return stats.s2 / nk[:, None] - means**2 + reg_covar
+    # s2 = sum r (x - mu)**2 per feature, centred on the current means (as for 'full').
+    n = stats.nk[:, None]
+    a = stats.s1 - n * current_means
+    d = means - current_means
+    return (stats.s2 - 2.0 * a * d + n * d * d) / nk[:, None] + reg_covar
 
 
 def _covariances_spherical(stats, nk, means, current_means, reg_covar):

@@ -92,9 +92,8 @@ def test_passes_equal_slowest_restart(blobs):
 def test_chunking_invariance():
     X = make_blobs(3000, 4, 3, seed=1)
     fits = [
-        GaussianMixture(3, tol=1e-8, random_state=0, init_params="random").fit(
-            da.from_array(X, chunks=(rows, 4))
-        )
+        GaussianMixture(3, tol=1e-8, random_state=0, init_params="random",
+                        chunk_rows=None).fit(da.from_array(X, chunks=(rows, 4)))
         for rows in (3000, 217, 1000)
     ]
     for other in fits[1:]:
@@ -125,6 +124,28 @@ def test_large_offset_fits_like_centred(covariance_type):
     assert_allclose(ours.covariances_, ref.covariances_, rtol=1e-6)
 
 
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_tight_clusters_far_apart_keep_their_variance(covariance_type):
+    """Moments are centred on each component's mean: spread 1e-2 at +-1e5 is exact."""
+    rng = np.random.default_rng(8)
+    a = 1e5 + 1e-2 * rng.normal(size=(500, 2))
+    b = -1e5 + 1e-2 * rng.normal(size=(700, 2)) @ np.array([[1.0, 0.5], [0.0, 1.0]])
+    X = np.vstack([a, b])
+    cov_a, cov_b = np.cov(a.T, bias=True), np.cov(b.T, bias=True)
+    expected = {
+        "full": np.stack([cov_a, cov_b]),
+        "tied": (500 * cov_a + 700 * cov_b) / 1200,
+        "diag": np.stack([np.diag(cov_a), np.diag(cov_b)]),
+        "spherical": np.array([np.diag(cov_a).mean(), np.diag(cov_b).mean()]),
+    }[covariance_type]
+    gm = GaussianMixture(2, covariance_type=covariance_type, reg_covar=0.0, max_iter=1,
+                         means_init=[a.mean(axis=0), b.mean(axis=0)], random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        gm.fit(da.from_array(X, chunks=(100, 2)))
+    assert_allclose(gm.covariances_, expected, rtol=1e-6)
+    assert_allclose(gm.means_, [a.mean(axis=0), b.mean(axis=0)], rtol=1e-12)
+
+
 def test_dask_input_gives_lazy_output_chunked_like_input(blobs):
     X = da.from_array(blobs, chunks=(100, 3))
     gm = GaussianMixture(3, random_state=0).fit(X)
@@ -136,13 +157,18 @@ def test_dask_input_gives_lazy_output_chunked_like_input(blobs):
     assert isinstance(gm.predict(blobs), np.ndarray)
 
 
-def test_fit_predict_equals_fit_then_predict(blobs):
-    for max_iter in (1, 2, 100):
-        kw = dict(max_iter=max_iter, random_state=0, tol=1e-10)
-        with pytest.warns(ConvergenceWarning) if max_iter < 100 else _no_warning():
-            labels = GaussianMixture(3, **kw).fit_predict(blobs)
-        with pytest.warns(ConvergenceWarning) if max_iter < 100 else _no_warning():
-            assert_array_equal(labels, GaussianMixture(3, **kw).fit(blobs).predict(blobs))
+def test_fit_predict_matches_sklearn_and_predict(blobs):
+    start = sk_start(blobs, "full")
+    for max_iter in (1, 2, 500):
+        kw = dict(max_iter=max_iter, tol=1e-6, **start)
+        ref = SkGaussianMixture(3, **kw)
+        ours = GaussianMixture(3, **kw)
+        with pytest.warns(ConvergenceWarning) if max_iter < 500 else _no_warning():
+            expected = ref.fit_predict(blobs)
+        with pytest.warns(ConvergenceWarning) if max_iter < 500 else _no_warning():
+            labels = ours.fit_predict(blobs)
+        assert_array_equal(labels, expected)
+        assert_array_equal(ours.predict(blobs), labels)
 
 
 class _no_warning:

@@ -48,7 +48,8 @@ def test_fit_from_zarr_path_equals_in_memory(zarr_source):
 
 def test_zarr_on_cluster_streaming(cluster_client, zarr_source):
     X = zarr.open_array(str(zarr_source / "X"), mode="r")[:]
-    ours = GaussianMixture(**KW, array_name="X", cache=False).fit(str(zarr_source))
+    ours = GaussianMixture(**KW, array_name="X", cache=False, chunk_rows=None).fit(
+        str(zarr_source))
     ref = SkGaussianMixture(**KW).fit(X)
     assert_allclose(ours.means_, ref.means_, rtol=1e-6)
     assert_allclose(ours.lower_bound_, ref.lower_bound_, rtol=1e-6)
