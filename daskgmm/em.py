@@ -50,8 +50,9 @@ def _bad_value_error(dataset_description, label, start, stop, row, col, feature_
     return ValueError(
         f"Input X contains NaN or infinity: {label} of {dataset_description}, rows "
         f"{start} to {stop - 1}, first at row {start + row}, {column}. "
-        "Gaussian mixtures need finite values: drop or impute these rows before fitting "
-        "(for example with dask: X = X[da.isfinite(X).all(axis=1)])."
+        "Gaussian mixtures need finite values: drop or impute these rows before fitting, "
+        "for example X = X[np.isfinite(X).all(axis=1)] for numpy, or for dask "
+        "X = X[da.isfinite(X).all(axis=1)]; X.compute_chunk_sizes()."
     )
 
 
@@ -65,15 +66,25 @@ class _ChunkTask:
     def __call__(self, block, args, label, start):
         with np.errstate(invalid="ignore", over="ignore"):
             out = self.fn(block, *args, start)
-        if not all(math.isfinite(s.log_likelihood) and np.isfinite(s.s1).all()
-                   for s in _as_list(out)):
+        if not all(_finite(s) for s in _as_list(out)):
             bad = kernels.find_nonfinite(block)
+            description, names = self.where
             if bad is not None:
-                description, names = self.where
                 raise _bad_value_error(
                     description, label, start, start + block.shape[0], *bad, names
                 )
+            raise ValueError(
+                f"Numerical overflow in {label} of {description}, rows {start} to "
+                f"{start + block.shape[0] - 1}: the values are finite but too large for "
+                f"float64 arithmetic (largest magnitude {np.abs(block).max():.3g}). Scale "
+                "the input data, e.g. sklearn.preprocessing.StandardScaler."
+            )
         return out
+
+
+def _finite(stats):
+    return (math.isfinite(stats.log_likelihood) and np.isfinite(stats.s1).all()
+            and np.isfinite(stats.s2).all())
 
 
 def _as_list(out):

@@ -365,7 +365,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if n_samples < self.n_components:
             raise ValueError(
                 "Expected n_samples >= n_components but got n_components = "
-                f"{self.n_components}, n_samples = {n_samples}"
+                f"{self.n_components}, n_samples = {n_samples} ({dataset.description}). "
+                f"Use at most n_components={n_samples}, or fit on more rows."
             )
         self._check_initial_parameters(n_features)
         do_init = not (self.warm_start and hasattr(self, "converged_"))
@@ -489,10 +490,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.weights_ = params.weights
         self.means_ = params.means + params.shift
         self.precisions_cholesky_ = params.precisions_cholesky
-        if params.covariances is not None:
-            self.covariances_ = params.covariances
         self.precisions_ = kernels.precisions_from_cholesky(
             params.precisions_cholesky, self.covariance_type
+        )
+        # max_iter=0 with precisions_init: no M-step ran, covariances come from precisions
+        self.covariances_ = (
+            params.covariances if params.covariances is not None
+            else _covariances_from_precisions(self)
         )
 
     def _params(self, shift=None) -> Params:
@@ -579,7 +583,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         _, n_features = self.means_.shape
         rng = check_random_state(self.random_state)
         n_samples_comp = rng.multinomial(n_samples, self.weights_)
-        covariances = _covariances_from_precisions(self)
+        covariances = self.covariances_
         if self.covariance_type == "full":
             X = np.vstack([
                 rng.multivariate_normal(mean, cov, int(n))
@@ -614,9 +618,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
 
 def _covariances_from_precisions(gm):
-    covariances = getattr(gm, "covariances_", None)
-    if covariances is not None:
-        return covariances
     if gm.covariance_type in ("full", "tied"):
         return np.linalg.inv(gm.precisions_)
     return 1.0 / gm.precisions_
@@ -635,8 +636,12 @@ def _fits_in_memory(dataset: Dataset) -> bool:
 
         budget = 0.25 * psutil.virtual_memory().available
     else:
+        import psutil
+
         workers = client.scheduler_info().get("workers", {}).values()
-        budget = 0.5 * sum(w.get("memory_limit", 0) or 0 for w in workers)
+        # workers without a memory limit (0 or None) may use the host's memory
+        limits = [w.get("memory_limit") or psutil.virtual_memory().total for w in workers]
+        budget = 0.5 * sum(limits)
     return dataset.array.nbytes <= budget
 
 

@@ -62,7 +62,10 @@ def data_shift(dataset: Dataset, sample=None):
     """The fixed centre the engine shifts rows by (removes large offsets)."""
     if sample is None:
         sample = dataset.array[:_SHIFT_ROWS].compute()
-    return np.asarray(sample, dtype=np.float64).mean(axis=0)
+    sample = np.asarray(sample, dtype=np.float64)
+    # bad rows are reported by the data pass, with their location; skip them here
+    finite = sample[np.isfinite(sample).all(axis=1)]
+    return finite.mean(axis=0) if finite.size else np.zeros(sample.shape[1])
 
 
 def params_from_stats(stats: Stats, current_means, covariance_type, reg_covar, n_samples, shift):

@@ -389,7 +389,7 @@ class CovarianceError(ValueError):
 
 def precision_error_message(component=None, covariance_type="full"):
     where = (
-        "" if component is None
+        f" (covariance_type={covariance_type!r})" if component is None
         else f" (component {component}, covariance_type={covariance_type!r})"
     )
     return (
@@ -412,8 +412,8 @@ def compute_precision_cholesky(covariances, covariance_type):
                 cov_chol = linalg.cholesky(cov, lower=True)
             except linalg.LinAlgError:
                 raise CovarianceError(
-                    precision_error_message(k if covariance_type == "full" else None,
-                                            covariance_type)
+                    precision_error_message(k, covariance_type) if covariance_type == "full"
+                    else precision_error_message(None, covariance_type)
                 ) from None
             out[k] = linalg.solve_triangular(cov_chol, eye, lower=True).T
         return out if covariance_type == "full" else out[0]

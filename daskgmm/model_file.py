@@ -124,7 +124,14 @@ def load(path, *, storage_options=None):
         names = set(zf.namelist())
         if "metadata.json" not in names:
             raise ModelFileError(f"{str(path)!r} has no metadata.json: not a daskgmm model file.")
-        meta = json.loads(zf.read("metadata.json"))
+        try:
+            meta = json.loads(zf.read("metadata.json"))
+        except ValueError as exc:
+            raise ModelFileError(
+                f"{str(path)!r} has an unreadable metadata.json ({exc}); re-save the model."
+            ) from None
+        if not isinstance(meta, dict):
+            raise ModelFileError(f"{str(path)!r}: metadata.json is not a JSON object.")
         if meta.get("format") != FORMAT:
             raise ModelFileError(
                 f"{str(path)!r} is not a daskgmm model file (format {meta.get('format')!r})."
@@ -137,6 +144,10 @@ def load(path, *, storage_options=None):
                 f"daskgmm {meta.get('library_version')}. Upgrade daskgmm to load it."
             )
         missing = [k for k in _REQUIRED_META if k not in meta]
+        missing += [
+            f"fit_data.{k}" for k in ("n_samples", "n_features")
+            if k not in (meta.get("fit_data") or {})
+        ]
         missing += [
             f"arrays/{a}.npy"
             for a in set(_REQUIRED_ARRAYS) | set(meta.get("arrays", []))
@@ -151,7 +162,16 @@ def load(path, *, storage_options=None):
             a: np.load(io.BytesIO(zf.read(f"arrays/{a}.npy")), allow_pickle=False)
             for a in meta["arrays"]
         }
+    known = set(GaussianMixture().get_params())
+    unknown = sorted(set(meta["params"]) - known)
+    if unknown:
+        raise ModelFileError(
+            f"{str(path)!r} has parameters this daskgmm {__version__} does not know: "
+            f"{', '.join(unknown)} (written by daskgmm {meta.get('library_version')}). "
+            "Upgrade daskgmm to load it."
+        )
     est = GaussianMixture(**meta["params"])
+    _check_shapes(path, arrays, meta, est.n_components)
     for name, value in arrays.items():
         setattr(est, name, value)
     from . import kernels
@@ -169,3 +189,24 @@ def load(path, *, storage_options=None):
     est.fit_n_samples_ = meta["fit_data"]["n_samples"]
     est.n_passes_ = meta.get("n_passes", 0)
     return est
+
+
+def _check_shapes(path, arrays, meta, n_components):
+    """Every array has the shape its covariance type and feature count call for."""
+    d, k = meta["n_features_in"], n_components
+    cov = {
+        "full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,),
+    }.get(meta["covariance_type"])
+    if cov is None:
+        raise ModelFileError(
+            f"{str(path)!r} has an unknown covariance_type {meta['covariance_type']!r}."
+        )
+    expected = {"weights_": (k,), "means_": (k, d), "covariances_": cov,
+                "precisions_cholesky_": cov}
+    for name, array in arrays.items():
+        if array.shape != expected[name]:
+            raise ModelFileError(
+                f"{str(path)!r}: arrays/{name}.npy has shape {array.shape}, expected "
+                f"{expected[name]} for {k} components, {d} features, covariance_type="
+                f"{meta['covariance_type']!r}. The file is damaged; re-save the model."
+            )

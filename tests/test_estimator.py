@@ -187,6 +187,13 @@ def test_convergence_warning_and_max_iter_zero(blobs):
     ours = GaussianMixture(3, max_iter=0, random_state=0).fit(blobs)
     assert ours.n_iter_ == 0 and ours.lower_bound_ == -np.inf
     assert_allclose(ours.means_, ref.means_, rtol=1e-9)
+    # max_iter=0 from given precisions: covariances_ follow the precisions, never stale
+    precisions = np.stack([np.eye(3) * (i + 1.0) for i in range(3)])
+    ours = GaussianMixture(3, max_iter=0, precisions_init=precisions, random_state=0)
+    ours.fit(blobs)
+    assert_allclose(ours.covariances_, np.linalg.inv(precisions), rtol=1e-12)
+    ours.set_params(precisions_init=precisions * 2).fit(blobs)
+    assert_allclose(ours.covariances_, np.linalg.inv(precisions * 2), rtol=1e-12)
 
 
 def test_warm_start_matches_sklearn(blobs):
@@ -232,8 +239,9 @@ def test_parameter_errors_read_like_sklearn(blobs):
 
 
 def test_n_components_larger_than_rows():
-    with pytest.raises(ValueError, match="Expected n_samples >= n_components but got "
-                                         "n_components = 5, n_samples = 3"):
+    with pytest.raises(ValueError, match=r"Expected n_samples >= n_components but got "
+                                         r"n_components = 5, n_samples = 3 \(numpy array\)\. "
+                                         r"Use at most n_components=3"):
         GaussianMixture(5).fit(np.arange(9.0).reshape(3, 3))
 
 
@@ -288,6 +296,15 @@ def test_degenerate_data_fits_with_reg_covar():
         gm = GaussianMixture(2, covariance_type=covariance_type, random_state=0).fit(X)
         ref = SkGaussianMixture(2, covariance_type=covariance_type, random_state=0).fit(X)
         assert_allclose(gm.lower_bound_, ref.lower_bound_, rtol=1e-6)
+
+
+def test_overflowing_values_are_located():
+    X = np.vstack([np.random.default_rng(0).normal(size=(300, 2)), [[1e300, 1e300]]])
+    with pytest.raises(ValueError, match=r"Numerical overflow in chunk 3 of dask array, rows "
+                                         r"300 to 300.*Scale the input data"):
+        GaussianMixture(2, init_params="random", chunk_rows=None).fit(
+            da.from_array(X, chunks=(100, 2))
+        )
 
 
 def test_collapsed_component_error_names_component_and_fix():

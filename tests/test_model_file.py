@@ -82,3 +82,33 @@ def test_not_a_model_file(tmp_path):
         daskgmm.load(path)
     with pytest.raises(FileNotFoundError, match="No daskgmm model file"):
         daskgmm.load(tmp_path / "missing.daskgmm")
+
+
+def test_damaged_files_are_refused_with_the_piece_named(tmp_path, blobs):
+    path = tmp_path / "gm.daskgmm"
+    GaussianMixture(2, random_state=0).fit(blobs).save(path)
+    original = path.read_bytes()
+
+    def meta_edit(fn):
+        def edit(members):
+            meta = json.loads(members["metadata.json"])
+            fn(meta)
+            members["metadata.json"] = json.dumps(meta).encode()
+        return edit
+
+    def wrong_means(members):
+        buf = io.BytesIO()
+        np.save(buf, np.zeros((2, 5)))
+        members["arrays/means_.npy"] = buf.getvalue()
+
+    cases = [
+        (meta_edit(lambda m: m["params"].update(new_option=1)), "does not know: new_option"),
+        (meta_edit(lambda m: m["fit_data"].pop("n_samples")), "missing fit_data.n_samples"),
+        (lambda m: m.update({"metadata.json": b"{not json"}), "unreadable metadata.json"),
+        (wrong_means, r"means_.npy has shape \(2, 5\), expected \(2, 3\)"),
+    ]
+    for edit, message in cases:
+        path.write_bytes(original)
+        _rewrite(path, edit)
+        with pytest.raises(daskgmm.model_file.ModelFileError, match=message):
+            daskgmm.load(path)
