@@ -8,22 +8,25 @@ Conventions (as in scikit-learn's ``sklearn.mixture``):
 - Gaussians are parameterised by the Cholesky factor of the precision
   (``precisions_cholesky``); the log-determinant comes from its diagonal and no
   covariance is ever inverted.
-- Shapes per ``covariance_type``:
+- Shapes per ``covariance_type`` (sufficient statistic ``s2``: second moments about each
+  component's current mean ``mu_k``):
 
-  ============  ===================================  =====================================
-  type          covariances / precisions_cholesky    sufficient statistic ``s2``
-  ============  ===================================  =====================================
+  ============  ======================================  ========================================
+  type          covariances / precisions_cholesky       ``s2``
+  ============  ======================================  ========================================
   'full'        (n_components, n_features, n_features)  sum_i r_ik (x_i-mu_k)(x_i-mu_k)^T
-  'tied'        (n_features, n_features)             sum_i x_i x_i^T
-  'diag'        (n_components, n_features)           sum_i r_ik x_i**2
-  'spherical'   (n_components,)                      sum_i r_ik x_i**2 (per feature)
-  ============  ===================================  =====================================
+  'tied'        (n_features, n_features)                as 'full', summed over k in the M-step
+  'diag'        (n_components, n_features)              sum_i r_ik (x_i-mu_k)**2
+  'spherical'   (n_components,)                         as 'diag', averaged in the M-step
+  ============  ======================================  ========================================
 
 Numerical precision. The engine works in coordinates shifted by a fixed centre of the
 data (``Params.shift``), so data offset by 1e6 with unit spread fits like centred data.
-All statistics accumulate in float64. For 'full' the second moments are additionally
-centred on each component's current mean, and the M-step corrects for the shift
-between the current and the new mean, so no ``E[x^2] - mu^2`` cancellation occurs.
+All statistics accumulate in float64 and are centred on each component's current mean;
+the M-step corrects for the shift between the current and the new mean, so no
+``E[x^2] - mu^2`` cancellation occurs, even for tight clusters far apart. The 'diag' and
+'spherical' E-steps also subtract each mean before squaring (scikit-learn expands
+``x^2 - 2 x mu + mu^2``).
 """
 
 from __future__ import annotations
