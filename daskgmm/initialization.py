@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 from sklearn.cluster import KMeans, kmeans_plusplus
+from sklearn.utils import check_random_state
 
 from . import em, kernels
 from .kernels import Params, Stats
@@ -126,15 +127,9 @@ def initial_params(
 ):
     """``n_init`` initial ``Params`` (shifted coordinates) and the number of data passes."""
     t0 = time.perf_counter()
-    n = dataset.n_samples
     user_all = weights_init is not None and means_init is not None and precisions_init is not None
-    needs_sample = not user_all and init_params != "random"
-    size = max(init_sample_size, n_components)
-    sample = draw_sample(dataset, size, random_state) if needs_sample else None
-    shift = data_shift(dataset, sample)
-    n_passes = int(needs_sample and n > size)
-
     if user_all:
+        shift = data_shift(dataset)
         out = [
             override_with_user_init(
                 _placeholder(covariance_type, np.zeros((n_components, shift.size)), shift),
@@ -142,40 +137,92 @@ def initial_params(
             )
             for _ in range(n_init)
         ]
-    elif init_params == "kmeans":
-        centers = []
-        for _ in range(n_init):
-            km = KMeans(n_clusters=n_components, n_init=1, random_state=random_state)
-            centers.append(km.fit(sample).cluster_centers_)
-        work = [(c, _placeholder(covariance_type, c - shift, shift)) for c in centers]
-        stats = em.data_pass(dataset, em._hard_assignment_chunk, (work,), split_every=split_every)
-        n_passes += 1
-        out = [
-            params_from_stats(s, c - shift, covariance_type, reg_covar, n, shift)
-            for s, c in zip(stats, centers, strict=True)
-        ]
-    elif init_params == "random":
-        zeros = np.zeros((n_components, shift.size))
-        work = [
-            (int(random_state.randint(np.iinfo(np.int32).max)),
-             _placeholder(covariance_type, zeros, shift))
-            for _ in range(n_init)
-        ]
-        stats = em.data_pass(dataset, em._random_resp_chunk, (work,), split_every=split_every)
-        n_passes += 1
-        out = [params_from_stats(s, zeros, covariance_type, reg_covar, n, shift) for s in stats]
+        n_passes = 0
     else:
-        out = []
-        for _ in range(n_init):
-            if init_params == "k-means++":
-                _, idx = kmeans_plusplus(sample, n_components, random_state=random_state)
-            else:  # random_from_data
-                idx = random_state.choice(sample.shape[0], size=n_components, replace=False)
-            out.append(_one_hot_params(sample[idx], covariance_type, reg_covar, n, shift))
-    if not user_all:
+        (out,), n_passes = initial_params_grid(
+            dataset, [(n_components, covariance_type)], init_params=init_params,
+            n_init=n_init, random_state=random_state, reg_covar=reg_covar,
+            init_sample_size=init_sample_size, split_every=split_every,
+        )
         out = [override_with_user_init(p, weights_init, means_init, precisions_init) for p in out]
     logger.info(
         "initialised %d candidate(s) with %r in %.2fs (%d data pass(es))",
         n_init, "user parameters" if user_all else init_params, time.perf_counter() - t0, n_passes,
     )
+    return out, n_passes
+
+
+def initial_params_grid(
+    dataset: Dataset,
+    grid,
+    *,
+    init_params,
+    n_init,
+    random_state,
+    reg_covar,
+    init_sample_size=100_000,
+    split_every=8,
+):
+    """Initial ``Params`` for every ``(n_components, covariance_type)`` of ``grid``, each
+    with ``n_init`` restarts, sharing one sample and at most one pass over all rows.
+
+    ``random_state``: a ``RandomState`` is consumed restart after restart and grid entry
+    after grid entry; an int (or None) seeds each grid entry afresh, as separate
+    scikit-learn fits with that seed would be (k-means runs once per k and seed and is
+    shared by the covariance types). Returns a list (per grid entry) of lists of
+    ``Params``, and the number of data passes.
+    """
+    n = dataset.n_samples
+    shared = isinstance(random_state, np.random.RandomState)
+
+    def rng():
+        return random_state if shared else check_random_state(random_state)
+
+    sample_rs = rng() if shared else np.random.RandomState(
+        check_random_state(random_state).randint(np.iinfo(np.int32).max)
+    )
+    largest = max(k for k, _ in grid)
+    size = max(init_sample_size, largest)
+    needs_sample = init_params != "random"
+    sample = draw_sample(dataset, size, sample_rs) if needs_sample else None
+    shift = data_shift(dataset, sample)
+    n_passes = int(needs_sample and n > size)
+    d = shift.size
+
+    out, work = [], []
+    centers_cache = {}
+    for k, covariance_type in grid:
+        rs = rng()
+        entry = []
+        for r in range(n_init):
+            if init_params == "kmeans":
+                key = (k, r)
+                if shared or key not in centers_cache:
+                    km = KMeans(n_clusters=k, n_init=1, random_state=rs)
+                    centers_cache[key] = km.fit(sample).cluster_centers_
+                centers = centers_cache[key]
+                work.append((centers, _placeholder(covariance_type, centers - shift, shift)))
+                entry.append(None)
+            elif init_params == "random":
+                seed = int(rs.randint(np.iinfo(np.int32).max))
+                work.append((seed, _placeholder(covariance_type, np.zeros((k, d)), shift)))
+                entry.append(None)
+            elif init_params == "k-means++":
+                _, idx = kmeans_plusplus(sample, k, random_state=rs)
+                entry.append(_one_hot_params(sample[idx], covariance_type, reg_covar, n, shift))
+            else:  # random_from_data
+                idx = rs.choice(sample.shape[0], size=k, replace=False)
+                entry.append(_one_hot_params(sample[idx], covariance_type, reg_covar, n, shift))
+        out.append(entry)
+    if work:
+        chunk_fn = em._hard_assignment_chunk if init_params == "kmeans" else em._random_resp_chunk
+        stats = iter(em.data_pass(dataset, chunk_fn, (work,), split_every=split_every))
+        work = iter(work)
+        n_passes += 1
+        for entry in out:
+            for r in range(len(entry)):
+                s, (_, placeholder) = next(stats), next(work)
+                entry[r] = params_from_stats(
+                    s, placeholder.means, placeholder.covariance_type, reg_covar, n, shift
+                )
     return out, n_passes
