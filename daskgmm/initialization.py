@@ -64,9 +64,10 @@ def data_shift(dataset: Dataset, sample=None):
     if sample is None:
         sample = dataset.array[:_SHIFT_ROWS].compute()
     sample = np.asarray(sample, dtype=np.float64)
-    # bad rows are reported by the data pass, with their location; skip them here
+    # bad rows are reported by the data pass, with their location; skip them here. The
+    # median keeps one huge outlier from moving the centre of every row.
     finite = sample[np.isfinite(sample).all(axis=1)]
-    return finite.mean(axis=0) if finite.size else np.zeros(sample.shape[1])
+    return np.median(finite, axis=0) if finite.size else np.zeros(sample.shape[1])
 
 
 def params_from_stats(stats: Stats, current_means, covariance_type, reg_covar, n_samples, shift):
