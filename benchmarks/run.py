@@ -85,6 +85,44 @@ def speed_case(root, n_samples, n_features, n_components, covariance_type, itera
     return row
 
 
+def selection_case(root, n_samples, n_features, true_k, ks, covariance_type):
+    """A grid of len(ks) candidates: select_model's shared passes against fitting the
+    candidates one after another with daskgmm (streaming) and with scikit-learn."""
+    path = root / f"select-{n_samples}x{n_features}.zarr"
+    if not path.exists():
+        write_mixture_zarr(path, n_samples, n_features, true_k, chunk_rows=250_000, seed=4)
+    kw = dict(covariance_type=covariance_type, random_state=0, tol=1e-3, max_iter=100)
+    t0 = time.perf_counter()
+    sel = daskgmm.select_model(str(path), n_components=ks, covariance_types=[covariance_type],
+                               random_state=0, tol=1e-3, max_iter=100, array_name="X",
+                               cache=False)
+    shared = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    passes = 0
+    for k in ks:
+        gm = daskgmm.GaussianMixture(k, array_name="X", cache=False, **kw).fit(str(path))
+        passes += gm.n_passes_ + 1  # + the pass of bic()
+        gm.bic(str(path))
+    sequential = time.perf_counter() - t0
+    X = zarr.open_array(str(path / "X"), mode="r")[:]
+    t0 = time.perf_counter()
+    for k in ks:
+        SkGaussianMixture(k, **kw).fit(X).bic(X)
+    sk = time.perf_counter() - t0
+    row = {
+        "rows": n_samples, "features": n_features, "candidates": len(ks),
+        "covariance_type": covariance_type, "true_k": true_k,
+        "selected_k": int(sel.best_.n_components),
+        "shared_passes": sel.n_passes_, "shared_s": round(shared, 1),
+        "sequential_passes": passes, "sequential_s": round(sequential, 1),
+        "sklearn_sequential_s": round(sk, 1),
+        "shared_over_sequential": round(shared / sequential, 3),
+        "shared_over_sklearn": round(shared / sk, 3),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def memory_case(root, n_samples, n_features, memory_limit, client):
     path = root / f"memory-{n_samples}.zarr"
     t0 = time.perf_counter()
@@ -138,6 +176,26 @@ def write_report(results, path):
             f"({r['persisted_ratio']}) | {r['zarr_s_per_iter']} ({r['zarr_ratio']}) "
             f"| {target} |"
         )
+    if "selection" in results:
+        lines += [
+            "",
+            "Model selection, a grid of candidates read from Zarr (streaming): select_model's "
+            "shared passes against fitting the candidates one after another (each fit plus "
+            "its bic() pass), and against scikit-learn fitting them one after another in "
+            "memory:",
+            "",
+            "| data | candidates | selected k (true k) | shared: passes, s | one after another: "
+            "passes, s | scikit-learn one after another s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in results["selection"]:
+            lines.append(
+                f"| {r['rows']:,} x {r['features']} | {r['candidates']} x "
+                f"{r['covariance_type']} | {r['selected_k']} ({r['true_k']}) "
+                f"| {r['shared_passes']}, {r['shared_s']} "
+                f"| {r['sequential_passes']}, {r['sequential_s']} "
+                f"| {r['sklearn_sequential_s']} |"
+            )
     if "memory" in results:
         lines += [
             "",
@@ -162,7 +220,7 @@ def write_report(results, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--only", choices=["speed", "memory"])
+    parser.add_argument("--only", choices=["speed", "memory", "selection"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
     parser.add_argument("--data", type=Path, default=None, help="scratch folder for data")
     parser.add_argument("--report-only", action="store_true",
@@ -186,6 +244,12 @@ def main(argv=None):
         with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="6GiB",
                           dashboard_address=None) as cluster, Client(cluster):
             results["speed"] = [speed_case(root, *case) for case in cases]
+    if args.only in (None, "selection"):
+        with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="6GiB",
+                          dashboard_address=None) as cluster, Client(cluster):
+            results["selection"] = [
+                selection_case(root, 1_000_000 // scale, 8, 5, list(range(1, 11)), "full")
+            ]
     if args.only in (None, "memory"):
         memory_limit = (300 if args.quick else 400) * 2**20
         with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=memory_limit,
