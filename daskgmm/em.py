@@ -120,12 +120,17 @@ def _hard_assignment_chunk(block, centers_and_params, row_start):
 
 
 def _random_resp_chunk(block, seeds_and_params, row_start):
-    X = np.asarray(block, dtype=np.float64)
-    out = []
-    for seed, p in seeds_and_params:
-        resp = random_resp(seed, row_start, X.shape[0], p.n_components)
-        out.append(kernels.stats_from_resp(X - p.shift, resp, p, 0.0))
-    return out
+    def resp_fn(seed, k):
+        return lambda xs, start: random_resp(seed, row_start + start, xs.shape[0], k)
+
+    return [
+        kernels.responsibility_stats(block, p, resp_fn(seed, p.n_components))
+        for seed, p in seeds_and_params
+    ]
+
+
+def _log_likelihood_chunk(block, params, row_start):
+    return kernels.chunk_log_likelihood(block, params)
 
 
 def random_resp(seed, row_start, n_rows, n_components):
@@ -226,5 +231,5 @@ def run_em(
 
 def score_pass(dataset: Dataset, params: list[Params], split_every: int = 8):
     """Total log-likelihood and row count of ``dataset`` under each of ``params``."""
-    stats = data_pass(dataset, _em_chunk, (params,), split_every=split_every)
+    stats = data_pass(dataset, _log_likelihood_chunk, (params,), split_every=split_every)
     return [(s.log_likelihood, s.n_samples) for s in stats]

@@ -372,14 +372,53 @@ def score_chunk(X, params: Params, what):
     return out
 
 
+def chunk_log_likelihood(X, candidates: list[Params]) -> list[Stats]:
+    """Only the log-likelihood (and row count) of every candidate on a chunk of rows.
+
+    A non-finite ``log_likelihood`` means the chunk holds NaN or infinite values.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    totals = [0.0] * len(candidates)
+    ws = Workspace()
+    for _, block in _blocks(X, candidates):
+        for i, p in enumerate(candidates):
+            xs = np.subtract(block, p.shift, out=ws("xs", block.shape))
+            log_norm, _ = log_prob_resp(estimate_weighted_log_prob(xs, p, ws), ws)
+            totals[i] += log_norm.sum()
+    return [
+        Stats(s.nk, s.s1, s.s2, total, X.shape[0])
+        for s, total in zip((empty_stats(p, X.shape[1]) for p in candidates), totals,
+                            strict=True)
+    ]
+
+
+def responsibility_stats(X, params: Params, resp_fn) -> Stats:
+    """Statistics of a chunk of (unshifted) rows under given responsibilities.
+
+    ``resp_fn(shifted_block, block_start)`` returns the responsibilities of one block of
+    rows; blocks are cache-sized, so no temporary grows with the chunk.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    out = empty_stats(params, X.shape[1])
+    ws = Workspace()
+    for start, block in _blocks(X, [params]):
+        xs = np.subtract(block, params.shift, out=ws("xs", block.shape))
+        out = out + stats_from_resp(xs, resp_fn(xs, start), params, 0.0, ws)
+    return out
+
+
 def hard_assignment_stats(X, centers, params: Params) -> Stats:
     """Statistics of rows assigned to their nearest centre (k-means initialisation)."""
-    X = np.asarray(X, dtype=np.float64) - params.shift
     c = centers - params.shift
-    d2 = (X * X).sum(axis=1)[:, None] - 2.0 * X @ c.T + (c * c).sum(axis=1)
-    resp = np.zeros((X.shape[0], c.shape[0]))
-    resp[np.arange(X.shape[0]), d2.argmin(axis=1)] = 1.0
-    return stats_from_resp(X, resp, params, 0.0)
+    c2 = (c * c).sum(axis=1)
+
+    def nearest(xs, start):
+        d2 = c2 - 2.0 * (xs @ c.T)  # + |x|^2, the same for every centre
+        resp = np.zeros(d2.shape)
+        resp[np.arange(xs.shape[0]), d2.argmin(axis=1)] = 1.0
+        return resp
+
+    return responsibility_stats(X, params, nearest)
 
 
 ###############################################################################
