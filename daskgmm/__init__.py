@@ -2,11 +2,14 @@
 
 from ._version import __version__
 from .estimator import GaussianMixture
-from .model_file import load
+from .kernels import SCORE_DTYPE
+from .model_file import load, model_id
+from .publish import Publication, latest_scores, read_pointer, read_scores, write_scores
 from .selection import ModelSelection, select_model
 from .sources import Dataset, as_dataset
 
 __all__ = [
-    "GaussianMixture", "Dataset", "ModelSelection", "as_dataset", "load", "select_model",
-    "__version__",
+    "GaussianMixture", "Dataset", "ModelSelection", "Publication", "SCORE_DTYPE", "as_dataset",
+    "latest_scores", "load", "model_id", "read_pointer", "read_scores", "select_model",
+    "write_scores", "__version__",
 ]

@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from . import kernels
 from .kernels import Params
+from .quantiles import N_POINTS, RankSketch, combine_sketches
 from .sources import Dataset
 
 logger = logging.getLogger(__name__)
@@ -83,8 +84,9 @@ class _ChunkTask:
 
 
 def _finite(stats):
-    return (math.isfinite(stats.log_likelihood) and np.isfinite(stats.s1).all()
-            and np.isfinite(stats.s2).all())
+    if not math.isfinite(stats.log_likelihood):
+        return False
+    return all(np.isfinite(getattr(stats, name, 0.0)).all() for name in ("s1", "s2"))
 
 
 def _as_list(out):
@@ -131,6 +133,13 @@ def _random_resp_chunk(block, seeds_and_params, row_start):
 
 def _log_likelihood_chunk(block, params, row_start):
     return kernels.chunk_log_likelihood(block, params)
+
+
+def _sketch_chunk(block, params, n_points, row_start):
+    return [
+        RankSketch.from_values(kernels.score_chunk(block, p, "score_samples"), n_points)
+        for p in params
+    ]
 
 
 def random_resp(seed, row_start, n_rows, n_components):
@@ -233,3 +242,26 @@ def score_pass(dataset: Dataset, params: list[Params], split_every: int = 8):
     """Total log-likelihood and row count of ``dataset`` under each of ``params``."""
     stats = data_pass(dataset, _log_likelihood_chunk, (params,), split_every=split_every)
     return [(s.log_likelihood, s.n_samples) for s in stats]
+
+
+def sketch_pass(dataset: Dataset, params: list[Params], split_every: int = 8):
+    """Per model, a :class:`RankSketch` of the log-densities of all rows (one pass).
+
+    The sketches give the total log-likelihood and row count as :func:`score_pass`
+    does, and quantiles of the log-density with a guaranteed rank error: each chunk
+    keeps ``sketch_points(n_chunks)`` values, so the client receives at most
+    ``max(SKETCH_BUDGET, 2049 * n_chunks)`` values per model.
+    """
+    n_points = sketch_points(dataset.array.numblocks[0])
+    return data_pass(dataset, _sketch_chunk, (params, n_points), combine=combine_sketches,
+                     split_every=split_every)
+
+
+# Values per model that a sketch pass may send to the client: up to this many rows, the
+# quantiles are exact.
+SKETCH_BUDGET = 1 << 22
+
+
+def sketch_points(n_chunks: int) -> int:
+    """Values kept per chunk: exact up to ``SKETCH_BUDGET`` rows, never fewer than 2049."""
+    return max(N_POINTS, -(-SKETCH_BUDGET // max(n_chunks, 1)))

@@ -23,6 +23,9 @@ from .sources import Dataset, as_dataset
 
 logger = logging.getLogger(__name__)
 
+# Levels of the training log-density quantiles kept with the threshold.
+SCORE_QUANTILE_LEVELS = (0.0, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
+
 _INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
 
@@ -240,13 +243,25 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 ensure_all_finite=False, ensure_min_samples=2 if fit else 1,
             )
             return as_dataset(X, chunk_rows=self.chunk_rows if fit else "auto")
-        dataset = as_dataset(
-            X,
-            columns=self.columns,
-            array_name=self.array_name,
-            storage_options=self.storage_options,
-            chunk_rows=self.chunk_rows if fit else None,
-        )
+        columns = self.columns
+        fitted = None if reset else getattr(self, "feature_names_in_", None)
+        if columns is None and fitted is not None:
+            columns = [str(c) for c in fitted]  # Parquet: read the columns seen at fit
+        try:
+            dataset = as_dataset(
+                X,
+                columns=columns,
+                array_name=self.array_name,
+                storage_options=self.storage_options,
+                chunk_rows=self.chunk_rows if fit else None,
+            )
+        except ValueError as exc:
+            if fitted is None or "is not in file" not in str(exc):
+                raise
+            raise ValueError(
+                f"{exc} The model was fitted on columns {[str(c) for c in fitted]}: the data "
+                "to score need the same columns."
+            ) from None
         names = dataset.feature_names
         if reset:
             self.n_features_in_ = dataset.n_features
@@ -481,7 +496,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                     dataset.array.nbytes / 2**20, dataset.description)
         return Dataset(
             dataset.array.persist(), dataset.feature_names, dataset.description,
-            dataset.chunk_labels, dataset.lazy,
+            dataset.chunk_labels, dataset.lazy, dataset.origin,
         )
 
     # ------------------------------------------------------------- parameters
@@ -562,6 +577,154 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Akaike information criterion on ``X`` (lower is better)."""
         total, _ = self._log_likelihood(X)
         return -2 * total + 2 * self._n_parameters()
+
+    # -------------------------------------------------------------- anomalies
+
+    def set_threshold(self, X=None, *, contamination=0.01, threshold=None):
+        """Set the log-density threshold below which a row is flagged as an anomaly.
+
+        By default the threshold is the ``contamination`` quantile of the log-density of
+        the rows of ``X`` (the training data), computed out-of-core in one pass: each
+        chunk's sorted log-densities are summarised at ``m`` evenly spaced ranks, ``m =
+        max(2049, 4194304 / number of chunks)``, and the summaries are tree-reduced
+        (:mod:`daskgmm.quantiles`). The quantile is exact (numpy's ``quantile``) for up
+        to 4,194,304 rows; beyond, the fraction of rows of ``X`` at or below the
+        threshold differs from ``contamination`` by less than ``1/(m-1)`` of the rows
+        (at most 1/2048, 0.049 %). The bounds reached are kept in ``threshold_bounds_``.
+        With ``threshold=`` a fixed log-density is used instead (``X`` is then optional;
+        given, it only fills the training quantiles).
+
+        The threshold, the contamination and quantiles of the training log-density are
+        saved in the model file, so that tomorrow's data are flagged against the same
+        threshold.
+
+        Parameters
+        ----------
+        X : data the model was fitted on (any input :meth:`fit` takes), optional with
+            ``threshold``.
+        contamination : float in (0, 0.5], default=0.01
+            Expected fraction of anomalies in ``X``.
+        threshold : float, default=None
+            A fixed log-density threshold; overrides ``contamination``.
+
+        Returns
+        -------
+        self
+
+        Attributes set
+        --------------
+        threshold_ : float
+        contamination_ : float or None (None for a fixed threshold)
+        threshold_bounds_ : (float, float) or None
+            Lowest and highest possible fraction of the rows of ``X`` at or below
+            ``threshold_``.
+        score_quantile_levels_, score_quantiles_ : ndarray
+            Log-density quantiles of ``X`` at these levels (empty without ``X``).
+        training_log_likelihood_ : float
+            Mean log-density per row of ``X`` (nan without ``X``).
+        """
+        check_is_fitted(self)
+        if threshold is not None:
+            self._check_fixed_threshold(threshold)
+        else:
+            self._check_contamination(contamination)
+        if X is None:
+            if threshold is None:
+                raise ValueError(
+                    "set_threshold needs the training data X to compute the "
+                    f"contamination={contamination!r} quantile of its log-density, or a "
+                    "fixed threshold=<log-density>."
+                )
+            self._set_threshold_from(None, None, float(threshold))
+            return self
+        dataset = self._predict_dataset(X)
+        (sketch,) = em.sketch_pass(dataset, [self._params()], self.split_every)
+        self._set_threshold_from(sketch, contamination, threshold)
+        logger.info(
+            "anomaly threshold %.6g (log-density) on %d rows of %s: %s",
+            self.threshold_, sketch.n_samples, dataset.description,
+            "fixed" if threshold is not None else (
+                f"contamination {contamination}, fraction at or below in "
+                f"[{self.threshold_bounds_[0]:.5f}, {self.threshold_bounds_[1]:.5f}]"
+            ),
+        )
+        return self
+
+    @staticmethod
+    def _check_fixed_threshold(threshold):
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or (
+            not math.isfinite(threshold)
+        ):
+            raise ValueError(
+                f"threshold must be a finite log-density (a float); got {threshold!r}."
+            )
+
+    @staticmethod
+    def _check_contamination(contamination):
+        if isinstance(contamination, bool) or not isinstance(contamination, numbers.Real) or (
+            not 0.0 < contamination <= 0.5
+        ):
+            raise ValueError(
+                "contamination must be a float in (0, 0.5], the expected fraction of "
+                f"anomalies; got {contamination!r}."
+            )
+
+    def _set_threshold_from(self, sketch, contamination, threshold):
+        if sketch is None:
+            self.score_quantile_levels_ = np.empty(0)
+            self.score_quantiles_ = np.empty(0)
+            self.training_log_likelihood_ = float("nan")
+            self.threshold_bounds_ = None
+        else:
+            levels = np.asarray(SCORE_QUANTILE_LEVELS)
+            self.score_quantile_levels_ = levels
+            self.score_quantiles_, _ = sketch.quantile(levels)
+            self.training_log_likelihood_ = sketch.log_likelihood / sketch.n_samples
+        if threshold is None:
+            (value,), bounds = sketch.quantile([contamination])
+            self.threshold_ = float(value)
+            self.contamination_ = float(contamination)
+            self.threshold_bounds_ = (float(bounds[0, 0]), float(bounds[0, 1]))
+        else:
+            self.threshold_ = float(threshold)
+            self.contamination_ = None
+            if sketch is not None:
+                ((lo, hi),) = sketch.fraction_at_or_below([threshold])
+                self.threshold_bounds_ = (float(lo), float(hi))
+
+    def anomaly_scores(self, X):
+        """Per-row anomaly scores against the stored threshold (see :meth:`set_threshold`).
+
+        Returns, for numpy or pandas input, a pandas DataFrame; for lazy input (dask,
+        Zarr, Parquet) a dask array of records (dtype ``daskgmm.SCORE_DTYPE``) chunked
+        like the input, whose ``.compute()`` gives a numpy record array
+        (``pandas.DataFrame(records)`` makes it a DataFrame). The fields:
+
+        ============== ======= ==========================================================
+        log_density    float64 ``score_samples``: log of the mixture density at the row
+        anomaly_score  float64 ``-log_density``: higher is more anomalous
+        component      int32   ``predict``: the most probable component
+        responsibility float64 that component's posterior probability
+        is_anomaly     bool    ``log_density < threshold_``
+        ============== ======= ==========================================================
+        """
+        self._check_threshold()
+        dataset = self._predict_dataset(X)
+        out = self._map_rows(dataset, _ScoreRows(self.threshold_), kernels.SCORE_DTYPE, None)
+        if dataset.lazy:
+            return out
+        import pandas as pd
+
+        return pd.DataFrame(out)
+
+    def _check_threshold(self):
+        check_is_fitted(self)
+        if getattr(self, "threshold_", None) is None:
+            raise ValueError(
+                "This GaussianMixture has no anomaly threshold: call "
+                "gm.set_threshold(X_train, contamination=0.01) (or threshold=<log-density>) "
+                "after fit, or use daskgmm.select_model, which sets it."
+            )
 
     def _n_parameters(self):
         return kernels.n_parameters(self.n_components, self.means_.shape[1], self.covariance_type)
@@ -667,6 +830,14 @@ class _RowsTask:
                 self.description, label, start, stop, *bad, self.feature_names
             )
         return self.fn(np.asarray(block, dtype=np.float64), params)
+
+
+class _ScoreRows:
+    def __init__(self, threshold):
+        self.threshold = threshold
+
+    def __call__(self, X, params):
+        return kernels.score_rows(X, params, self.threshold)
 
 
 def _score_samples_chunk(X, params):

@@ -372,6 +372,40 @@ def score_chunk(X, params: Params, what):
     return out
 
 
+# Per-row anomaly scores: one record per row (see :func:`score_rows`).
+SCORE_DTYPE = np.dtype([
+    ("log_density", np.float64),
+    ("anomaly_score", np.float64),
+    ("component", np.int32),
+    ("responsibility", np.float64),
+    ("is_anomaly", np.bool_),
+])
+
+
+def score_rows(X, params: Params, threshold: float):
+    """Anomaly scores of a chunk of (unshifted) rows under one model, block by block.
+
+    Returns a structured array of ``SCORE_DTYPE``: log-density (``score_samples``), the
+    anomaly score (its negative), the most probable component (``predict``), that
+    component's responsibility (the row's maximum of ``predict_proba``) and
+    ``is_anomaly = log_density < threshold``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    out = np.empty(X.shape[0], dtype=SCORE_DTYPE)
+    ws = Workspace()
+    for start, block in _blocks(X, [params]):
+        xs = np.subtract(block, params.shift, out=ws("xs", block.shape))
+        log_norm, log_resp = log_prob_resp(estimate_weighted_log_prob(xs, params, ws), ws)
+        rows = out[start : start + block.shape[0]]
+        best = log_resp.argmax(axis=1)
+        rows["log_density"] = log_norm
+        rows["anomaly_score"] = -log_norm
+        rows["component"] = best
+        rows["responsibility"] = np.exp(log_resp[np.arange(block.shape[0]), best])
+        rows["is_anomaly"] = log_norm < threshold
+    return out
+
+
 def chunk_log_likelihood(X, candidates: list[Params]) -> list[Stats]:
     """Only the log-likelihood (and row count) of every candidate on a chunk of rows.
 

@@ -56,6 +56,48 @@ def _params_for_file(est):
     return _jsonable(params)
 
 
+def _finite_or_none(value):
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _anomaly_meta(est):
+    """The anomaly threshold and the training log-density summary, or None if unset."""
+    if getattr(est, "threshold_", None) is None:
+        return None
+    bounds = getattr(est, "threshold_bounds_", None)
+    return {
+        "threshold": float(est.threshold_),
+        "contamination": est.contamination_,
+        "threshold_bounds": None if bounds is None else [float(b) for b in bounds],
+        "training_log_likelihood": _finite_or_none(est.training_log_likelihood_),
+        "score_quantile_levels": [float(v) for v in est.score_quantile_levels_],
+        "score_quantiles": [float(v) for v in est.score_quantiles_],
+    }
+
+
+def model_id(est) -> str:
+    """A short content hash of a fitted model: its parameters, arrays and threshold.
+
+    Two models with the same id flag the same rows the same way; it does not depend on
+    when, where or by which daskgmm version the model was written.
+    """
+    import hashlib
+
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(est)
+    h = hashlib.sha256()
+    h.update(json.dumps({"params": _params_for_file(est), "anomaly": _anomaly_meta(est)},
+                        sort_keys=True).encode())
+    for name in _ARRAYS:
+        value = getattr(est, name, None)
+        if value is not None:
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(value, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
 def save_model(est, path, *, storage_options=None):
     """Write the fitted estimator ``est`` to ``path`` (local path or fsspec URL)."""
     from sklearn.utils.validation import check_is_fitted
@@ -82,7 +124,9 @@ def save_model(est, path, *, storage_options=None):
         },
         "n_passes": int(getattr(est, "n_passes_", 0)),
         "arrays": [name for name in _ARRAYS if getattr(est, name, None) is not None],
+        "anomaly": _anomaly_meta(est),
     }
+    meta["model_id"] = model_id(est)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("metadata.json", json.dumps(meta, indent=2, sort_keys=True))
@@ -188,7 +232,33 @@ def load(path, *, storage_options=None):
     est.lower_bounds_ = list(meta["lower_bounds"])
     est.fit_n_samples_ = meta["fit_data"]["n_samples"]
     est.n_passes_ = meta.get("n_passes", 0)
+    anomaly = meta.get("anomaly")
+    if anomaly is not None:
+        _set_anomaly(path, est, anomaly)
     return est
+
+
+def _set_anomaly(path, est, anomaly):
+    try:
+        est.threshold_ = float(anomaly["threshold"])
+        c = anomaly["contamination"]
+        est.contamination_ = None if c is None else float(c)
+        b = anomaly.get("threshold_bounds")
+        est.threshold_bounds_ = None if b is None else (float(b[0]), float(b[1]))
+        ll = anomaly.get("training_log_likelihood")
+        est.training_log_likelihood_ = float("nan") if ll is None else float(ll)
+        est.score_quantile_levels_ = np.asarray(anomaly["score_quantile_levels"], dtype=float)
+        est.score_quantiles_ = np.asarray(anomaly["score_quantiles"], dtype=float)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ModelFileError(
+            f"{str(path)!r}: the 'anomaly' entry of metadata.json is damaged ({exc!r}); "
+            "re-save the model, or set the threshold again with gm.set_threshold(...)."
+        ) from None
+    if est.score_quantile_levels_.shape != est.score_quantiles_.shape:
+        raise ModelFileError(
+            f"{str(path)!r}: anomaly score_quantile_levels and score_quantiles differ in "
+            "length; re-save the model."
+        )
 
 
 def _check_shapes(path, arrays, meta, n_components):

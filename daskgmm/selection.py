@@ -83,6 +83,8 @@ def select_model(
     reg_covar=1e-6,
     max_iter=100,
     init_params="kmeans",
+    contamination=0.01,
+    threshold=None,
     **estimator_params,
 ) -> ModelSelection:
     """Fit every ``(n_components, covariance_type)`` with ``n_init`` restarts and keep the
@@ -95,6 +97,11 @@ def select_model(
     With an int ``random_state`` each candidate starts as a separate fit with that seed
     would. A candidate whose covariance becomes singular is reported in ``table_['error']``
     and left out of the choice.
+
+    The final pass also summarises every candidate's log-densities, so the chosen model
+    gets its anomaly threshold without another pass: the ``contamination`` quantile of
+    the training log-density, or the fixed ``threshold`` (see
+    :meth:`GaussianMixture.set_threshold`).
     """
     import pandas as pd
 
@@ -104,6 +111,10 @@ def select_model(
         init_params=init_params, random_state=random_state, **estimator_params,
     )
     template._validate_params()
+    if threshold is None:
+        GaussianMixture._check_contamination(contamination)
+    else:
+        GaussianMixture._check_fixed_threshold(threshold)
     dataset = template._dataset(X, reset=True, fit=True)
     ks, types = _check_grid(n_components, covariance_types, criterion, dataset.n_samples)
     grid = [(k, t) for t in types for k in ks]
@@ -130,7 +141,7 @@ def select_model(
         if c.error is None and (current is None or c.lower_bound > current.lower_bound):
             best_per_entry[g] = c
     finals = sorted(best_per_entry)
-    scores = dict(zip(finals, em.score_pass(
+    sketches = dict(zip(finals, em.sketch_pass(
         fit_data, [best_per_entry[g].params for g in finals], template.split_every
     ), strict=True))
     n_passes += 1
@@ -148,7 +159,7 @@ def select_model(
                              n_iter=max(x.n_iter for x in result.candidates if x.tag[0] == g),
                              converged=False, seconds=0.0, error=str(errors[0])))
             continue
-        total, _ = scores[g]
+        total = sketches[g].log_likelihood
         p = kernels.n_parameters(k, dataset.n_features, covariance_type)
         rows.append(dict(
             n_components=k, covariance_type=covariance_type,
@@ -166,6 +177,7 @@ def select_model(
     best_g = int(table[criterion].idxmin())
     best = _estimator_from(template, grid[best_g], fitted[best_g], dataset, n_passes,
                            time.perf_counter() - t0)
+    best._set_threshold_from(sketches[best_g], contamination, threshold)
     logger.info(
         "selected n_components=%d covariance_type=%r by %s among %d candidates in %d passes",
         *grid[best_g], criterion, len(grid), n_passes,

@@ -56,6 +56,8 @@ class Dataset:
         "chunk 3" or "file 'part.2.parquet'".
     lazy : bool
         True when the user passed a lazy (dask/Zarr/Parquet) input: outputs are lazy too.
+    origin : Origin or None
+        For Zarr and Parquet paths, where the rows live (used to write results back).
     """
 
     array: da.Array
@@ -63,6 +65,7 @@ class Dataset:
     description: str = "numpy array"
     chunk_labels: list[str] = field(default_factory=list)
     lazy: bool = False
+    origin: Origin | None = None
 
     @property
     def n_samples(self) -> int:
@@ -79,6 +82,33 @@ class Dataset:
 
     def chunk_label(self, i: int) -> str:
         return self.chunk_labels[i] if self.chunk_labels else f"chunk {i}"
+
+
+@dataclass
+class Origin:
+    """Where a Zarr or Parquet dataset lives.
+
+    Attributes
+    ----------
+    kind : 'zarr' or 'parquet'
+    url : str
+        The path or URL as given.
+    fs : fsspec filesystem, root : str
+        The filesystem and the path of ``url`` on it.
+    group : bool
+        Zarr: whether ``url`` is a group (else an array).
+    files : list of (path, relative path, n_rows)
+        Parquet: the non-empty files, in row order.
+    storage_options : dict
+    """
+
+    kind: str
+    url: str
+    fs: object
+    root: str
+    group: bool = False
+    files: list = field(default_factory=list)
+    storage_options: dict = field(default_factory=dict)
 
 
 def as_dataset(
@@ -302,7 +332,7 @@ def _from_dataset(dataset):
     if array is dataset.array:
         return dataset
     return Dataset(array, dataset.feature_names, dataset.description,
-                   list(dataset.chunk_labels), dataset.lazy)
+                   list(dataset.chunk_labels), dataset.lazy, dataset.origin)
 
 
 ###############################################################################
@@ -409,11 +439,16 @@ def _from_path(X, columns, array_name, storage_options, chunk_rows):
     root = root.rstrip("/") or root
     fs.invalidate_cache(root)  # a listing cached before the data was written is stale
     if any(fs.exists(f"{root}/{marker}") for marker in _ZARR_MARKERS):
-        return _from_zarr_path(url, fs, root, shown, array_name, options, chunk_rows)
+        dataset, group = _from_zarr_path(url, fs, root, shown, array_name, options, chunk_rows)
+        dataset.origin = Origin("zarr", url, fs, root, group=group, storage_options=options)
+        return dataset
     if fs.isfile(root):
         if root.lower().endswith(_PARQUET_SUFFIXES) or _has_parquet_magic(fs, root):
             files = [(root, os.path.basename(root), fs.info(root))]
-            return _from_parquet(fs, files, shown, columns, chunk_rows)
+            dataset = _from_parquet(fs, files, shown, columns, chunk_rows)
+            dataset.origin.url, dataset.origin.root = url, root
+            dataset.origin.storage_options = options
+            return dataset
         raise ValueError(
             f"{shown!r} is a file but neither a Parquet file (no .parquet suffix, does not "
             "start with the Parquet magic bytes 'PAR1') nor a Zarr store. Pass a Parquet "
@@ -422,7 +457,10 @@ def _from_path(X, columns, array_name, storage_options, chunk_rows):
     if fs.isdir(root):
         files = _parquet_files(fs, root)
         if files:
-            return _from_parquet(fs, files, shown, columns, chunk_rows)
+            dataset = _from_parquet(fs, files, shown, columns, chunk_rows)
+            dataset.origin.url, dataset.origin.root = url, root
+            dataset.origin.storage_options = options
+            return dataset
         found = sorted(fs.ls(root, detail=False))[:10]
         raise ValueError(
             f"{shown!r} holds neither a Zarr array or group (no {', '.join(_ZARR_MARKERS)}) "
@@ -457,12 +495,14 @@ def _from_zarr_path(url, fs, root, shown, array_name, options, chunk_rows):
         node = zarr.open(store=root, mode="r")  # a local path: zarr's LocalStore
     else:
         node = zarr.open(store=url, mode="r", storage_options=options or None)
-    if isinstance(node, zarr.Group):
+    group = isinstance(node, zarr.Group)
+    if group:
         z, name = _array_in_group(node, array_name, shown)
         description = f"Zarr array {shown!r} (array {name!r})"
     else:
         z, description = node, f"Zarr array {shown!r}"
-    return _from_zarr_array(z, chunk_rows, description, reshape_hint=f"da.from_zarr({shown!r})")
+    hint = f"da.from_zarr({shown!r})"
+    return _from_zarr_array(z, chunk_rows, description, reshape_hint=hint), group
 
 
 def _protocols(fs):
@@ -686,7 +726,8 @@ def _from_parquet(fs, files, shown, columns, chunk_rows):
         labels = _span_labels(file_rows, file_labels, array.chunks[0])
     logger.debug("%s: %d rows in %d files, %d chunks", description, n_rows, len(kept),
                  len(array.chunks[0]))
-    return Dataset(array, list(columns), description, labels, lazy=True)
+    origin = Origin("parquet", shown, fs, "", files=[(p, r, sum(rg)) for p, r, rg in kept])
+    return Dataset(array, list(columns), description, labels, lazy=True, origin=origin)
 
 
 class _ParquetRows:
