@@ -21,8 +21,10 @@ piece is written does it write the version manifest and then replace ``_latest``
 (atomically: a rename on local disks, a single PUT on object stores). Readers that
 follow ``_latest`` see the previous complete scores or the new complete scores, never
 a mix. A re-run with the same ``run_id`` then deletes the earlier attempts of that run
-id, and nothing else. A failed run removes what it wrote; ``_latest`` still names the
-previous version.
+id, and nothing else. A failed run leaves ``_latest`` naming the previous version and
+removes what it wrote; a piece still being written by another worker when the failure
+happened (or a process killed outright) can leave files in its unpublished version
+directory, which the next successful run with the same ``run_id`` deletes.
 """
 
 from __future__ import annotations
