@@ -1,6 +1,7 @@
 """daskgmm: Gaussian mixture models fitted by EM on data larger than memory, on Dask."""
 
 from ._version import __version__
+from .checkpoint import Checkpoint
 from .estimator import GaussianMixture
 from .kernels import SCORE_DTYPE
 from .model_file import load, model_id
@@ -9,7 +10,7 @@ from .selection import ModelSelection, select_model
 from .sources import Dataset, as_dataset
 
 __all__ = [
-    "GaussianMixture", "Dataset", "ModelSelection", "Publication", "SCORE_DTYPE", "as_dataset",
-    "latest_scores", "load", "model_id", "read_pointer", "read_scores", "select_model",
+    "Checkpoint", "GaussianMixture", "Dataset", "ModelSelection", "Publication", "SCORE_DTYPE",
+    "as_dataset", "latest_scores", "load", "model_id", "read_pointer", "read_scores", "select_model",
     "write_scores", "__version__",
 ]

@@ -194,6 +194,7 @@ def run_em(
     reg_covar: float,
     split_every: int = 8,
     on_iteration: Callable | None = None,
+    on_pass: Callable | None = None,
     raise_errors: bool = True,
 ) -> EMResult:
     """Advance every candidate with EM until it converges or reaches ``max_iter``.
@@ -201,7 +202,8 @@ def run_em(
     Each iteration is one data pass for all active candidates. A candidate whose
     M-step fails (a covariance that is not positive definite) raises, or with
     ``raise_errors=False`` leaves the batch with ``error`` set.
-    ``on_iteration(candidate, change)`` is called after each of a candidate's iterations.
+    ``on_iteration(candidate, change)`` is called after each of a candidate's iterations,
+    ``on_pass(candidates, n_passes)`` after each pass (for checkpoints).
     """
     n_passes = 0
     for c in candidates:
@@ -235,6 +237,8 @@ def run_em(
             if abs(change) < tol:
                 c.converged = True
             c.done = c.converged or c.n_iter >= max_iter
+        if on_pass is not None:
+            on_pass(candidates, n_passes)
     return EMResult(candidates, n_passes)
 
 

@@ -347,7 +347,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # -------------------------------------------------------------------- fit
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, callback=None, checkpoint=None):
         """Estimate model parameters with the EM algorithm.
 
         Parameters
@@ -356,12 +356,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             A numpy or dask array chunked by rows, a Zarr array (path, URL or
             ``zarr.Array``) or a Parquet dataset (path or URL; see ``columns``).
         y : Ignored
+        callback : callable, default=None
+            Called after every EM iteration of every initialisation with a dict:
+            ``init``, ``n_iter``, ``lower_bound`` (mean log-likelihood per row),
+            ``change``, ``max_iter``, ``seconds``.
+        checkpoint : daskgmm.Checkpoint, default=None
+            Saves the EM state every ``checkpoint.every`` iterations. A fit given a
+            checkpoint of the same fit (same data, parameters and starting model)
+            resumes from it instead of starting again, and reaches the same model.
 
         Returns
         -------
         self : GaussianMixture
         """
-        self._fit(X)
+        self._fit(X, callback=callback, checkpoint=checkpoint)
         return self
 
     def fit_predict(self, X, y=None):
@@ -372,7 +380,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self._fit(X)
         return self.predict(X)
 
-    def _fit(self, X):
+    def _fit(self, X, callback=None, checkpoint=None):
         self._validate_params()
         t0 = time.perf_counter()
         dataset = self._dataset(X, reset=True, fit=True)
@@ -388,8 +396,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         n_init = self.n_init if do_init else 1
         random_state = check_random_state(self.random_state)
         fit_data = self._cached(dataset)
+        fingerprint = self._fingerprint(dataset, do_init)
+        resumed = checkpoint.load(fingerprint) if checkpoint is not None else None
 
-        if do_init:
+        if resumed is not None:
+            candidates, n_passes = resumed
+            logger.info(
+                "resuming the fit from checkpoint %s: iteration %d, %d passes made",
+                checkpoint.path, max(c.n_iter for c in candidates), n_passes,
+            )
+        elif do_init:
             params, n_passes = initialization.initial_params(
                 fit_data,
                 n_components=self.n_components,
@@ -421,7 +437,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             max_iter=self.max_iter,
             reg_covar=self.reg_covar,
             split_every=self.split_every,
-            on_iteration=self._report_iteration,
+            on_iteration=self._iteration_reporter(callback),
+            on_pass=None if checkpoint is None else _Checkpointer(
+                checkpoint, fingerprint, n_passes),
         )
         self._report_end(result.candidates)
         best = self._select_best(result.candidates)
@@ -458,6 +476,38 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             elif c.lower_bound > max_lb or max_lb == -np.inf:
                 best, max_lb = c, c.lower_bound
         return best
+
+    def _fingerprint(self, dataset, do_init):
+        """What a checkpoint must match: the data, the parameters, the starting model."""
+        import hashlib
+        import json
+
+        from .model_file import _params_for_file
+
+        params = _params_for_file(self)
+        params.pop("verbose", None)
+        params.pop("verbose_interval", None)
+        h = hashlib.sha256(json.dumps(
+            [params, dataset.description, dataset.array.shape, dataset.array.chunks[0],
+             getattr(dataset.array, "name", "")], sort_keys=True, default=str,
+        ).encode())
+        if not do_init:  # warm start: the model it starts from
+            for name in ("weights_", "means_", "precisions_cholesky_"):
+                h.update(np.ascontiguousarray(getattr(self, name)).tobytes())
+        return h.hexdigest()
+
+    def _iteration_reporter(self, callback):
+        if callback is None:
+            return self._report_iteration
+
+        def report(candidate, change):
+            self._report_iteration(candidate, change)
+            callback({
+                "init": candidate.tag, "n_iter": candidate.n_iter,
+                "lower_bound": candidate.lower_bound, "change": change,
+                "max_iter": self.max_iter, "seconds": candidate.seconds,
+            })
+        return report
 
     def _report_iteration(self, candidate, change):
         n_iter = candidate.n_iter
@@ -830,6 +880,18 @@ class _RowsTask:
                 self.description, label, start, stop, *bad, self.feature_names
             )
         return self.fn(np.asarray(block, dtype=np.float64), params)
+
+
+class _Checkpointer:
+    """Saves the batch every ``checkpoint.every`` passes of EM and when it ends."""
+
+    def __init__(self, checkpoint, fingerprint, passes_before):
+        self.checkpoint, self.fingerprint = checkpoint, fingerprint
+        self.passes_before = passes_before
+
+    def __call__(self, candidates, n_passes):
+        if n_passes % self.checkpoint.every == 0 or all(c.done for c in candidates):
+            self.checkpoint.save(self.fingerprint, candidates, self.passes_before + n_passes)
 
 
 class _ScoreRows:

@@ -1,0 +1,75 @@
+"""Resumable fits: a fit interrupted after a checkpoint resumes and reaches the same model."""
+
+import pytest
+from numpy.testing import assert_array_equal
+
+from daskgmm import Checkpoint, GaussianMixture
+
+from .conftest import COVARIANCE_TYPES, make_blobs
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_at(n):
+    def callback(info):
+        if info["n_iter"] == n:
+            raise Crash(f"stopped at iteration {n}")
+    return callback
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_resumed_fit_reaches_the_uninterrupted_model(tmp_path, covariance_type):
+    X = make_blobs(3_000, 3, 4, seed=8, overlap=2.0)
+    kw = dict(n_components=4, covariance_type=covariance_type, n_init=2, random_state=0,
+              tol=1e-8, max_iter=40, chunk_rows=700)
+    ref = GaussianMixture(**kw).fit(X)
+    assert ref.n_iter_ > 8
+    ckpt = Checkpoint(tmp_path / "ckpt", every=3)
+    with pytest.raises(Crash):
+        GaussianMixture(**kw).fit(X, checkpoint=ckpt, callback=_crash_at(8))
+    assert ckpt.n_saved == 2  # after iterations 3 and 6
+    seen = []
+    resumed = GaussianMixture(**kw).fit(X, checkpoint=ckpt, callback=seen.append)
+    assert min(i["n_iter"] for i in seen) == 7  # continued after the checkpoint at 6
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        assert_array_equal(getattr(resumed, name), getattr(ref, name))
+    assert resumed.n_iter_ == ref.n_iter_ and resumed.lower_bounds_ == ref.lower_bounds_
+    assert resumed.n_passes_ == ref.n_passes_
+
+
+def test_checkpoint_of_another_fit_is_ignored(tmp_path, caplog):
+    X = make_blobs(1_000, 2, 2, seed=9)
+    ckpt = Checkpoint(tmp_path / "ckpt", every=1)
+    GaussianMixture(2, random_state=0).fit(X, checkpoint=ckpt)
+    other = GaussianMixture(2, random_state=1).fit(X, checkpoint=ckpt)
+    ref = GaussianMixture(2, random_state=1).fit(X)
+    assert_array_equal(other.means_, ref.means_)
+    assert "belongs to another fit" in caplog.text
+    with pytest.raises(ValueError, match="every must be an int >= 1"):
+        Checkpoint(tmp_path / "x", every=0)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_warm_start_resume_and_callback(tmp_path):
+    import copy
+
+    X = make_blobs(3_000, 3, 4, seed=8, overlap=2.0)
+    start = GaussianMixture(4, random_state=0, max_iter=2, warm_start=True).fit(X)
+    start.set_params(max_iter=30, tol=1e-9)
+    ref = copy.deepcopy(start)
+    infos = []
+    ref.fit(X, callback=infos.append)
+    assert [i["n_iter"] for i in infos] == list(range(1, ref.n_iter_ + 1))
+    assert ref.n_iter_ > 6
+    assert set(infos[0]) == {"init", "n_iter", "lower_bound", "change", "max_iter", "seconds"}
+    ckpt = Checkpoint(tmp_path / "c", every=2)
+    with pytest.raises(Crash):
+        copy.deepcopy(start).fit(X, checkpoint=ckpt, callback=_crash_at(5))
+    resumed = copy.deepcopy(start).fit(X, checkpoint=ckpt)
+    assert_array_equal(resumed.means_, ref.means_)
+    assert_array_equal(resumed.covariances_, ref.covariances_)
+    # a checkpoint from another starting model is not used
+    other = copy.deepcopy(ref).fit(X, checkpoint=ckpt)
+    assert other.n_iter_ <= 2
