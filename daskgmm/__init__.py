@@ -11,6 +11,6 @@ from .sources import Dataset, as_dataset
 
 __all__ = [
     "Checkpoint", "GaussianMixture", "Dataset", "ModelSelection", "Publication", "SCORE_DTYPE",
-    "as_dataset", "latest_scores", "load", "model_id", "read_pointer", "read_scores", "select_model",
-    "write_scores", "__version__",
+    "as_dataset", "latest_scores", "load", "model_id", "read_pointer", "read_scores",
+    "select_model", "write_scores", "__version__",
 ]
