@@ -5,12 +5,13 @@ from .checkpoint import Checkpoint
 from .estimator import GaussianMixture
 from .kernels import SCORE_DTYPE
 from .model_file import load, model_id
+from .model_store import ModelStore
 from .publish import Publication, latest_scores, read_pointer, read_scores, write_scores
 from .selection import ModelSelection, select_model
 from .sources import Dataset, as_dataset
 
 __all__ = [
-    "Checkpoint", "GaussianMixture", "Dataset", "ModelSelection", "Publication", "SCORE_DTYPE",
-    "as_dataset", "latest_scores", "load", "model_id", "read_pointer", "read_scores",
+    "Checkpoint", "GaussianMixture", "Dataset", "ModelSelection", "ModelStore", "Publication",
+    "SCORE_DTYPE", "as_dataset", "latest_scores", "load", "model_id", "read_pointer", "read_scores",
     "select_model", "write_scores", "__version__",
 ]

@@ -20,7 +20,7 @@ import dask
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from . import kernels
+from . import kernels, progress
 from .kernels import Params
 from .quantiles import N_POINTS, RankSketch, combine_sketches
 from .sources import Dataset
@@ -208,6 +208,8 @@ def run_em(
     n_passes = 0
     for c in candidates:
         c.done = c.done or max_iter == 0
+    progress.notify({"event": "em-start", "max_iter": max_iter,
+                     "n_candidates": len(candidates)})
     while True:
         active = [c for c in candidates if not c.done]
         if not active:
@@ -239,6 +241,14 @@ def run_em(
             c.done = c.converged or c.n_iter >= max_iter
         if on_pass is not None:
             on_pass(candidates, n_passes)
+        best = max(active, key=lambda c: c.lower_bound)
+        progress.notify({
+            "event": "em-pass", "n_passes": n_passes, "max_iter": max_iter,
+            "active": sum(not c.done for c in candidates), "n_iter": best.n_iter,
+            "lower_bound": best.lower_bound,
+            "change": best.lower_bound - (best.lower_bounds[-2] if len(best.lower_bounds) > 1
+                                          else -np.inf),
+        })
     return EMResult(candidates, n_passes)
 
 

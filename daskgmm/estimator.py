@@ -399,8 +399,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         fingerprint = self._fingerprint(dataset, do_init)
         resumed = checkpoint.load(fingerprint) if checkpoint is not None else None
 
+        self.resumed_iteration_ = 0
         if resumed is not None:
             candidates, n_passes = resumed
+            self.resumed_iteration_ = max(c.n_iter for c in candidates)
             logger.info(
                 "resuming the fit from checkpoint %s: iteration %d, %d passes made",
                 checkpoint.path, max(c.n_iter for c in candidates), n_passes,

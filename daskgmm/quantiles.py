@@ -122,6 +122,14 @@ class RankSketch:
         hi = np.where(idx >= 0, upper[np.maximum(idx, 0)], 0)
         return np.stack([lo, hi], axis=1) / self.n_samples
 
+    def weighted_values(self):
+        """Kept values with the number of rows each stands for (for histograms)."""
+        if not self.values:
+            return np.empty(0), np.empty(0)
+        weights = [np.diff(np.append(r, n)) for r, n in
+                   zip(self.ranks, self.counts, strict=True)]
+        return np.concatenate(self.values), np.concatenate(weights).astype(np.float64)
+
     def max_rank_error(self) -> float:
         """Largest possible error, as a fraction of the rows, of any rank read off."""
         n = self.n_samples

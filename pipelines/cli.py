@@ -1,0 +1,240 @@
+"""The ``daskgmm`` command: run the nightly job, fit, select, score, demo data, inspect.
+
+    daskgmm demo-data                       # demo Zarr + Parquet data in demo-data/
+    daskgmm run configs/demo.yaml           # the nightly flow (Prefect, no server needed)
+    daskgmm select configs/demo.yaml        # the BIC grid, saved as the current model
+    daskgmm fit configs/demo.yaml -k 5 -c full
+    daskgmm score configs/demo.yaml [--source URI] [--model-version V]
+    daskgmm inspect demo-data/models        # a model store, a version or a model file
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+
+
+def _progress_bar():
+    """A terminal progress bar over EM passes (a no-op when stderr is not a terminal)."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from daskgmm import progress
+
+    bar = Progress(TextColumn("[bold]EM[/bold] {task.description}"), BarColumn(),
+                   TextColumn("{task.completed}/{task.total} passes"), TimeElapsedColumn(),
+                   transient=True)
+    state = {}
+
+    def on_event(event):
+        if event["event"] == "em-start":
+            if "task" in state:
+                bar.remove_task(state["task"])
+            state["task"] = bar.add_task("starting", total=event["max_iter"])
+        elif "task" in state:
+            bar.update(state["task"], completed=event["n_passes"],
+                       description=f"log-likelihood {event['lower_bound']:.5f}, "
+                                   f"{event['active']} running")
+
+    @contextlib.contextmanager
+    def running():
+        with bar, progress.observe(on_event):
+            yield
+
+    return running()
+
+
+def _print_result(result: dict):
+    shown = {k: v for k, v in result.items() if k != "selection_table"}
+    print(json.dumps(shown, indent=2, default=str))
+
+
+def _run(args):
+    from .flows import nightly
+
+    with _progress_bar():
+        result = nightly(config_path=args.config, run_id=args.run_id)
+    _print_result(result)
+    print(f"\nmodel:  {result['model_url']}\nscores: {result['scores_url']}\n"
+          f"report: {result['report_url']}")
+
+
+def _select(args):
+    from .flows import select
+
+    with _progress_bar():
+        _print_result(select(config_path=args.config, run_id=args.run_id))
+
+
+def _fit(args):
+    from .flows import fit
+
+    with _progress_bar():
+        _print_result(fit(config_path=args.config, n_components=args.n_components,
+                          covariance_type=args.covariance_type, run_id=args.run_id))
+
+
+def _score(args):
+    from .flows import score
+
+    _print_result(score(config_path=args.config, model_version=args.model_version,
+                        source=args.source, run_id=args.run_id))
+
+
+def _demo_data(args):
+    from .demo_data import write_demo_data
+
+    paths = write_demo_data(args.out, n_samples=args.rows, n_features=args.features,
+                            n_components=args.components, seed=args.seed,
+                            anomaly_fraction=args.anomaly_fraction, overwrite=args.overwrite)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+
+
+def _inspect(args):
+    import daskgmm
+
+    target = args.model
+    options = None
+    is_store = os.path.isdir(target) or (
+        "://" in target and not target.endswith(".daskgmm"))
+    if is_store:
+        store = daskgmm.ModelStore(target, storage_options=options)
+        versions = store.versions()
+        current = store.current()
+        print(f"model store {target}: {len(versions)} version(s)")
+        for v in versions:
+            mark = "*" if current and current["version"] == v else " "
+            info = store.info(v)
+            print(f" {mark} {v}  k={info.get('n_components')} {info.get('covariance_type')} "
+                  f"run={info.get('run_id')}")
+        version = args.version or (current or {}).get("version")
+        if version is None:
+            return
+        model = store.load(version)
+        print(f"\nversion {version}" + (" (current)" if current and
+                                         current["version"] == version else ""))
+    else:
+        model = daskgmm.load(target)
+    print(_describe(model))
+
+
+def _describe(gm) -> str:
+    import numpy as np
+
+    import daskgmm
+
+    lines = [
+        f"GaussianMixture: {gm.n_components} components, covariance_type="
+        f"{gm.covariance_type!r}, {gm.n_features_in_} features",
+        f"  model id:        {daskgmm.model_id(gm)}",
+        f"  features:        {list(getattr(gm, 'feature_names_in_', [])) or 'unnamed'}",
+        f"  fitted on:       {gm.fit_n_samples_:,} rows; {gm.n_iter_} iterations, "
+        f"converged={gm.converged_}, lower bound {gm.lower_bound_:.6f}",
+        f"  weights:         {np.round(gm.weights_, 4).tolist()}",
+    ]
+    if getattr(gm, "threshold_", None) is not None:
+        lines.append(
+            f"  threshold:       log-density < {gm.threshold_:.6g} is an anomaly "
+            + (f"(contamination {gm.contamination_})" if gm.contamination_ is not None
+               else "(fixed)"))
+        if len(gm.score_quantiles_):
+            q = ", ".join(f"{lv:g}: {v:.4g}" for lv, v in
+                          zip(gm.score_quantile_levels_, gm.score_quantiles_, strict=True))
+            lines.append(f"  training log-density quantiles: {q}")
+            lines.append(f"  training mean log-likelihood:   {gm.training_log_likelihood_:.6f}")
+    else:
+        lines.append("  threshold:       none (set_threshold not called)")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="daskgmm",
+        description="Gaussian mixtures on data larger than memory: the nightly "
+                    "fit-select-score job and its parts, run as Prefect flows.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name, help_, fn, run_id=True):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("config", help="job file (YAML), e.g. configs/demo.yaml")
+        if run_id:
+            p.add_argument("--run-id", default=None,
+                           help="names the run (default: today's date, UTC); a re-run with "
+                                "the same id resumes its fit and replaces its own scores")
+        p.set_defaults(fn=fn)
+        return p
+
+    with_config("run", "Run the nightly flow: warm-start or re-select, save the model, "
+                       "score every row, publish, report.", _run)
+    with_config("select", "Fit the config's BIC grid in shared passes and make the best "
+                          "model current.", _select)
+    p = with_config("fit", "Fit one configuration (checkpointed) and make it current.", _fit)
+    p.add_argument("-k", "--n-components", type=int, default=None,
+                   help="number of components (default: the config's first)")
+    p.add_argument("-c", "--covariance-type", default=None,
+                   choices=["full", "tied", "diag", "spherical"],
+                   help="covariance type (default: the config's first)")
+    p = with_config("score", "Score a source with a stored model and publish the scores.",
+                    _score)
+    p.add_argument("--source", default=None, help="data to score (default: the config's)")
+    p.add_argument("--model-version", default=None,
+                   help="model store version (default: the current model)")
+
+    p = sub.add_parser("demo-data", help="Write a demo Zarr group and Parquet dataset with "
+                                         "planted anomalies.",
+                       description="Write a demo Zarr group (array X, labels) and a Parquet "
+                                   "dataset (event_id and feature columns) drawn from a "
+                                   "Gaussian mixture, with planted anomalies (label -1).")
+    p.add_argument("--out", default="demo-data", help="directory (default: demo-data)")
+    p.add_argument("--rows", type=int, default=1_000_000, help="rows (default: 1,000,000)")
+    p.add_argument("--features", type=int, default=6, help="features (default: 6)")
+    p.add_argument("--components", type=int, default=5, help="true components (default: 5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--anomaly-fraction", type=float, default=0.005,
+                   help="fraction of planted anomalies (default: 0.005)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing demo data")
+    p.set_defaults(fn=_demo_data)
+
+    p = sub.add_parser("inspect", help="Print a model's summary.",
+                       description="Print a model's summary: a model file (.daskgmm), or a "
+                                   "model store (its versions and its current model).")
+    p.add_argument("model", help="model file or model store directory/URL")
+    p.add_argument("--version", default=None, help="model store version to show")
+    p.set_defaults(fn=_inspect)
+    return parser
+
+
+def _prefect_environment():
+    """Library log lines in the flow logs; no usage telemetry from the local server."""
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "daskgmm,pipelines")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _prefect_environment()
+    try:
+        if getattr(args, "config", None) is not None:
+            from .config import load_config
+
+            load_config(args.config)  # a bad job file fails here, before any flow starts
+        args.fn(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+        if os.environ.get("DASKGMM_TRACEBACK"):
+            raise
+        print(f"daskgmm {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,636 @@
+"""Configuration of one nightly job: a YAML file validated into a :class:`JobConfig`.
+
+    from pipelines.config import load_config, resolve_storage_options
+
+    config = load_config("configs/demo.yaml")
+    config.model.n_components          # [1, 2, ..., 8]
+    options = resolve_storage_options(config.source.storage_options, "source.storage_options")
+
+A job file has the sections ``source``, ``model``, ``anomaly``, ``outputs``, ``cluster``,
+``schedule`` and ``nightly`` (``configs/s3-example.yaml`` explains every key). Only
+``name``, ``source.uri`` and ``outputs.model_store`` are required; everything else has a
+default. Unknown keys are errors, so a misspelt key never silently falls back to its default.
+
+Paths. Relative paths in ``source.uri``, ``outputs.scores`` and ``outputs.model_store`` are
+kept as written and so are relative to the working directory of the process that runs
+the job. Prefect deployments of this project run from the project root, hence
+``demo-data/demo.zarr`` in ``configs/demo.yaml``.
+
+Secrets. ``storage_options`` (fsspec options) hold plain values, but a secret is written as
+a reference to an environment variable, ``secret: {env: AWS_SECRET_ACCESS_KEY}``, at any
+depth. A string under a key that looks like a secret (its name contains key, secret,
+password, token, credential or session) is rejected. A :class:`JobConfig` only ever holds
+the references, so its repr, ``model_dump()`` and :meth:`JobConfig.summary` can be logged;
+:func:`resolve_storage_options` reads the variables when the job opens its storage.
+
+Errors. :func:`load_config` raises :class:`ConfigError` listing every problem, one per
+line, each with its dotted key and the line of the file where that key is, e.g.::
+
+    configs/demo.yaml: model.covariance_types.1 (line 12): Input should be 'full', 'tied',
+    'diag' or 'spherical', got 'fulll'
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+import zoneinfo
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from dask.utils import parse_bytes
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "AnomalyConfig",
+    "ClusterConfig",
+    "ConfigError",
+    "JobConfig",
+    "ModelConfig",
+    "NightlyConfig",
+    "OutputsConfig",
+    "ScheduleConfig",
+    "SourceConfig",
+    "load_config",
+    "resolve_storage_options",
+]
+
+
+class ConfigError(ValueError):
+    """A job configuration that cannot be read, or a secret that cannot be resolved."""
+
+
+# --- problems located below the value being validated -------------------------------------
+
+def _dotted(path) -> str:
+    return ".".join(str(part) for part in path)
+
+
+def _located(problems) -> PydanticCustomError:
+    """A validation error for keys below the value being validated.
+
+    ``problems`` is a list of ``(key path relative to that value, message)``. pydantic's
+    own message lists them all; :func:`load_config` reports each at its own key and line.
+    """
+    text = "; ".join(f"{_dotted(key)}: {message}" for key, message in problems)
+    return PydanticCustomError("job_config", text, {"problems": problems})
+
+
+def _unique(values: list) -> list:
+    repeated = sorted({value for i, value in enumerate(values) if value in values[:i]})
+    if repeated:
+        raise ValueError(f"{', '.join(map(repr, repeated))} listed more than once")
+    return values
+
+
+def _no_bool(value):
+    # YAML reads yes/no/on/off/true/false as booleans, which pydantic would take as 1 or 0.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+CovarianceType = Literal["full", "tied", "diag", "spherical"]
+
+
+# --- storage options and secrets ----------------------------------------------------------
+
+_SECRET_WORDS = re.compile("key|secret|password|token|credential|session", re.IGNORECASE)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# s3fs's option names and the variables AWS tools read them from
+_USUAL_VARIABLE = {
+    "key": "AWS_ACCESS_KEY_ID",
+    "secret": "AWS_SECRET_ACCESS_KEY",
+    "token": "AWS_SESSION_TOKEN",
+}
+
+
+def _env_name(value) -> str | None:
+    """NAME when ``value`` is an environment reference ``{env: NAME}``, else None."""
+    if isinstance(value, Mapping) and set(value) == {"env"} and isinstance(value["env"], str):
+        return value["env"]
+    return None
+
+
+def _storage_option_problems(value, path=(), secret_like=False) -> list:
+    """``(key path, message)`` for each inline secret or malformed ``{env: NAME}``."""
+    if isinstance(value, Mapping):
+        if "env" in value:
+            return _env_reference_problems(value, path)
+        problems = []
+        for key, item in value.items():
+            flagged = _SECRET_WORDS.search(str(key)) is not None
+            problems += _storage_option_problems(item, (*path, key), flagged)
+        return problems
+    if isinstance(value, list):
+        problems = []
+        for i, item in enumerate(value):
+            problems += _storage_option_problems(item, (*path, i), secret_like)
+        return problems
+    if secret_like and isinstance(value, str):
+        # never quote the value: this message ends up in logs
+        leaf = next(str(part) for part in reversed(path) if isinstance(part, str))
+        variable = _USUAL_VARIABLE.get(leaf, re.sub(r"\W", "_", leaf).upper())
+        return [(path, f"inline secret; write it as {{env: {variable}}} and set the "
+                       f"environment variable {variable} where the job runs")]
+    return []
+
+
+def _env_reference_problems(value, path) -> list:
+    if set(value) != {"env"}:
+        keys = ", ".join(map(str, value))
+        return [(path, f"an environment reference has the single key 'env', as in "
+                       f"{{env: AWS_SECRET_ACCESS_KEY}}; found keys {keys}")]
+    if not isinstance(value["env"], str) or not _ENV_NAME.fullmatch(value["env"]):
+        # the value is not quoted: it may be a secret pasted in place of a variable name
+        return [(path, "{env: NAME} must name an environment variable (letters, digits "
+                       "and _, not starting with a digit), as in {env: AWS_SECRET_ACCESS_KEY}")]
+    return []
+
+
+def _check_storage_options(options):
+    if options is not None:
+        problems = _storage_option_problems(options)
+        if problems:
+            raise _located(problems)
+    return options
+
+
+StorageOptions = Annotated[dict[str, Any], AfterValidator(_check_storage_options)]
+
+
+def resolve_storage_options(
+    options: Mapping[str, Any], where: str = "storage_options"
+) -> dict[str, Any]:
+    """A copy of ``options`` with every ``{env: NAME}`` replaced by ``os.environ[NAME]``.
+
+    Parameters
+    ----------
+    options : mapping
+        fsspec storage options as held by a :class:`JobConfig`, e.g.
+        ``config.source.storage_options``; it is not modified.
+    where : str, default='storage_options'
+        Dotted key of ``options`` in the job file, used in error messages.
+
+    Raises
+    ------
+    ConfigError
+        Naming every unset variable and the key that refers to it.
+    """
+    missing = []
+
+    def resolve(value, path):
+        name = _env_name(value)
+        if name is not None:
+            if name not in os.environ:
+                missing.append((path, name))
+            return os.environ.get(name)
+        if isinstance(value, Mapping):
+            return {key: resolve(item, (*path, key)) for key, item in value.items()}
+        if isinstance(value, list):
+            return [resolve(item, (*path, i)) for i, item in enumerate(value)]
+        return value
+
+    resolved = resolve(options, ())
+    if missing:
+        raise ConfigError("\n".join(
+            f"{_dotted((where, *path))}: environment variable {name} is not set; set it "
+            f"where the job runs (export {name}=...) or in the deployment's job variables"
+            for path, name in missing
+        ))
+    return resolved
+
+
+# --- cron -----------------------------------------------------------------------------------
+
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_CRON_FIELDS = (  # name, lowest, highest, names of values
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day of month", 1, 31, {}),
+    ("month", 1, 12, {name: i for i, name in enumerate(_MONTHS, start=1)}),
+    ("day of week", 0, 7, {name: i for i, name in enumerate(_WEEKDAYS)}),  # 0 and 7: Sunday
+)
+_CRON_PART = re.compile(r"(?P<span>\*|\w+(?:-\w+)?)(?:/(?P<step>\d+))?")
+
+
+def _check_cron(expression: str) -> str:
+    """Check a 5-field cron expression: values, names, ranges ``a-b``, lists, steps ``/n``.
+
+    The same rules as the cron schedules of Prefect deployments (croniter) without
+    croniter's extensions (``L``, ``W``, ``#``, ``?``, hashed values), done here so that
+    a job file is checked the same way wherever it is loaded.
+    """
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"a cron expression has 5 fields (minute hour day-of-month month day-of-week), "
+            f"got {len(fields)} in {expression!r}; '0 2 * * *' runs every day at 02:00"
+        )
+    for text, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        for part in text.split(","):
+            match = _CRON_PART.fullmatch(part)
+            if match is None:
+                raise ValueError(
+                    f"{name} field {text!r} of {expression!r}: cannot read {part!r}; write "
+                    f"'*', a value, a range a-b, a list a,b or a step such as */15"
+                )
+            if match["step"] is not None and int(match["step"]) == 0:
+                raise ValueError(f"{name} field {text!r} of {expression!r}: a step is >= 1")
+            if match["span"] != "*":
+                span = [_cron_value(value, name, low, high, names, expression)
+                        for value in match["span"].split("-")]
+                if name == "day of week" and len(span) == 2 and span[1] == 0:
+                    span[1] = 7  # mon-sun
+                if span[0] > span[-1]:
+                    raise ValueError(
+                        f"{name} field {text!r} of {expression!r}: the range "
+                        f"{match['span']!r} runs backwards; split it, as in 22-23,0-2"
+                    )
+    return expression
+
+
+def _cron_value(text, name, low, high, names, expression) -> int:
+    if text.isascii() and text.isdigit() and low <= int(text) <= high:
+        return int(text)
+    if text.lower() in names:
+        return names[text.lower()]
+    spelled = f" or a name such as {next(iter(names))!r}" if names else ""
+    raise ValueError(
+        f"{name} field of {expression!r}: {text!r} is not in {low}-{high}{spelled}"
+    )
+
+
+# --- sections -------------------------------------------------------------------------------
+
+class _Section(BaseModel):
+    # hide_input_in_errors: a ValidationError printed anywhere must not show a secret
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class SourceConfig(_Section):
+    """The data to fit and score: a Zarr array or group, or a Parquet dataset."""
+
+    uri: str = Field(min_length=1)
+    format: Literal["auto", "zarr", "parquet"] = "auto"
+    array_name: str | None = None
+    columns: Annotated[list[str], AfterValidator(_unique)] | None = Field(None, min_length=1)
+    id_columns: Annotated[list[str], AfterValidator(_unique)] = []
+    storage_options: StorageOptions = {}
+
+    @model_validator(mode="after")
+    def _check_format_keys(self):
+        problems = []
+        if self.format == "zarr":
+            problems += [((key,), "applies to Parquet sources only; a Zarr source reads the "
+                                  "array given by array_name")
+                         for key in ("columns", "id_columns") if getattr(self, key)]
+        if self.format == "parquet" and self.array_name is not None:
+            problems.append((("array_name",), "applies to Zarr groups only; a Parquet "
+                                              "source reads columns"))
+        both = sorted(set(self.columns or ()) & set(self.id_columns))
+        if both:
+            problems.append((("id_columns",), f"{', '.join(both)} also in columns; an id "
+                                              "column is copied next to the scores, not "
+                                              "used as a feature"))
+        if problems:
+            raise _located(problems)
+        return self
+
+    @property
+    def is_zarr(self) -> bool:
+        """Whether the source is Zarr by its ``format`` or, for 'auto', a ``.zarr`` uri."""
+        return self.format == "zarr" or (
+            self.format == "auto" and self.uri.rstrip("/").lower().endswith(".zarr")
+        )
+
+
+def _component_counts(value):
+    """``n_components`` as a list: an int, a list of ints or ``{min: a, max: b}``."""
+    if isinstance(value, Mapping):
+        if set(value) != {"min", "max"}:
+            raise ValueError(f"a range of component counts is written {{min: 1, max: 10}}; "
+                             f"got the keys {', '.join(map(str, value))}")
+        low, high = value["min"], value["max"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+            raise ValueError(f"min and max are ints, got min={low!r}, max={high!r}")
+        if not 1 <= low <= high:
+            raise ValueError(f"need 1 <= min <= max, got min={low}, max={high}")
+        return list(range(low, high + 1))
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"need n_components >= 1, got {value}")
+        return [value]
+    if isinstance(value, list):
+        return value
+    raise ValueError(f"expected an int, a list of ints or {{min: 1, max: 10}}, got {value!r}")
+
+
+ComponentCounts = Annotated[
+    list[Annotated[Int, Field(ge=1)]],
+    BeforeValidator(_component_counts),
+    AfterValidator(lambda counts: sorted(_unique(counts))),
+    Field(min_length=1),
+]
+
+
+class ModelConfig(_Section):
+    """The candidate mixtures and how EM fits them; the criterion picks one."""
+
+    n_components: ComponentCounts = list(range(1, 11))
+    covariance_types: Annotated[list[CovarianceType], AfterValidator(_unique)] = Field(
+        ["full"], min_length=1
+    )
+    criterion: Literal["bic", "aic"] = "bic"
+    n_init: Int = Field(1, ge=1)
+    tol: Float = Field(1e-3, gt=0)
+    max_iter: Int = Field(100, ge=1)
+    reg_covar: Float = Field(1e-6, ge=0)
+    seed: Int | None = Field(0, ge=0)
+    init: Literal["kmeans", "k-means++", "random", "random_from_data"] = "kmeans"
+
+
+class AnomalyConfig(_Section):
+    """Which rows are anomalies: the ``contamination`` fraction with the lowest density, or
+    the rows below a fixed log-density ``threshold``.
+
+    Exactly one of the two is set after validation: giving ``threshold`` sets
+    ``contamination`` to None.
+    """
+
+    contamination: Float | None = Field(0.01, gt=0, le=0.5)
+    threshold: Float | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self):
+        if self.threshold is not None:
+            if "contamination" in self.model_fields_set and self.contamination is not None:
+                raise _located([(("threshold",), "give contamination or threshold, not both; "
+                                                  "threshold is a fixed log-density cut-off "
+                                                  "and contamination a fraction of the rows")])
+            self.contamination = None
+        elif self.contamination is None:
+            raise _located([(("contamination",), "null needs a threshold; give a fraction "
+                                                  "in (0, 0.5] or a threshold")])
+        return self
+
+
+class OutputsConfig(_Section):
+    """Where scores, model versions, checkpoints and reports go.
+
+    ``storage_options`` defaults to the source's (filled in by :class:`JobConfig`).
+    """
+
+    scores: str | None = Field(None, min_length=1)
+    model_store: str = Field(min_length=1)
+    storage_options: StorageOptions | None = None
+
+
+def _check_memory_limit(value):
+    if value is None or value == "auto":
+        return value
+    try:
+        if isinstance(value, str) and value.strip() and parse_bytes(value) > 0:
+            return value
+    except ValueError:
+        pass
+    raise ValueError(
+        f"cannot read {value!r} as a memory size; write for example '2GiB', '500MB', "
+        f"'auto' (a share of this machine's memory) or null (no limit)"
+    )
+
+
+def _check_address(value):
+    if value is not None and not re.fullmatch(r"(tcp|tls|ucx|inproc|ws|wss)://\S+", value):
+        raise ValueError(
+            f"a Dask scheduler address looks like 'tcp://dask-scheduler:8786', got {value!r} "
+            f"(the dashboard's http:// address does not work); null starts a LocalCluster"
+        )
+    return value
+
+
+class ClusterConfig(_Section):
+    """The Dask cluster: an existing scheduler, or an embedded LocalCluster when
+    ``address`` is null (``n_workers`` ... ``processes`` apply to the LocalCluster)."""
+
+    address: Annotated[str | None, AfterValidator(_check_address)] = None
+    n_workers: Int = Field(2, ge=1)
+    threads_per_worker: Int = Field(1, ge=1)
+    memory_limit: Annotated[str | None, BeforeValidator(_check_memory_limit)] = "2GiB"
+    processes: bool = True
+
+
+def _check_timezone(name):
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as 'UTC' or "
+                         f"'Europe/Paris'") from None
+    return name
+
+
+class ScheduleConfig(_Section):
+    """When the nightly run starts."""
+
+    cron: Annotated[str, AfterValidator(_check_cron)] = "0 2 * * *"
+    timezone: Annotated[str, AfterValidator(_check_timezone)] = "UTC"
+
+
+class NightlyConfig(_Section):
+    """How the nightly run keeps the model current."""
+
+    warm_start: bool = True
+    reselect_every_days: Int | None = Field(7, ge=1)
+    drift_margin: Float = Field(0.5, ge=0)
+    checkpoint_every: Int = Field(5, ge=1)
+
+
+class JobConfig(_Section):
+    """One nightly job, as read from a job file by :func:`load_config`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    source: SourceConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
+    outputs: OutputsConfig
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    nightly: NightlyConfig = Field(default_factory=NightlyConfig)
+
+    @model_validator(mode="after")
+    def _check_outputs(self):
+        if self.outputs.scores is None and not self.source.is_zarr:
+            raise _located([(("outputs", "scores"), (
+                f"null writes the scores into the source's Zarr group, but source "
+                f"{self.source.uri!r} is not Zarr (format {self.source.format}); give a "
+                f"location such as outputs.scores: 's3://my-bucket/scores/'"
+                + (", or set source.format: zarr" if self.source.format == "auto" else "")
+            ))])
+        if self.outputs.storage_options is None:
+            self.outputs.storage_options = copy.deepcopy(self.source.storage_options)
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        """The configuration as a JSON-able dict for reports; secrets stay ``{env: NAME}``."""
+        return self.model_dump(mode="json")
+
+
+# --- reading a job file ---------------------------------------------------------------------
+
+def load_config(path: str | os.PathLike) -> JobConfig:
+    """Read and validate a job file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A YAML job file, e.g. ``"configs/demo.yaml"``.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing or is not YAML, or listing every invalid key with its
+        line. Environment references in ``storage_options`` are not resolved here.
+    """
+    shown = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"job file {shown!r} not found (working directory "
+                          f"{os.getcwd()}); relative paths start there") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{shown}: cannot read the job file: {exc}") from None
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines, problems = _key_lines(node)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(f"{shown}: {_yaml_problem(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{shown}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{shown}: a job file is a mapping of keys (name: ..., source: ..., "
+                          f"outputs: ...), got {got}")
+    try:
+        config = JobConfig.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            problems += _problem_lines(error, lines)
+    if problems:
+        problems.sort(key=lambda problem: problem[0])
+        # `from None`: a chained ValidationError would carry the raw input into tracebacks
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise ConfigError("\n".join([f"{shown}: invalid job configuration ({count}):",
+                                     *(f"{shown}: {text}" for _, text in problems)])) from None
+    return config
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    text = f"YAML syntax error{where}: {exc.problem or exc.context}"
+    if exc.context and exc.problem and exc.context_mark:
+        text += f" ({exc.context} at line {exc.context_mark.line + 1})"
+    if "alias" in text:
+        text += "; quote values starting with *, e.g. cron: \"*/15 * * * *\""
+    return text
+
+
+def _key_lines(node, path=(), lines=None, problems=None, active=()):
+    """The 1-based line of every key path in a composed YAML document, and the problems
+    ``(line, text)`` of duplicate keys.
+
+    Keys brought in by a merge key (``<<: *defaults``) are not listed; errors on them are
+    reported at the nearest listed key.
+    """
+    if lines is None:
+        lines, problems = {}, []
+    if node is None or id(node) in active:  # empty document, or a recursive alias
+        return lines, problems
+    active = (*active, id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                continue
+            key, line = (*path, key_node.value), key_node.start_mark.line + 1
+            if key_node.value in seen:
+                problems.append((line, f"{_dotted(key)} (line {line}): duplicate key (first "
+                                       f"at line {seen[key_node.value]}); YAML would keep "
+                                       f"only this one"))
+            seen[key_node.value] = lines[key] = line
+            _key_lines(value_node, key, lines, problems, active)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[(*path, i)] = item.start_mark.line + 1
+            _key_lines(item, (*path, i), lines, problems, active)
+    return lines, problems
+
+
+_MESSAGES = {
+    "missing": "required key is missing",
+    "model_type": "expected a section (a mapping of keys)",
+}
+
+
+def _problem_lines(error, lines) -> list[tuple[int, str]]:
+    """``(line, text)`` for each problem in a pydantic error: key path, file line, message."""
+    loc = tuple(error["loc"])
+    if error["type"] == "job_config":
+        return [_at(lines, (*loc, *key), message) for key, message in error["ctx"]["problems"]]
+    if error["type"] == "extra_forbidden":
+        message = _unknown_key(loc)
+    else:
+        message = _MESSAGES.get(error["type"], error["msg"].removeprefix("Value error, "))
+        value = error.get("input")
+        # built-in checks do not quote the value; ours do, where it is not a secret
+        shown = (isinstance(value, str | int | float | bool) and "storage_options" not in loc
+                 and error["type"] not in (*_MESSAGES, "value_error") and "got" not in message)
+        if shown:
+            message += f", got {value!r}"
+    return [_at(lines, loc, message)]
+
+
+def _at(lines, loc, message) -> tuple[int, str]:
+    """``(line, "key (line N): message")``, the line of ``loc`` or of its nearest parent."""
+    if loc in lines:
+        return lines[loc], f"{_dotted(loc)} (line {lines[loc]}): {message}"
+    for end in range(len(loc) - 1, 0, -1):
+        if loc[:end] in lines:
+            line = lines[loc[:end]]
+            return line, f"{_dotted(loc)} (in {_dotted(loc[:end])}, line {line}): {message}"
+    return 0, f"{_dotted(loc)}: {message}"
+
+
+def _unknown_key(loc) -> str:
+    section = JobConfig
+    for key in loc[:-1]:
+        field = section.model_fields.get(key) if isinstance(key, str) else None
+        if field is None or not isinstance(field.annotation, type):
+            return "unknown key"
+        section = field.annotation
+    known = list(section.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key; {hint}known keys: {', '.join(known)}"

@@ -1,0 +1,436 @@
+"""Prefect flows: ``select``, ``fit``, ``score`` and the ``nightly`` job that chains them.
+
+Each flow loads a job file (:mod:`pipelines.config`), opens the Dask cluster it names,
+and wires tasks that each call one library function. Tasks that read or write storage
+retry with exponential backoff on transient I/O errors; any other error fails the task
+with the library's message.
+
+Run ids. A run is named by ``run_id`` (default: the flow run's scheduled date, UTC,
+``2026-11-24``). The run id names the score version (a re-run of the same run replaces
+its own scores and nothing else) and the fit's checkpoint (a re-run or a retry of the
+same run resumes its fit from the last checkpoint and reaches the same model).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+import daskgmm
+from daskgmm import progress
+
+from . import report
+from .cluster import dask_client
+from .config import JobConfig, load_config, resolve_storage_options
+
+_NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry I/O errors that may pass (network, throttling), not missing files or bad data."""
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, (OSError, TimeoutError)) and not isinstance(exc, _NOT_TRANSIENT)
+
+
+IO = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+          retry_jitter_factor=0.5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
+COMPUTE = dict(cache_policy=NO_CACHE)
+
+
+###############################################################################
+# Small helpers
+
+
+def _key(*parts) -> str:
+    """An artifact key: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
+
+
+def _default_run_id() -> str:
+    from prefect.runtime import flow_run
+
+    when = flow_run.scheduled_start_time or datetime.now(UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def _source_options(cfg: JobConfig) -> dict:
+    return resolve_storage_options(cfg.source.storage_options, "source.storage_options")
+
+
+def _output_options(cfg: JobConfig) -> dict:
+    return resolve_storage_options(cfg.outputs.storage_options or {}, "outputs.storage_options")
+
+
+def _read_kwargs(cfg: JobConfig) -> dict:
+    """GaussianMixture parameters that say how to read the source."""
+    columns = cfg.source.columns
+    return dict(columns=columns, array_name=cfg.source.array_name,
+                storage_options=_source_options(cfg) or None)
+
+
+def _store(cfg: JobConfig) -> daskgmm.ModelStore:
+    return daskgmm.ModelStore(cfg.outputs.model_store, storage_options=_output_options(cfg))
+
+
+class _EMProgress:
+    """Log lines and a Prefect progress artifact for every EM pass."""
+
+    def __init__(self, log, key, what):
+        self.log, self.what = log, what
+        self.artifact = create_progress_artifact(0.0, key=key, description=what)
+        self.max_iter = 1
+
+    def __call__(self, event):
+        if event["event"] == "em-start":
+            self.max_iter = max(event["max_iter"], 1)
+            return
+        change = event["change"]
+        self.log.info(
+            "%s: iteration %d, mean log-likelihood %.6f, change %s, %d candidate(s) running",
+            self.what, event["n_iter"], event["lower_bound"],
+            f"{change:.3g}" if math.isfinite(change) else "-", event["active"],
+        )
+        done = 100.0 if event["active"] == 0 else 100.0 * event["n_passes"] / self.max_iter
+        update_progress_artifact(self.artifact, min(done, 100.0))
+
+
+###############################################################################
+# Tasks
+
+
+@task(name="load-config", **COMPUTE)
+def load_job(config_path: str) -> JobConfig:
+    cfg = load_config(config_path)
+    get_run_logger().info("job %r from %s: %s", cfg.name, config_path, cfg.summary())
+    return cfg
+
+
+@task(name="current-model", **IO)
+def current_model(cfg: JobConfig):
+    """The store's current version info and model, or (None, None)."""
+    store = _store(cfg)
+    info = store.current()
+    if info is None:
+        return None, None
+    return info, store.load(info["version"])
+
+
+@task(name="drift-check", **IO)
+def drift_check(cfg: JobConfig, model) -> dict:
+    """Tonight's mean log-likelihood under the current model against its training value."""
+    scorer = daskgmm.GaussianMixture(**{**model.get_params(), **_read_kwargs(cfg)})
+    for name, value in vars(model).items():
+        if name.endswith("_"):
+            setattr(scorer, name, value)
+    tonight = float(scorer.score(cfg.source.uri))
+    training = float(getattr(model, "training_log_likelihood_", float("nan")))
+    margin = cfg.nightly.drift_margin
+    drifted = bool(math.isfinite(training) and tonight < training - margin)
+    get_run_logger().info(
+        "drift check: tonight's mean log-likelihood %.4f, training %.4f, margin %s: %s",
+        tonight, training, margin, "DRIFTED" if drifted else "ok",
+    )
+    return {"tonight": tonight, "training": training, "margin": margin, "drifted": drifted}
+
+
+@task(name="select-model", **IO)
+def select_task(cfg: JobConfig, key: str):
+    """The BIC grid of the config, in shared passes; a table artifact of the grid."""
+    m = cfg.model
+    log = get_run_logger()
+    with progress.observe(_EMProgress(log, _key(key, "selection-progress"), "selection")):
+        selection = daskgmm.select_model(
+            cfg.source.uri, m.n_components, m.covariance_types, criterion=m.criterion,
+            n_init=m.n_init, random_state=m.seed, tol=m.tol, max_iter=m.max_iter,
+            reg_covar=m.reg_covar, init_params=m.init, **_anomaly_kwargs(cfg),
+            **_read_kwargs(cfg),
+        )
+    table = selection.table_.replace({np.nan: None})
+    create_table_artifact(
+        table.round(4).to_dict(orient="records"), key=_key(key, "bic-table"),
+        description=f"{m.criterion.upper()} of every candidate; chosen: k="
+                    f"{selection.best_.n_components}, {selection.best_.covariance_type}",
+    )
+    log.info("selected k=%d, %s in %d passes", selection.best_.n_components,
+             selection.best_.covariance_type, selection.n_passes_)
+    return selection
+
+
+def _anomaly_kwargs(cfg):
+    if cfg.anomaly.threshold is not None:
+        return {"threshold": cfg.anomaly.threshold}
+    return {"contamination": cfg.anomaly.contamination}
+
+
+@task(name="fit-model", **IO)
+def fit_task(cfg: JobConfig, key: str, run_id: str, start=None, n_components=None,
+             covariance_type=None):
+    """EM on tonight's data, from ``start`` (warm start) or from the config's seed;
+    checkpointed to the model store, resumed from this run's checkpoint."""
+    m = cfg.model
+    if start is not None:
+        gm = start
+        gm.set_params(warm_start=True, tol=m.tol, max_iter=m.max_iter, reg_covar=m.reg_covar,
+                      **_read_kwargs(cfg))
+    else:
+        gm = daskgmm.GaussianMixture(
+            n_components=n_components or m.n_components[0],
+            covariance_type=covariance_type or m.covariance_types[0], tol=m.tol,
+            reg_covar=m.reg_covar, max_iter=m.max_iter, n_init=m.n_init,
+            init_params=m.init, random_state=m.seed, **_read_kwargs(cfg),
+        )
+    checkpoint = _store(cfg).checkpoint(run_id, every=cfg.nightly.checkpoint_every)
+    log = get_run_logger()
+    with progress.observe(_EMProgress(log, _key(key, "fit-progress"), "fit")):
+        gm.fit(cfg.source.uri, checkpoint=checkpoint)
+    if gm.resumed_iteration_:
+        log.info("resumed from the checkpoint of run %s at iteration %d", run_id,
+                 gm.resumed_iteration_)
+    log.info("fitted k=%d, %s: %d iterations, converged=%s, %d passes, %.1fs",
+             gm.n_components, gm.covariance_type, gm.n_iter_, gm.converged_, gm.n_passes_,
+             gm.fit_seconds_)
+    gm.set_threshold(cfg.source.uri, **_anomaly_kwargs(cfg))
+    return gm
+
+
+@task(name="save-model", **IO)
+def save_model(cfg: JobConfig, model, info: dict) -> str:
+    store = _store(cfg)
+    version = store.new_version(model)
+    store.save(model, version, info)
+    get_run_logger().info("saved model version %s to %s", version, store.version_url(version))
+    return version
+
+
+@task(name="publish-scores", **IO)
+def publish_scores(cfg: JobConfig, model, run_id: str, model_version: str):
+    pub = daskgmm.write_scores(
+        model, cfg.source.uri, cfg.outputs.scores, run_id=run_id,
+        id_columns=cfg.source.id_columns or None, model_version=model_version,
+        target_storage_options=_output_options(cfg) or None, **_read_kwargs(cfg),
+    )
+    get_run_logger().info(
+        "published %d scores (%d anomalies, %.3f%%) to %s", pub.n_rows, pub.n_anomalies,
+        100 * pub.anomaly_rate, pub.location,
+    )
+    return pub
+
+
+@task(name="write-report", **IO)
+def write_report(cfg: JobConfig, version: str, summary: dict, plots: dict, key: str) -> dict:
+    """PNG plots and the markdown summary into the model version; a markdown artifact."""
+    store = _store(cfg)
+    urls = {title: store.write_file(version, f"report/{name}.png", data)
+            for title, (name, data) in plots.items()}
+    # the file links its plots relatively (they sit next to it); the artifact in full
+    local = report.summary_markdown({**summary, "plots": {
+        title: f"{name}.png" for title, (name, _) in plots.items()}})
+    summary = {**summary, "plots": urls}
+    summary["report_url"] = store.write_file(version, "report/summary.md", local.encode())
+    create_markdown_artifact(report.summary_markdown(summary), key=_key(key, "summary"),
+                             description=f"daskgmm run {summary['run_id']}")
+    return summary
+
+
+@task(name="promote-model", **IO)
+def promote(cfg: JobConfig, version: str, run_id: str):
+    store = _store(cfg)
+    store.promote(version)
+    store.checkpoint(run_id).remove()  # the run is complete: nothing to resume
+    get_run_logger().info("model version %s is now current in %s", version, store.url)
+
+
+###############################################################################
+# Flows
+
+
+def _summary(cfg, run_id, model, version, pub, t0, n_passes, mode_text, drift=None,
+             selection=None):
+    return {
+        "job": cfg.name, "run_id": run_id, "mode_text": mode_text,
+        "n_components": int(model.n_components), "covariance_type": model.covariance_type,
+        "model_version": version, "model_id": daskgmm.model_id(model),
+        "n_iter": int(model.n_iter_), "converged": bool(model.converged_),
+        "seconds": time.perf_counter() - t0, "n_passes": int(n_passes),
+        "n_rows": pub.n_rows, "n_anomalies": pub.n_anomalies,
+        "anomaly_rate": pub.anomaly_rate, "threshold": float(model.threshold_),
+        "drift": drift, "model_url": _store(cfg).version_url(version),
+        "scores_url": pub.location,
+        "selection_table": None if selection is None else
+        selection.table_.replace({np.nan: None}).round(4).to_dict(orient="records"),
+    }
+
+
+def _plots(model, pub, selection=None):
+    plots = {}
+    if selection is not None:
+        plots["BIC against k"] = ("bic", report.bic_plot(
+            selection.table_, selection.criterion,
+            (selection.best_.n_components, selection.best_.covariance_type)))
+    if model.lower_bounds_:
+        plots["Log-likelihood per iteration"] = ("loglik", report.loglik_plot(
+            model.lower_bounds_))
+    if pub is not None:
+        plots["Anomaly scores"] = ("scores", report.score_histogram(pub.sketch,
+                                                                    model.threshold_))
+    return plots
+
+
+def _model_info(cfg, run_id, model, selected_at, selection_version, drift, reasons):
+    return {
+        "job": cfg.name, "run_id": run_id, "created": datetime.now(UTC).isoformat(),
+        "n_components": int(model.n_components), "covariance_type": model.covariance_type,
+        "n_iter": int(model.n_iter_), "converged": bool(model.converged_),
+        "training_log_likelihood": float(model.training_log_likelihood_),
+        "threshold": float(model.threshold_), "selected_at": selected_at,
+        "selection_version": selection_version, "drift": drift, "reselect_reasons": reasons,
+        "source": cfg.source.uri, "config": cfg.summary(),
+    }
+
+
+@flow(name="daskgmm-nightly")
+def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None) -> dict:
+    """The nightly job: warm-start EM on tonight's data from the current model (or re-run
+    the BIC selection when due, on drift, or with no model yet), save the model version,
+    score every row, publish, report."""
+    t0 = time.perf_counter()
+    cfg = load_job(config_path)
+    run_id = run_id or _default_run_id()
+    key = _key(cfg.name)
+    log = get_run_logger()
+    with dask_client(cfg.cluster, log):
+        info, current = current_model(cfg)
+        reasons, drift = [], None
+        if current is None:
+            reasons.append("no model in the store yet")
+        else:
+            drift = drift_check(cfg, current)
+            if drift["drifted"]:
+                reasons.append(
+                    f"drift: tonight's mean log-likelihood {drift['tonight']:.4f} is below the "
+                    f"training value {drift['training']:.4f} by more than {drift['margin']}")
+            if not cfg.nightly.warm_start:
+                reasons.append("nightly.warm_start is off")
+            every = cfg.nightly.reselect_every_days
+            selected_at = info.get("selected_at")
+            if every is not None and selected_at is not None:
+                age = (datetime.now(UTC) - datetime.fromisoformat(selected_at)).total_seconds()
+                if age >= every * 86400:
+                    reasons.append(f"the last selection is {age / 86400:.1f} days old "
+                                   f"(re-selection every {every} days)")
+        selection = None
+        if reasons:
+            log.info("full model selection: %s", "; ".join(reasons))
+            selection = select_task(cfg, key)
+            model, n_passes = selection.best_, selection.n_passes_
+            selected_at = datetime.now(UTC).isoformat()
+            mode_text = "Full BIC selection: " + "; ".join(reasons)
+        else:
+            log.info("warm start from model version %s", info["version"])
+            model = fit_task(cfg, key, run_id, start=current)
+            n_passes = model.n_passes_ + 2  # + drift check and threshold passes
+            selected_at = info.get("selected_at")
+            mode_text = (f"Warm start from model version {info['version']}; drift check "
+                         "within the margin")
+        selection_version = None if selection is not None else info.get("selection_version")
+        version = save_model(cfg, model, _model_info(
+            cfg, run_id, model, selected_at, selection_version, drift, reasons))
+        pub = publish_scores(cfg, model, run_id, version)
+        summary = _summary(cfg, run_id, model, version, pub, t0, n_passes + 1, mode_text,
+                           drift, selection)
+        summary = write_report(cfg, version, summary, _plots(model, pub, selection), key)
+        promote(cfg, version, run_id)
+    log.info("run %s done in %.1fs: model %s, scores %s, report %s", run_id,
+             time.perf_counter() - t0, summary["model_url"], pub.location,
+             summary["report_url"])
+    return summary
+
+
+@flow(name="daskgmm-select")
+def select(config_path: str, run_id: str | None = None) -> dict:
+    """Run the BIC grid of the config, save the chosen model as the current version."""
+    t0 = time.perf_counter()
+    cfg = load_job(config_path)
+    run_id = run_id or _default_run_id()
+    with dask_client(cfg.cluster, get_run_logger()):
+        selection = select_task(cfg, _key(cfg.name))
+        model = selection.best_
+        now = datetime.now(UTC).isoformat()
+        version = save_model(cfg, model, _model_info(
+            cfg, run_id, model, now, None, None, ["select flow"]))
+        store = _store(cfg)
+        plots = _plots(model, None, selection)
+        urls = {t: store.write_file(version, f"report/{n}.png", d) for t, (n, d) in plots.items()}
+        promote(cfg, version, run_id)
+    return {"job": cfg.name, "run_id": run_id, "model_version": version,
+            "model_url": store.version_url(version), "n_components": model.n_components,
+            "covariance_type": model.covariance_type, "n_passes": selection.n_passes_,
+            "seconds": time.perf_counter() - t0, "plots": urls,
+            "selection_table": selection.table_.replace({np.nan: None}).to_dict(
+                orient="records")}
+
+
+@flow(name="daskgmm-fit")
+def fit(config_path: str, n_components: int | None = None,
+        covariance_type: str | None = None, run_id: str | None = None) -> dict:
+    """Fit one configuration (default: the config's first k and covariance type) from
+    the config's seed, checkpointed; save it as the current version."""
+    t0 = time.perf_counter()
+    cfg = load_job(config_path)
+    run_id = run_id or _default_run_id()
+    with dask_client(cfg.cluster, get_run_logger()):
+        model = fit_task(cfg, _key(cfg.name), run_id, n_components=n_components,
+                         covariance_type=covariance_type)
+        now = datetime.now(UTC).isoformat()
+        version = save_model(cfg, model, _model_info(
+            cfg, run_id, model, now, None, None, ["fit flow"]))
+        store = _store(cfg)
+        url = store.write_file(version, "report/loglik.png",
+                               report.loglik_plot(model.lower_bounds_))
+        promote(cfg, version, run_id)
+    return {"job": cfg.name, "run_id": run_id, "model_version": version,
+            "model_url": store.version_url(version), "n_components": model.n_components,
+            "covariance_type": model.covariance_type, "n_iter": model.n_iter_,
+            "converged": model.converged_, "n_passes": model.n_passes_ + 1,
+            "resumed_from_iteration": model.resumed_iteration_,
+            "seconds": time.perf_counter() - t0, "plots": {"Log-likelihood per iteration": url}}
+
+
+@flow(name="daskgmm-score")
+def score(config_path: str, model_version: str | None = None, source: str | None = None,
+          run_id: str | None = None) -> dict:
+    """Score a source (default: the config's) with a stored model (default: the current
+    one) against its stored threshold, and publish the scores."""
+    t0 = time.perf_counter()
+    cfg = load_job(config_path)
+    if source is not None:
+        cfg = cfg.model_copy(update={"source": cfg.source.model_copy(update={"uri": source})})
+    run_id = run_id or _default_run_id()
+    with dask_client(cfg.cluster, get_run_logger()):
+        store = _store(cfg)
+        info = store.current() if model_version is None else store.info(model_version)
+        if info is None:
+            raise FileNotFoundError(
+                f"The model store {store.url!r} has no current model: run the nightly or "
+                "select flow first, or pass model_version.")
+        model = store.load(info["version"])
+        pub = publish_scores(cfg, model, run_id, info["version"])
+        url = store.write_file(info["version"], f"scores/{run_id}/scores.png",
+                               report.score_histogram(pub.sketch, model.threshold_))
+    return {"job": cfg.name, "run_id": run_id, "model_version": info["version"],
+            "n_rows": pub.n_rows, "n_anomalies": pub.n_anomalies,
+            "anomaly_rate": pub.anomaly_rate, "scores_url": pub.location,
+            "seconds": time.perf_counter() - t0, "plots": {"Anomaly scores": url}}

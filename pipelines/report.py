@@ -1,0 +1,127 @@
+"""Run reports: PNG plots and a markdown summary, saved next to the model version."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+_COLOURS = {"full": "tab:blue", "tied": "tab:orange", "diag": "tab:green",
+            "spherical": "tab:red"}
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(figsize=(7, 4.2), dpi=110)
+
+
+def _png(plt, fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def bic_plot(table, criterion="bic", chosen=None) -> bytes:
+    """BIC (or AIC) against k, one line per covariance type; the chosen model circled."""
+    plt, fig, ax = _figure()
+    for covariance_type, rows in table.groupby("covariance_type", sort=False):
+        rows = rows.sort_values("n_components")
+        ax.plot(rows["n_components"], rows[criterion], marker="o", label=covariance_type,
+                color=_COLOURS.get(covariance_type))
+    if chosen is not None:
+        k, covariance_type = chosen
+        row = table[(table.n_components == k) & (table.covariance_type == covariance_type)]
+        ax.scatter(row["n_components"], row[criterion], s=220, facecolors="none",
+                   edgecolors="black", linewidths=2, label=f"chosen: k={k}, {covariance_type}")
+    ax.set_xlabel("number of components k")
+    ax.set_ylabel(f"{criterion.upper()} (lower is better)")
+    ax.set_title(f"Model selection: {criterion.upper()} against k")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(plt, fig)
+
+
+def loglik_plot(lower_bounds, title="EM: mean log-likelihood per iteration") -> bytes:
+    plt, fig, ax = _figure()
+    its = np.arange(1, len(lower_bounds) + 1)
+    ax.plot(its, lower_bounds, marker="o", color="tab:blue")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("mean log-likelihood per row")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _png(plt, fig)
+
+
+def score_histogram(sketch, threshold, bins=80) -> bytes:
+    """Histogram of anomaly scores (-log-density) with the threshold, log-scaled counts."""
+    plt, fig, ax = _figure()
+    values, weights = sketch.weighted_values()
+    scores = -values
+    cut = -threshold
+    hi = max(np.quantile(scores, 0.9999) if scores.size else cut, cut) * 1.1 + 1
+    lo = min(scores.min() if scores.size else cut, cut)
+    edges = np.linspace(lo, hi, bins + 1)
+    ax.hist(np.clip(scores, lo, hi), bins=edges, weights=weights, color="tab:blue", alpha=0.8,
+            label="rows")
+    ax.axvline(cut, color="tab:red", linewidth=2,
+               label=f"threshold {cut:.3g} (log-density {threshold:.3g})")
+    ax.set_yscale("log")
+    ax.set_xlabel("anomaly score = -log-density (higher is more anomalous)")
+    ax.set_ylabel("rows")
+    ax.set_title("Anomaly scores of this run")
+    ax.legend()
+    return _png(plt, fig)
+
+
+def _table(rows):
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def summary_markdown(s: dict) -> str:
+    """The run's markdown summary from the dict the nightly flow assembles."""
+    drift = s.get("drift")
+    if drift is None:
+        drift_line = "not checked (no model yet)"
+    else:
+        drift_line = (
+            f"tonight's mean log-likelihood under the last model {drift['tonight']:.4f} vs "
+            f"training {drift['training']:.4f} (margin {drift['margin']}): "
+            + ("**drifted**" if drift["drifted"] else "within the margin")
+        )
+    lines = [
+        f"# daskgmm run `{s['run_id']}` of job `{s['job']}`",
+        "",
+        f"**{s['mode_text']}**",
+        "",
+        _table([
+            {"what": "model", "value": f"k={s['n_components']}, {s['covariance_type']} "
+                                       f"(version `{s['model_version']}`, id `{s['model_id']}`)"},
+            {"what": "EM iterations", "value": f"{s['n_iter']} (converged: {s['converged']})"},
+            {"what": "seconds", "value": f"{s['seconds']:.1f}"},
+            {"what": "data passes", "value": s["n_passes"]},
+            {"what": "rows scored", "value": f"{s['n_rows']:,}"},
+            {"what": "anomalies",
+             "value": f"{s['n_anomalies']:,} ({100 * s['anomaly_rate']:.3f}%)"},
+            {"what": "threshold (log-density)", "value": f"{s['threshold']:.6g}"},
+            {"what": "drift check", "value": drift_line},
+            {"what": "model", "value": f"`{s['model_url']}`"},
+            {"what": "scores", "value": f"`{s['scores_url']}`"},
+        ]),
+        "",
+        "## Plots",
+        "",
+    ]
+    for title, url in s.get("plots", {}).items():
+        lines += [f"### {title}", "", f"![{title}]({url})", "", f"[{url}]({url})", ""]
+    if s.get("selection_table"):
+        lines += ["## Model selection", "", _table(s["selection_table"]), ""]
+    return "\n".join(lines)

@@ -1,0 +1,468 @@
+import importlib
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from pipelines.config import ConfigError, JobConfig, load_config, resolve_storage_options
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+MINIMAL = """\
+name: job
+source:
+  uri: data/x.zarr
+outputs:
+  model_store: models
+"""
+
+
+def write(tmp_path, text, name="job.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def load(tmp_path, text):
+    return load_config(write(tmp_path, text))
+
+
+# --- shipped configs ------------------------------------------------------------------------
+
+def test_demo_config():
+    config = load_config(CONFIGS / "demo.yaml")
+    assert config.name == "demo"
+    assert config.source.uri == "demo-data/demo.zarr"
+    assert config.source.array_name == "X"
+    assert config.model.n_components == list(range(1, 9))
+    assert config.model.covariance_types == ["full", "diag"]
+    assert (config.model.n_init, config.model.seed) == (1, 0)
+    assert config.anomaly.contamination == 0.01
+    assert config.outputs.scores is None
+    assert config.outputs.model_store == "demo-data/models"
+    assert config.cluster.address is None
+    assert (config.cluster.n_workers, config.cluster.threads_per_worker) == (2, 1)
+    assert config.cluster.memory_limit == "2GiB"
+    assert (config.schedule.cron, config.schedule.timezone) == ("0 2 * * *", "UTC")
+    assert config.nightly == JobConfig.model_validate(
+        {"name": "x", "source": {"uri": "x.zarr"}, "outputs": {"model_store": "m"}}
+    ).nightly
+
+
+def test_s3_example_config():
+    config = load_config(CONFIGS / "s3-example.yaml")
+    assert config.source.uri == "s3://my-bucket/features/"
+    assert config.source.format == "parquet"
+    assert config.source.id_columns == ["event_id"]
+    assert config.source.columns
+    assert config.source.storage_options == {
+        "key": {"env": "AWS_ACCESS_KEY_ID"},
+        "secret": {"env": "AWS_SECRET_ACCESS_KEY"},
+        "client_kwargs": {"endpoint_url": "https://s3.example.com", "region_name": "eu-west-1"},
+    }
+    assert config.outputs.scores == "s3://my-bucket/scores/"
+    assert config.outputs.model_store == "s3://my-bucket/models/"
+    assert config.outputs.storage_options == config.source.storage_options
+    assert config.cluster.address == "tcp://dask-scheduler:8786"
+    assert config.nightly.reselect_every_days == 7
+
+
+# --- defaults and forms ---------------------------------------------------------------------
+
+def test_defaults(tmp_path):
+    config = load(tmp_path, MINIMAL)
+    assert config.source.format == "auto"
+    assert config.source.array_name is None and config.source.columns is None
+    assert config.source.id_columns == [] and config.source.storage_options == {}
+    model = config.model
+    assert model.n_components == list(range(1, 11))
+    assert model.covariance_types == ["full"]
+    assert (model.criterion, model.n_init, model.tol, model.max_iter) == ("bic", 1, 1e-3, 100)
+    assert (model.reg_covar, model.seed, model.init) == (1e-6, 0, "kmeans")
+    assert (config.anomaly.contamination, config.anomaly.threshold) == (0.01, None)
+    assert config.outputs.scores is None and config.outputs.storage_options == {}
+    cluster = config.cluster
+    assert (cluster.address, cluster.n_workers, cluster.threads_per_worker) == (None, 2, 1)
+    assert (cluster.memory_limit, cluster.processes) == ("2GiB", True)
+    assert (config.schedule.cron, config.schedule.timezone) == ("0 2 * * *", "UTC")
+    nightly = config.nightly
+    assert (nightly.warm_start, nightly.reselect_every_days) == (True, 7)
+    assert (nightly.drift_margin, nightly.checkpoint_every) == (0.5, 5)
+
+
+@pytest.mark.parametrize(("written", "expected"), [
+    ("3", [3]),
+    ("[5, 2, 3]", [2, 3, 5]),
+    ("{min: 2, max: 4}", [2, 3, 4]),
+    ("{min: 4, max: 4}", [4]),
+])
+def test_n_components_forms(tmp_path, written, expected):
+    config = load(tmp_path, MINIMAL + f"model:\n  n_components: {written}\n")
+    assert config.model.n_components == expected
+
+
+@pytest.mark.parametrize(("written", "match"), [
+    ("[2, 5, 2]", r"model\.n_components \(line 7\): 2 listed more than once"),
+    ("[]", r"model\.n_components \(line 7\): .*at least 1 item"),
+    ("0", r"model\.n_components \(line 7\): need n_components >= 1, got 0"),
+    ("[1, 0]", r"model\.n_components\.1 \(line 7\): .*greater than or equal to 1, got 0"),
+    ("{min: 4, max: 2}", r"need 1 <= min <= max, got min=4, max=2"),
+    ("{min: 0, max: 2}", r"need 1 <= min <= max, got min=0, max=2"),
+    ("{from: 1, to: 3}", r"written \{min: 1, max: 10\}; got the keys from, to"),
+    ("five", r"expected an int, a list of ints or \{min: 1, max: 10\}, got 'five'"),
+])
+def test_n_components_rejected(tmp_path, written, match):
+    with pytest.raises(ConfigError, match=match):
+        load(tmp_path, MINIMAL + f"model:\n  n_components: {written}\n")
+
+
+def test_outputs_storage_options_default_to_the_source(tmp_path):
+    options = "  storage_options:\n    anon: true\n"
+    config = load(tmp_path, MINIMAL.replace("  uri: data/x.zarr\n",
+                                            "  uri: data/x.zarr\n" + options))
+    assert config.outputs.storage_options == {"anon": True}
+    config = load(tmp_path, MINIMAL.replace("  uri: data/x.zarr\n",
+                                            "  uri: data/x.zarr\n" + options)
+                  + "  storage_options: {}\n")
+    assert config.outputs.storage_options == {}
+
+
+def test_pyyaml_exponent_without_dot_is_a_number(tmp_path):
+    # PyYAML reads 1e-4 as a string (YAML 1.1 wants 1.0e-4)
+    assert load(tmp_path, MINIMAL + "model:\n  tol: 1e-4\n").model.tol == 1e-4
+
+
+def test_summary_is_json_and_round_trips(tmp_path):
+    config = load_config(CONFIGS / "s3-example.yaml")
+    summary = json.loads(json.dumps(config.summary()))
+    assert summary["source"]["storage_options"]["secret"] == {"env": "AWS_SECRET_ACCESS_KEY"}
+    assert JobConfig.model_validate(summary) == config
+    config = load(tmp_path, MINIMAL + "anomaly:\n  threshold: -40.0\n")
+    assert JobConfig.model_validate(config.summary()) == config
+
+
+def test_relative_paths_stay_as_written(tmp_path):
+    config = load(tmp_path, MINIMAL)
+    assert (config.source.uri, config.outputs.model_store) == ("data/x.zarr", "models")
+
+
+# --- errors: keys, lines, messages ----------------------------------------------------------
+
+def test_unknown_key_names_key_line_and_known_keys(tmp_path):
+    path = write(tmp_path, MINIMAL + "model:\n  n_component: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.splitlines()[0] == f"{path}: invalid job configuration (1 problem):"
+    assert message.splitlines()[1] == (
+        f"{path}: model.n_component (line 7): unknown key; did you mean 'n_components'? "
+        "known keys: n_components, covariance_types, criterion, n_init, tol, max_iter, "
+        "reg_covar, seed, init"
+    )
+
+
+def test_wrong_type_names_key_line_and_value(tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(
+        "cluster.n_workers (line 7): Input should be a valid integer, unable to parse "
+        "string as an integer, got 'two'"
+    )):
+        load(tmp_path, MINIMAL + "cluster:\n  n_workers: two\n")
+
+
+def test_wrong_literal_names_list_index(tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(
+        "model.covariance_types.1 (line 9): Input should be 'full', 'tied', 'diag' or "
+        "'spherical', got 'fulll'"
+    )):
+        load(tmp_path, MINIMAL + "model:\n  covariance_types:\n    - diag\n    - fulll\n")
+
+
+def test_boolean_is_not_a_number(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.n_init \(line 7\): expected a number, "
+                                          r"got the boolean true"):
+        load(tmp_path, MINIMAL + "model:\n  n_init: yes\n")
+
+
+def test_missing_keys(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, "name: job\noutputs:\n  scores: s\n")
+    lines = str(info.value).splitlines()[1:]
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "source: required key is missing",
+        "outputs.model_store (in outputs, line 2): required key is missing",
+    ]
+
+
+def test_several_errors_reported_at_once_in_file_order(tmp_path):
+    path = write(tmp_path, """\
+        name: bad name
+        source:
+          uri: data/x.zarr
+          format: csv
+        model:
+          n_init: 0
+          criterion: bic
+        outputs:
+          model_store: models
+        cluster:
+          threads_per_worker: -1
+        nightly:
+          drift_margin: x
+        """)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"{path}: invalid job configuration (5 problems):"
+    assert [re.match(rf"{re.escape(str(path))}: (\S+) \(line (\d+)\)", line).groups()
+            for line in lines[1:]] == [
+        ("name", "1"), ("source.format", "4"), ("model.n_init", "6"),
+        ("cluster.threads_per_worker", "11"), ("nightly.drift_margin", "13"),
+    ]
+
+
+def test_duplicate_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"model \(line 8\): duplicate key \(first at line "
+                                          r"6\); YAML would keep only this one"):
+        load(tmp_path, MINIMAL + "model:\n  n_init: 2\nmodel:\n  n_init: 3\n")
+
+
+@pytest.mark.parametrize(("cron", "match"), [
+    ("0 2 * *", r"a cron expression has 5 fields .*got 4 in '0 2 \* \*'"),
+    ("0 2 * * * *", r"a cron expression has 5 fields .*got 6"),
+    ("@daily", r"a cron expression has 5 fields .*got 1"),
+    ("61 2 * * *", r"minute field of '61 2 \* \* \*': '61' is not in 0-59"),
+    ("0 24 * * *", r"hour field .*'24' is not in 0-23"),
+    ("0 2 0 * *", r"day of month field .*'0' is not in 1-31"),
+    ("0 2 * 13 *", r"month field .*'13' is not in 1-12 or a name such as 'jan'"),
+    ("0 2 * * fri-mon", r"day of week field 'fri-mon' .*runs backwards"),
+    ("*/0 * * * *", r"minute field '\*/0' .*a step is >= 1"),
+    ("0 2 L * *", r"day of month field .*'L' is not in 1-31"),
+    ("0 2 ? * *", r"day of month field '\?' .*cannot read '\?'"),
+])
+def test_bad_cron(tmp_path, cron, match):
+    with pytest.raises(ConfigError, match=r"schedule\.cron \(line 7\): " + match):
+        load(tmp_path, MINIMAL + f"schedule:\n  cron: '{cron}'\n")
+
+
+GOOD_CRONS = ["0 2 * * *", "*/15 * * * *", "0 0 1 1 *", "0 3 * * 7", "0 3 * * sun",
+              "30 1 * JAN-mar mon-FRI", "5/10 * * * *", "0 2 * * 1-5/2", "0,30 1,13 * * *",
+              "0 2 * * mon-sun", "0 2 * * 0-7"]
+BAD_CRONS = ["60 * * * *", "* 24 * * *", "* * 0 * *", "* * 32 * *", "* * * 13 *",
+             "* * * * 8", "*/0 * * * *", "0 2 * *", "H * * * *", "1-2-3 * * * *", "-1 * * * *"]
+
+
+@pytest.mark.parametrize("cron", GOOD_CRONS)
+def test_good_cron(tmp_path, cron):
+    assert load(tmp_path, MINIMAL + f"schedule:\n  cron: '{cron}'\n").schedule.cron == cron
+
+
+def test_cron_check_agrees_with_croniter(tmp_path):
+    # croniter checks the cron schedules of Prefect deployments; what we accept, it accepts
+    for name in ("croniter", "prefect._vendor.croniter"):
+        try:
+            croniter = importlib.import_module(name).croniter
+            break
+        except ImportError:
+            continue
+    else:
+        pytest.skip("croniter is not importable")
+    assert all(croniter.is_valid(cron) for cron in GOOD_CRONS)
+    assert not any(croniter.is_valid(cron) for cron in BAD_CRONS)
+    for cron in BAD_CRONS:
+        with pytest.raises(ConfigError, match=r"schedule\.cron \(line 7\)"):
+            load(tmp_path, MINIMAL + f"schedule:\n  cron: '{cron}'\n")
+
+
+def test_unquoted_cron_star_is_a_yaml_error_with_a_hint(tmp_path):
+    with pytest.raises(ConfigError, match=r"YAML syntax error at line 7, .*quote values "
+                                          r"starting with \*"):
+        load(tmp_path, MINIMAL + "schedule:\n  cron: */5 * * * *\n")
+
+
+def test_bad_timezone(tmp_path):
+    with pytest.raises(ConfigError, match=r"schedule\.timezone \(line 7\): unknown time zone "
+                                          r"'Europe/Pariss'; use an IANA name"):
+        load(tmp_path, MINIMAL + "schedule:\n  timezone: Europe/Pariss\n")
+
+
+@pytest.mark.parametrize("limit", ["2 gigs", "0", "-1GB", "''", "2048"])
+def test_bad_memory_limit(tmp_path, limit):
+    with pytest.raises(ConfigError, match=r"cluster\.memory_limit \(line 7\): cannot read "
+                                          r".* as a memory size; write for example '2GiB'"):
+        load(tmp_path, MINIMAL + f"cluster:\n  memory_limit: {limit}\n")
+
+
+@pytest.mark.parametrize(("limit", "expected"),
+                         [("500MB", "500MB"), ("1.5 GiB", "1.5 GiB"), ("auto", "auto"),
+                          ("null", None)])
+def test_memory_limit(tmp_path, limit, expected):
+    config = load(tmp_path, MINIMAL + f"cluster:\n  memory_limit: {limit}\n")
+    assert config.cluster.memory_limit == expected
+
+
+def test_scheduler_address(tmp_path):
+    config = load(tmp_path, MINIMAL + "cluster:\n  address: tcp://scheduler:8786\n")
+    assert config.cluster.address == "tcp://scheduler:8786"
+    with pytest.raises(ConfigError, match=r"cluster\.address \(line 7\): a Dask scheduler "
+                                          r"address looks like 'tcp://dask-scheduler:8786'"):
+        load(tmp_path, MINIMAL + "cluster:\n  address: http://scheduler:8787\n")
+
+
+def test_contamination_and_threshold_exclusive(tmp_path):
+    with pytest.raises(ConfigError, match=r"anomaly\.threshold \(line 8\): give contamination "
+                                          r"or threshold, not both"):
+        load(tmp_path, MINIMAL + "anomaly:\n  contamination: 0.01\n  threshold: -40.0\n")
+    config = load(tmp_path, MINIMAL + "anomaly:\n  threshold: -40.0\n")
+    assert (config.anomaly.contamination, config.anomaly.threshold) == (None, -40.0)
+
+
+@pytest.mark.parametrize("value", ["0", "0.6", "null"])
+def test_contamination_range(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"anomaly\.contamination \(line 7\)"):
+        load(tmp_path, MINIMAL + f"anomaly:\n  contamination: {value}\n")
+
+
+def test_scores_null_needs_a_zarr_source(tmp_path):
+    parquet = MINIMAL.replace("data/x.zarr", "s3://bucket/features/")
+    with pytest.raises(ConfigError, match=r"outputs\.scores \(in outputs, line 4\): null "
+                                          r"writes the scores into the source's Zarr group"):
+        load(tmp_path, parquet)
+    config = load(tmp_path, parquet.replace("  uri:", "  format: zarr\n  uri:"))
+    assert config.outputs.scores is None
+
+
+def test_source_keys_match_its_format(tmp_path):
+    with pytest.raises(ConfigError, match=r"source\.columns \(line 5\): applies to Parquet "
+                                          r"sources only"):
+        load(tmp_path, MINIMAL.replace("  uri: data/x.zarr\n",
+                                       "  uri: data/x.zarr\n  format: zarr\n  columns: [a]\n"))
+    with pytest.raises(ConfigError, match=r"source\.id_columns \(line 5\): id also in columns"):
+        load(tmp_path, MINIMAL.replace("  uri: data/x.zarr\n",
+                                       "  uri: data/x.zarr\n  columns: [a, id]\n"
+                                       "  id_columns: [id]\n"))
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+def with_options(options):
+    return MINIMAL.replace("  uri: data/x.zarr\n", "  uri: data/x.zarr\n  storage_options:\n"
+                           + textwrap.indent(textwrap.dedent(options), "    "))
+
+
+@pytest.mark.parametrize(("options", "key", "line", "variable"), [
+    ("secret: wJalrXUtnFEMIxK7MDENG\n", "secret", 5, "AWS_SECRET_ACCESS_KEY"),
+    ("key: wJalrXUtnFEMIxK7MDENG\n", "key", 5, "AWS_ACCESS_KEY_ID"),
+    ("anon: false\nclient_kwargs:\n  aws_session_token: wJalrXUtnFEMIxK7MDENG\n",
+     "client_kwargs.aws_session_token", 7, "AWS_SESSION_TOKEN"),
+    ("Password: wJalrXUtnFEMIxK7MDENG\n", "Password", 5, "PASSWORD"),
+    ("credentials: [wJalrXUtnFEMIxK7MDENG]\n", "credentials.0", 5, "CREDENTIALS"),
+])
+def test_inline_secret_rejected_without_showing_it(tmp_path, options, key, line, variable):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, with_options(options))
+    message = str(info.value)
+    assert re.search(rf"source\.storage_options\.{re.escape(key)} \(line {line}\): inline "
+                     rf"secret; write it as {{env: {variable}}}", message)
+    assert "wJalrXUtnFEMIxK7MDENG" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_inline_secret_hidden_from_validation_error():
+    with pytest.raises(ValidationError, match="inline secret") as info:
+        JobConfig.model_validate({
+            "name": "job", "source": {"uri": "x.zarr", "storage_options": {"secret": "hunter2"}},
+            "outputs": {"model_store": "m"},
+        })
+    assert "hunter2" not in str(info.value)
+
+
+def test_plain_storage_options_allowed(tmp_path):
+    config = load(tmp_path, with_options("""\
+        anon: false
+        use_listings_cache: false
+        key: {env: AWS_ACCESS_KEY_ID}
+        client_kwargs:
+          endpoint_url: https://s3.example.com
+          region_name: eu-west-1
+        config_kwargs:
+          s3: {addressing_style: path}
+        """))
+    assert config.source.storage_options["client_kwargs"]["region_name"] == "eu-west-1"
+
+
+@pytest.mark.parametrize(("reference", "match"), [
+    ("{env: AWS_SECRET, default: x}", r"an environment reference has the single key 'env'.*"
+                                        r"found keys env, default"),
+    ("{env: 'wJalrXUtnF/EMIxK7MDENG'}", r"\{env: NAME\} must name an environment variable"),
+    ("{env: 3}", r"\{env: NAME\} must name an environment variable"),
+])
+def test_bad_env_reference(tmp_path, reference, match):
+    with pytest.raises(ConfigError, match=r"source\.storage_options\.secret \(line 5\): "
+                                          + match) as info:
+        load(tmp_path, with_options(f"secret: {reference}\n"))
+    assert "wJalrXUtnF" not in str(info.value)
+
+
+SECRET_OPTIONS = """\
+    key: {env: DASKGMM_TEST_KEY}
+    secret: {env: DASKGMM_TEST_SECRET}
+    client_kwargs:
+      endpoint_url: https://s3.example.com
+      headers: [{env: DASKGMM_TEST_KEY}]
+    """
+
+
+def test_env_references_resolve_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.delenv("DASKGMM_TEST_KEY", raising=False)
+    monkeypatch.delenv("DASKGMM_TEST_SECRET", raising=False)
+    config = load(tmp_path, with_options(SECRET_OPTIONS))  # unset variables: loads
+    monkeypatch.setenv("DASKGMM_TEST_KEY", "AKIAEXAMPLEKEY")
+    monkeypatch.setenv("DASKGMM_TEST_SECRET", "s3cr3t-value")
+    options = config.source.storage_options
+    assert resolve_storage_options(options) == {
+        "key": "AKIAEXAMPLEKEY",
+        "secret": "s3cr3t-value",
+        "client_kwargs": {"endpoint_url": "https://s3.example.com",
+                          "headers": ["AKIAEXAMPLEKEY"]},
+    }
+    assert options["secret"] == {"env": "DASKGMM_TEST_SECRET"}  # not modified
+    shown = [repr(config), str(config), json.dumps(config.summary()), str(config.model_dump())]
+    assert not any("s3cr3t-value" in text or "AKIAEXAMPLEKEY" in text for text in shown)
+
+
+def test_missing_env_variable_names_variable_and_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("DASKGMM_TEST_KEY", "AKIAEXAMPLEKEY")
+    monkeypatch.delenv("DASKGMM_TEST_SECRET", raising=False)
+    config = load(tmp_path, with_options(SECRET_OPTIONS))
+    with pytest.raises(ConfigError, match=r"^source\.storage_options\.secret: environment "
+                                          r"variable DASKGMM_TEST_SECRET is not set") as info:
+        resolve_storage_options(config.source.storage_options, "source.storage_options")
+    assert "AKIAEXAMPLEKEY" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"^storage_options\.secret: environment variable "
+                                          r"DASKGMM_TEST_SECRET"):
+        resolve_storage_options(config.outputs.storage_options)
+
+
+# --- unreadable files -----------------------------------------------------------------------
+
+def test_yaml_syntax_error_reports_line(tmp_path):
+    path = write(tmp_path, "name: job\nsource:\n  uri: [data/x.zarr\noutputs: {}\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: YAML syntax error at "
+                                          rf"line 4, column \d+: "):
+        load_config(path)
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(ConfigError, match=rf"job file '{re.escape(str(path))}' not found"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(("text", "got"), [("", "an empty file"), ("- a\n- b\n", "a list"),
+                                           ("just text\n", "a str")])
+def test_top_level_not_a_mapping(tmp_path, text, got):
+    with pytest.raises(ConfigError, match=rf"a job file is a mapping of keys .*got {got}$"):
+        load(tmp_path, text)

@@ -1,0 +1,217 @@
+"""The Prefect flows, the CLI and the deployment file, on real files and a LocalCluster."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+import zarr
+from numpy.testing import assert_allclose
+
+import daskgmm
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_harness():
+    """A temporary Prefect API (SQLite) for this module's flow runs only."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _write_config(tmp_path, **changes):
+    cfg = {
+        "name": "t",
+        "source": {"uri": str(tmp_path / "data" / "demo.zarr"), "array_name": "X"},
+        "model": {"n_components": [2, 3, 4], "covariance_types": ["full", "diag"],
+                  "seed": 0, "tol": 1e-4},
+        "anomaly": {"contamination": 0.01},
+        "outputs": {"model_store": str(tmp_path / "models")},
+        "cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB"},
+        "nightly": {"checkpoint_every": 1},
+    }
+    for section, values in changes.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _demo(tmp_path, seed=0, rows=60_000, overwrite=False):
+    from pipelines.demo_data import write_demo_data
+
+    return write_demo_data(tmp_path / "data", n_samples=rows, n_features=4, n_components=3,
+                           seed=seed, anomaly_fraction=0.01, overwrite=overwrite)
+
+
+def test_nightly_twice_then_drift(tmp_path):
+    from prefect.artifacts import Artifact
+
+    from pipelines.flows import nightly
+
+    _demo(tmp_path)
+    config = _write_config(tmp_path)
+    first = nightly(config_path=config, run_id="night-1")
+    assert first["mode_text"].startswith("Full BIC selection: no model in the store yet")
+    assert first["n_components"] == 3 and first["n_rows"] == 60_000
+    store = daskgmm.ModelStore(tmp_path / "models")
+    assert store.current()["version"] == first["model_version"]
+    table = Artifact.get("t-bic-table")
+    assert table is not None and len(json.loads(table.data)) == 6
+    assert "daskgmm run `night-1`" in Artifact.get("t-summary").data
+
+    second = nightly(config_path=config, run_id="night-2")
+    assert second["mode_text"].startswith("Warm start from model version "
+                                          + first["model_version"])
+    assert second["drift"]["drifted"] is False
+    assert second["model_version"] != first["model_version"]
+    assert store.versions() == sorted([first["model_version"], second["model_version"]])
+    assert store.current()["version"] == second["model_version"]
+    # the first model and its scores stay readable; the scores name their model version
+    first_model = store.load(first["model_version"])
+    scores_1 = zarr.open_group(first["scores_url"], mode="r")
+    assert scores_1.attrs["daskgmm"]["model_version"] == first["model_version"]
+    X = zarr.open_group(str(tmp_path / "data" / "demo.zarr"), mode="r")["X"][:]
+    assert_allclose(scores_1["log_density"][:], first_model.score_samples(X), rtol=1e-12)
+    latest = daskgmm.read_pointer(tmp_path / "data" / "demo.zarr" / "scores")
+    assert latest["model_version"] == second["model_version"]
+    report_dir = Path(second["report_url"]).parent
+    assert {p.name for p in report_dir.iterdir()} == {"summary.md", "loglik.png", "scores.png"}
+    assert (report_dir / "scores.png").read_bytes().startswith(PNG)
+    summary = (report_dir / "summary.md").read_text()
+    assert "Warm start" in summary and "](scores.png)" in summary
+    assert Artifact.get("t-fit-progress").data == 100.0
+
+    # tonight's data come from another mixture: the drift check forces a new selection
+    _demo(tmp_path, seed=5, overwrite=True)
+    third = nightly(config_path=config, run_id="night-3")
+    assert third["drift"]["drifted"] is True
+    assert third["mode_text"].startswith("Full BIC selection: drift: tonight's mean "
+                                         "log-likelihood")
+    assert third["drift"]["tonight"] < third["drift"]["training"] - 0.5
+    assert {p.name for p in Path(third["report_url"]).parent.iterdir()} == {
+        "summary.md", "bic.png", "loglik.png", "scores.png"}
+
+
+_FIT = """
+import sys
+from pipelines.cli import main
+sys.exit(main(["fit", sys.argv[1], "-k", "6", "-c", "full", "--run-id", "crash"]))
+"""
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_fit_killed_mid_fit_resumes_to_the_same_model(tmp_path):
+    from pipelines.flows import fit
+
+    _demo(tmp_path, rows=200_000)
+    config = _write_config(tmp_path, model={"tol": 1e-9, "max_iter": 40})
+    checkpoint = tmp_path / "models" / "checkpoints" / "crash.ckpt"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.Popen([sys.executable, "-c", _FIT, config], cwd=ROOT, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None and not checkpoint.exists():
+            time.sleep(0.05)
+        assert proc.poll() is None, "the fit ended before a checkpoint was written"
+        time.sleep(0.5)  # a few more iterations
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the flow's process and its workers
+        proc.wait()
+    assert checkpoint.exists()
+    assert daskgmm.ModelStore(tmp_path / "models").current() is None  # nothing published
+
+    result = fit(config_path=config, n_components=6, covariance_type="full", run_id="crash")
+    assert result["resumed_from_iteration"] >= 1
+    assert not checkpoint.exists()  # removed once the model is current
+    model = daskgmm.ModelStore(tmp_path / "models").load()
+    ref = daskgmm.GaussianMixture(6, covariance_type="full", random_state=0, tol=1e-9,
+                                  max_iter=40, array_name="X")
+    ref.fit(str(tmp_path / "data" / "demo.zarr"))
+    assert model.n_iter_ == ref.n_iter_ > result["resumed_from_iteration"]
+    for name in ("weights_", "means_", "covariances_"):
+        assert_allclose(getattr(model, name), getattr(ref, name), rtol=1e-12, atol=1e-14)
+
+
+def _cli(*args, cwd):
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_commands(tmp_path):
+    from pipelines.cli import main
+
+    assert main(["demo-data", "--out", str(tmp_path / "data"), "--rows", "40000",
+                 "--features", "3", "--components", "2"]) == 0
+    assert (tmp_path / "data" / "demo-parquet" / "part-00000.parquet").exists()
+    frame = pd.read_parquet(tmp_path / "data" / "demo-parquet")
+    assert list(frame.columns) == ["event_id", "f0", "f1", "f2", "label"] and len(frame) == 40_000
+    config = _write_config(tmp_path, source={
+        "uri": str(tmp_path / "data" / "demo-parquet"), "array_name": None,
+        "columns": ["f0", "f1", "f2"], "id_columns": ["event_id"]},
+        outputs={"scores": str(tmp_path / "scores")}, model={"n_components": [1, 2, 3]})
+    assert main(["select", config, "--run-id", "s1"]) == 0
+    store = daskgmm.ModelStore(tmp_path / "models")
+    k = store.load().n_components
+    assert k in (2, 3)  # the 2 true components (+ one for the planted anomalies)
+    assert main(["score", config, "--run-id", "sc1"]) == 0
+    scores = pd.read_parquet(daskgmm.latest_scores(tmp_path / "scores"))
+    assert list(scores.columns[:2]) == ["event_id", "log_density"] and len(scores) == 40_000
+    planted = set(frame.loc[frame["label"] == -1, "event_id"])
+    flagged = set(scores.loc[scores["is_anomaly"], "event_id"])
+    assert len(flagged) == 400 and len(planted & flagged) > 0.8 * len(planted)
+
+    out = _cli("inspect", str(tmp_path / "models"), cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "model store" in out.stdout and f"{k} components, covariance_type=" in out.stdout
+    assert "threshold:" in out.stdout and "contamination 0.01" in out.stdout
+    model_file = Path(store.version_url(store.current()["version"])) / "model.daskgmm"
+    out = _cli("inspect", str(model_file), cwd=ROOT)
+    assert out.returncode == 0 and daskgmm.model_id(store.load()) in out.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: t\nsource:\n  uri: x.zarr\nmodel:\n  n_component: 3\n"
+                   "outputs:\n  model_store: m\n")
+    out = _cli("run", str(bad), cwd=ROOT)
+    assert out.returncode == 1
+    assert "model.n_component (line 5): unknown key" in out.stderr
+    assert "Traceback" not in out.stderr
+    for command in ("run", "fit", "select", "score", "demo-data", "inspect"):
+        out = _cli(command, "--help", cwd=ROOT)
+        assert out.returncode == 0 and "usage: daskgmm" in out.stdout
+
+
+def test_deployment_file_loads_and_entrypoints_import():
+    import importlib
+
+    from prefect.flows import Flow
+
+    spec = yaml.safe_load((ROOT / "deploy" / "prefect.yaml").read_text())
+    assert spec["deployments"]
+    for deployment in spec["deployments"]:
+        path, name = deployment["entrypoint"].split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, name)
+        assert isinstance(flow, Flow)
+        config = deployment["parameters"]["config_path"]
+        from pipelines.config import load_config
+
+        load_config(ROOT / config)
+        assert set(deployment["parameters"]) <= set(flow.parameters.properties)
+        for schedule in deployment.get("schedules", []):
+            assert len(schedule["cron"].split()) == 5
+    assert np.all([d["work_pool"]["name"] == "daskgmm" for d in spec["deployments"]])
