@@ -16,7 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(BIN)/python pipelines/demo.py
+	$(BIN)/daskgmm demo-data --out demo-data
+	$(BIN)/daskgmm run configs/demo.yaml
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .

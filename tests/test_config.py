@@ -40,7 +40,7 @@ def test_demo_config():
     assert config.model.n_components == list(range(1, 9))
     assert config.model.covariance_types == ["full", "diag"]
     assert (config.model.n_init, config.model.seed) == (1, 0)
-    assert config.anomaly.contamination == 0.01
+    assert config.anomaly.contamination == 0.005
     assert config.outputs.scores is None
     assert config.outputs.model_store == "demo-data/models"
     assert config.cluster.address is None
