@@ -13,6 +13,7 @@ same run resumes its fit from the last checkpoint and reaches the same model).
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -113,6 +114,9 @@ class _EMProgress:
 
 @task(name="load-config", **COMPUTE)
 def load_job(config_path: str) -> JobConfig:
+    # the library's INFO lines (persisting, fitted, thresholds, published) in the run's
+    # logs; Prefect attaches its handlers to the loggers in PREFECT_LOGGING_EXTRA_LOGGERS
+    logging.getLogger("daskgmm").setLevel(logging.INFO)
     cfg = load_config(config_path)
     get_run_logger().info("job %r from %s: %s", cfg.name, config_path, cfg.summary())
     return cfg
