@@ -135,7 +135,8 @@ def _log_likelihood_chunk(block, params, row_start):
     return kernels.chunk_log_likelihood(block, params)
 
 
-def _sketch_chunk(block, params, n_points, row_start):
+def _sketch_chunk(block, params, n_total, row_start):
+    n_points = sketch_points(block.shape[0], n_total)
     return [
         RankSketch.from_values(kernels.score_chunk(block, p, "score_samples"), n_points)
         for p in params
@@ -263,12 +264,11 @@ def sketch_pass(dataset: Dataset, params: list[Params], split_every: int = 8):
 
     The sketches give the total log-likelihood and row count as :func:`score_pass`
     does, and quantiles of the log-density with a guaranteed rank error: each chunk
-    keeps ``sketch_points(n_chunks)`` values, so the client receives at most
+    keeps ``sketch_points(rows, n_samples)`` values, so the client receives about
     ``max(SKETCH_BUDGET, 2049 * n_chunks)`` values per model.
     """
-    n_points = sketch_points(dataset.array.numblocks[0])
-    return data_pass(dataset, _sketch_chunk, (params, n_points), combine=combine_sketches,
-                     split_every=split_every)
+    return data_pass(dataset, _sketch_chunk, (params, dataset.n_samples),
+                     combine=combine_sketches, split_every=split_every)
 
 
 # Values per model that a sketch pass may send to the client: up to this many rows, the
@@ -276,6 +276,7 @@ def sketch_pass(dataset: Dataset, params: list[Params], split_every: int = 8):
 SKETCH_BUDGET = 1 << 22
 
 
-def sketch_points(n_chunks: int) -> int:
-    """Values kept per chunk: exact up to ``SKETCH_BUDGET`` rows, never fewer than 2049."""
-    return max(N_POINTS, -(-SKETCH_BUDGET // max(n_chunks, 1)))
+def sketch_points(n_rows: int, n_total: int) -> int:
+    """Values a chunk of ``n_rows`` of ``n_total`` rows keeps: its share of
+    ``SKETCH_BUDGET`` (so all its rows when ``n_total <= SKETCH_BUDGET``), at least 2049."""
+    return max(N_POINTS, -(-SKETCH_BUDGET * n_rows // max(n_total, 1)))

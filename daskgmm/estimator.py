@@ -637,12 +637,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         By default the threshold is the ``contamination`` quantile of the log-density of
         the rows of ``X`` (the training data), computed out-of-core in one pass: each
-        chunk's sorted log-densities are summarised at ``m`` evenly spaced ranks, ``m =
-        max(2049, 4194304 / number of chunks)``, and the summaries are tree-reduced
-        (:mod:`daskgmm.quantiles`). The quantile is exact (numpy's ``quantile``) for up
-        to 4,194,304 rows; beyond, the fraction of rows of ``X`` at or below the
-        threshold differs from ``contamination`` by less than ``1/(m-1)`` of the rows
-        (at most 1/2048, 0.049 %). The bounds reached are kept in ``threshold_bounds_``.
+        chunk's sorted log-densities are summarised at ``m`` evenly spaced ranks (its
+        share of 4,194,304 values, in proportion to its rows, and at least 2049), and the
+        summaries are tree-reduced (:mod:`daskgmm.quantiles`). The quantile is exact
+        (numpy's ``quantile``) for up to 4,194,304 rows; beyond, the fraction of rows of
+        ``X`` at or below the threshold differs from ``contamination`` by less than
+        1/2048 of the rows (0.049 %) plus one row per chunk. The bounds reached are kept
+        in ``threshold_bounds_``.
         With ``threshold=`` a fixed log-density is used instead (``X`` is then optional;
         given, it only fills the training quantiles).
 

@@ -507,12 +507,11 @@ def _write_parquet(scores, dataset, fs, vroot, id_columns, info):
         id_fields = [pa.field(ROW_NUMBER, pa.int64(), nullable=False)]
     schema = _arrow_schema(id_fields, info)
     offsets = np.concatenate([[0], np.cumsum(scores.chunks[0])]).astype(np.int64)
-    n_points = em.sketch_points(len(names))
     tasks = [
         dask.delayed(_write_parquet_part, pure=False)(
             block, fs, f"{vroot}/{name}", schema, int(offsets[i]),
             (files[i][0], origin.fs, id_columns, files[i][1]) if files and id_columns else None,
-            n_points,
+            em.sketch_points(int(scores.chunks[0][i]), int(scores.shape[0])),
         )
         for i, (block, name) in enumerate(zip(scores.to_delayed().ravel(), names, strict=True))
     ]
@@ -575,10 +574,10 @@ def _write_zarr(scores, fs, root, vroot, version, info, storage_options):
                             fill_value=np.zeros((), dtype=dtype)[()],
                             attributes={"daskgmm": {**info, "column": name}})
     offsets = np.concatenate([[0], np.cumsum(scores.chunks[0])]).astype(np.int64)
-    n_points = em.sketch_points(scores.numblocks[0])
     tasks = [
-        dask.delayed(_write_zarr_part, pure=False)(block, where, version, int(offsets[i]),
-                                                   n_points)
+        dask.delayed(_write_zarr_part, pure=False)(
+            block, where, version, int(offsets[i]),
+            em.sketch_points(int(scores.chunks[0][i]), n))
         for i, block in enumerate(scores.to_delayed().ravel())
     ]
     with threadpool_limits(limits=1):

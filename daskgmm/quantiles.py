@@ -13,7 +13,8 @@ r_last = n_c - 1`` places the number of its rows ``<= t`` between ``r_j + 1`` an
 chunks the count of rows ``<= t`` is known within ``sum_c (r_{j+1} - r_j - 1) <
 sum_c n_c / (n_points - 1)``: with the default 2049 points, the fraction of rows at or
 below a returned quantile is off by at most ``1/2048`` (0.049 %) of the rows, plus one
-row per chunk. A chunk of at most ``n_points`` rows is kept whole, and when every chunk
+row per chunk (each kept value's rank in its own chunk is exact; only the other chunks'
+counts are estimated). A chunk of at most ``n_points`` rows is kept whole, and when every chunk
 is, :meth:`RankSketch.quantile` equals ``numpy.quantile`` (linear interpolation). The
 bounds actually reached are returned with every quantile, so callers can report them.
 """
@@ -72,8 +73,9 @@ class RankSketch:
         )
 
     def _cumulative(self):
-        """Sorted kept values with bounds on how many rows are ``<=`` each of them."""
-        values, d_lo, d_hi = [], [], []
+        """Sorted kept values with bounds on how many rows are ``<=`` each of them, and
+        the part of that uncertainty that comes from the value's own chunk."""
+        values, d_lo, d_hi, own = [], [], [], []
         for v, r, n in zip(self.values, self.ranks, self.counts, strict=True):
             # rows <= t, for t in [v_j, v_{j+1}): at least r_j + 1, at most r_{j+1}
             lo = r + 1
@@ -81,11 +83,12 @@ class RankSketch:
             values.append(v)
             d_lo.append(np.diff(lo, prepend=0))
             d_hi.append(np.diff(hi, prepend=0))
+            own.append(hi - lo)
         values = np.concatenate(values)
         order = np.argsort(values, kind="stable")
         lower = np.cumsum(np.concatenate(d_lo)[order])
         upper = np.cumsum(np.concatenate(d_hi)[order])
-        return values[order], lower, upper
+        return values[order], lower, upper, np.concatenate(own)[order]
 
     def quantile(self, levels):
         """Quantiles at ``levels`` in [0, 1] (numpy's 'linear' method when exact).
@@ -103,9 +106,11 @@ class RankSketch:
         n = self.n_samples
         if n == 0:
             raise ValueError("Cannot compute quantiles of zero rows.")
-        values, lower, upper = self._cumulative()
-        # estimated 0-based rank of each kept value; exact (0, 1, 2, ...) when all are kept
-        rank = 0.5 * (lower + upper) - 1.0
+        values, lower, upper, own = self._cumulative()
+        # Estimated 0-based rank of each kept value: its rank in its own chunk is known
+        # (the rows of the gap after it are above it), the other chunks' counts are taken
+        # at the middle of their bounds. Exact (0, 1, 2, ...) when every row is kept.
+        rank = lower - 1.0 + 0.5 * (upper - lower - own)
         q = np.interp(levels * (n - 1), rank, values)
         return q, self._bounds(q, values, lower, upper)
 
@@ -113,8 +118,9 @@ class RankSketch:
         """Lowest and highest possible fraction of the rows ``<= t``, shape (len(t), 2)."""
         if self.n_samples == 0:
             raise ValueError("Cannot compute fractions of zero rows.")
-        return self._bounds(np.atleast_1d(np.asarray(t, dtype=np.float64)),
-                            *self._cumulative())
+        values, lower, upper, _ = self._cumulative()
+        return self._bounds(np.atleast_1d(np.asarray(t, dtype=np.float64)), values, lower,
+                            upper)
 
     def _bounds(self, t, values, lower, upper):
         idx = np.searchsorted(values, t, side="right") - 1

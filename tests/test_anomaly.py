@@ -64,8 +64,12 @@ def test_sketch_combine_is_associative_and_fraction_bounds():
 
 
 def test_sketch_points_budget():
-    assert em.sketch_points(1) == em.SKETCH_BUDGET
-    assert em.sketch_points(10**6) == 2049
+    assert em.sketch_points(5_000, 5_000) == em.SKETCH_BUDGET  # one chunk: exact
+    assert em.sketch_points(10, 10**9) == 2049
+    # uneven chunks of data within the budget are all kept whole
+    total = em.SKETCH_BUDGET
+    assert em.sketch_points(total // 10, total) >= total // 10
+    assert em.sketch_points(9 * total // 10, total) >= 9 * total // 10
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +100,7 @@ def test_threshold_out_of_core_on_many_chunks_is_within_its_bounds(
     lazy = da.from_array(big, chunks=9_000)  # 27 chunks of 9000 rows
     # as on data of more than SKETCH_BUDGET rows: chunks keep 2049 of their 9000 values
     monkeypatch.setattr(em, "SKETCH_BUDGET", 0)
-    assert em.sketch_points(lazy.numblocks[0]) == 2049
+    assert em.sketch_points(9_000, len(big)) == 2049
     ours.set_threshold(lazy, contamination=0.01)
     ld = ref.score_samples(big)
     fraction = np.mean(ld <= ours.threshold_)
