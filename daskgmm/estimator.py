@@ -489,9 +489,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         params = _params_for_file(self)
         params.pop("verbose", None)
         params.pop("verbose_interval", None)
+        # the data: files and their versions for Zarr and Parquet (dask names of file
+        # sources change from process to process), else the dask name (a content hash
+        # for numpy input)
+        data = (dataset.origin.data_version() if dataset.origin is not None
+                else getattr(dataset.array, "name", ""))
         h = hashlib.sha256(json.dumps(
-            [params, dataset.description, dataset.array.shape, dataset.array.chunks[0],
-             getattr(dataset.array, "name", "")], sort_keys=True, default=str,
+            [params, dataset.description, dataset.array.shape, dataset.array.chunks[0], data],
+            sort_keys=True, default=str,
         ).encode())
         if not do_init:  # warm start: the model it starts from
             for name in ("weights_", "means_", "precisions_cholesky_"):

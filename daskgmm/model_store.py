@@ -10,6 +10,7 @@ Layout (a local directory or an fsspec URL)::
             info.json                     what produced it: run, data, selection, drift, ...
             ...                           the run's report and plots
         checkpoints/<run id>.ckpt         EM state of a running fit (see daskgmm.Checkpoint)
+        runs/<run id>/                    plots of scoring runs that made no model
 
 A version is complete before ``current`` names it; ``current`` is replaced in one step
 (a rename on local disks, one PUT on object stores), so readers of the pointer always
@@ -106,6 +107,13 @@ class ModelStore:
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         self.fs.pipe_file(path, data)
         return f"{self.version_url(version)}/{name}"
+
+    def write_run_file(self, run_id: str, name: str, data: bytes) -> str:
+        """A file of a run that made no model (a scoring run): ``runs/<run id>/<name>``."""
+        path = f"{self.root}/runs/{run_id}/{name}"
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.pipe_file(path, data)
+        return f"{self.url}/runs/{run_id}/{name}"
 
     def promote(self, version: str) -> dict:
         """Make ``version`` the current model (the pointer is written last, atomically)."""

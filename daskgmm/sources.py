@@ -97,8 +97,12 @@ class Origin:
         The filesystem and the path of ``url`` on it.
     group : bool
         Zarr: whether ``url`` is a group (else an array).
+    array : str
+        Zarr: path of the array inside the group ("" for an array).
     files : list of (path, relative path, n_rows)
         Parquet: the non-empty files, in row order.
+    versions : list
+        Parquet: per file, its size and modification time or ETag as listed.
     storage_options : dict
     """
 
@@ -107,8 +111,24 @@ class Origin:
     fs: object
     root: str
     group: bool = False
+    array: str = ""
     files: list = field(default_factory=list)
+    versions: list = field(default_factory=list)
     storage_options: dict = field(default_factory=dict)
+
+    def data_version(self) -> list:
+        """What changes when the data change: Parquet files' sizes and times or ETags,
+        the Zarr array's objects (metadata and chunks) with theirs."""
+        if self.kind == "parquet":
+            return [[r, n] for _, r, n in self.files] + list(self.versions)
+        root = f"{self.root}/{self.array}" if self.array else self.root
+        self.fs.invalidate_cache(root)
+        listing = self.fs.find(root, detail=True)
+        keep = ("size", "mtime", "ETag", "LastModified", "created")
+        return sorted(
+            [path[len(root):], [str(info.get(k)) for k in keep if k in info]]
+            for path, info in listing.items()
+        )
 
 
 def as_dataset(
@@ -439,8 +459,10 @@ def _from_path(X, columns, array_name, storage_options, chunk_rows):
     root = root.rstrip("/") or root
     fs.invalidate_cache(root)  # a listing cached before the data was written is stale
     if any(fs.exists(f"{root}/{marker}") for marker in _ZARR_MARKERS):
-        dataset, group = _from_zarr_path(url, fs, root, shown, array_name, options, chunk_rows)
-        dataset.origin = Origin("zarr", url, fs, root, group=group, storage_options=options)
+        dataset, group, name = _from_zarr_path(url, fs, root, shown, array_name, options,
+                                               chunk_rows)
+        dataset.origin = Origin("zarr", url, fs, root, group=group, array=name,
+                                storage_options=options)
         return dataset
     if fs.isfile(root):
         if root.lower().endswith(_PARQUET_SUFFIXES) or _has_parquet_magic(fs, root):
@@ -496,13 +518,14 @@ def _from_zarr_path(url, fs, root, shown, array_name, options, chunk_rows):
     else:
         node = zarr.open(store=url, mode="r", storage_options=options or None)
     group = isinstance(node, zarr.Group)
+    name = ""
     if group:
         z, name = _array_in_group(node, array_name, shown)
         description = f"Zarr array {shown!r} (array {name!r})"
     else:
         z, description = node, f"Zarr array {shown!r}"
     hint = f"da.from_zarr({shown!r})"
-    return _from_zarr_array(z, chunk_rows, description, reshape_hint=hint), group
+    return _from_zarr_array(z, chunk_rows, description, reshape_hint=hint), group, name
 
 
 def _protocols(fs):
@@ -726,7 +749,8 @@ def _from_parquet(fs, files, shown, columns, chunk_rows):
         labels = _span_labels(file_rows, file_labels, array.chunks[0])
     logger.debug("%s: %d rows in %d files, %d chunks", description, n_rows, len(kept),
                  len(array.chunks[0]))
-    origin = Origin("parquet", shown, fs, "", files=[(p, r, sum(rg)) for p, r, rg in kept])
+    origin = Origin("parquet", shown, fs, "", files=[(p, r, sum(rg)) for p, r, rg in kept],
+                    versions=versions)
     return Dataset(array, list(columns), description, labels, lazy=True, origin=origin)
 
 

@@ -13,6 +13,7 @@ same run resumes its fit from the last checkpoint and reaches the same model).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
@@ -77,9 +78,17 @@ def _output_options(cfg: JobConfig) -> dict:
 
 def _read_kwargs(cfg: JobConfig) -> dict:
     """GaussianMixture parameters that say how to read the source."""
-    columns = cfg.source.columns
-    return dict(columns=columns, array_name=cfg.source.array_name,
+    return dict(columns=_feature_columns(cfg), array_name=cfg.source.array_name,
                 storage_options=_source_options(cfg) or None)
+
+
+def _feature_columns(cfg: JobConfig):
+    """The config's columns; for Parquet without them, every numeric column that is not
+    an id column (None lets the library take every numeric column)."""
+    if cfg.source.columns is not None or not cfg.source.id_columns:
+        return cfg.source.columns
+    dataset = daskgmm.as_dataset(cfg.source.uri, storage_options=_source_options(cfg) or None)
+    return [c for c in dataset.feature_names or [] if c not in cfg.source.id_columns] or None
 
 
 def _store(cfg: JobConfig) -> daskgmm.ModelStore:
@@ -120,6 +129,26 @@ def load_job(config_path: str) -> JobConfig:
     cfg = load_config(config_path)
     get_run_logger().info("job %r from %s: %s", cfg.name, config_path, cfg.summary())
     return cfg
+
+
+@task(name="check-source", **IO)
+def check_source(cfg: JobConfig) -> dict:
+    """Read the source's metadata (shape, columns) and check the score location fits it,
+    before any pass over the data."""
+    dataset = daskgmm.as_dataset(cfg.source.uri, columns=_feature_columns(cfg),
+                                 array_name=cfg.source.array_name,
+                                 storage_options=_source_options(cfg) or None)
+    origin = dataset.origin
+    if cfg.outputs.scores is None and not (origin is not None and origin.kind == "zarr"
+                                           and origin.group):
+        raise ValueError(
+            f"outputs.scores is null, which writes the scores into the source's Zarr group, "
+            f"but {dataset.description} is not in a Zarr group. Set outputs.scores to a "
+            "location such as 'out/scores'.")
+    get_run_logger().info("source %s: %d rows x %d features", dataset.description,
+                          dataset.n_samples, dataset.n_features)
+    return {"n_rows": dataset.n_samples, "n_features": dataset.n_features,
+            "columns": dataset.feature_names}
 
 
 @task(name="current-model", **IO)
@@ -186,7 +215,7 @@ def fit_task(cfg: JobConfig, key: str, run_id: str, start=None, n_components=Non
     checkpointed to the model store, resumed from this run's checkpoint."""
     m = cfg.model
     if start is not None:
-        gm = start
+        gm = copy.deepcopy(start)  # a retry must start from the same model again
         gm.set_params(warm_start=True, tol=m.tol, max_iter=m.max_iter, reg_covar=m.reg_covar,
                       **_read_kwargs(cfg))
     else:
@@ -214,6 +243,8 @@ def fit_task(cfg: JobConfig, key: str, run_id: str, start=None, n_components=Non
 def save_model(cfg: JobConfig, model, info: dict) -> str:
     store = _store(cfg)
     version = store.new_version(model)
+    if info.get("selection_version") == "this":
+        info = {**info, "selection_version": version}
     store.save(model, version, info)
     get_run_logger().info("saved model version %s to %s", version, store.version_url(version))
     return version
@@ -316,6 +347,7 @@ def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None) -
     key = _key(cfg.name)
     log = get_run_logger()
     with dask_client(cfg.cluster, log):
+        check_source(cfg)
         info, current = current_model(cfg)
         reasons, drift = [], None
         if current is None:
@@ -339,7 +371,8 @@ def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None) -
         if reasons:
             log.info("full model selection: %s", "; ".join(reasons))
             selection = select_task(cfg, key)
-            model, n_passes = selection.best_, selection.n_passes_
+            model = selection.best_
+            n_passes = selection.n_passes_ + (drift is not None)
             selected_at = datetime.now(UTC).isoformat()
             mode_text = "Full BIC selection: " + "; ".join(reasons)
         else:
@@ -349,7 +382,7 @@ def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None) -
             selected_at = info.get("selected_at")
             mode_text = (f"Warm start from model version {info['version']}; drift check "
                          "within the margin")
-        selection_version = None if selection is not None else info.get("selection_version")
+        selection_version = "this" if selection is not None else info.get("selection_version")
         version = save_model(cfg, model, _model_info(
             cfg, run_id, model, selected_at, selection_version, drift, reasons))
         pub = publish_scores(cfg, model, run_id, version)
@@ -374,7 +407,7 @@ def select(config_path: str, run_id: str | None = None) -> dict:
         model = selection.best_
         now = datetime.now(UTC).isoformat()
         version = save_model(cfg, model, _model_info(
-            cfg, run_id, model, now, None, None, ["select flow"]))
+            cfg, run_id, model, now, "this", None, ["select flow"]))
         store = _store(cfg)
         plots = _plots(model, None, selection)
         urls = {t: store.write_file(version, f"report/{n}.png", d) for t, (n, d) in plots.items()}
@@ -424,6 +457,7 @@ def score(config_path: str, model_version: str | None = None, source: str | None
         cfg = cfg.model_copy(update={"source": cfg.source.model_copy(update={"uri": source})})
     run_id = run_id or _default_run_id()
     with dask_client(cfg.cluster, get_run_logger()):
+        check_source(cfg)
         store = _store(cfg)
         info = store.current() if model_version is None else store.info(model_version)
         if info is None:
@@ -432,8 +466,8 @@ def score(config_path: str, model_version: str | None = None, source: str | None
                 "select flow first, or pass model_version.")
         model = store.load(info["version"])
         pub = publish_scores(cfg, model, run_id, info["version"])
-        url = store.write_file(info["version"], f"scores/{run_id}/scores.png",
-                               report.score_histogram(pub.sketch, model.threshold_))
+        url = store.write_run_file(run_id, "scores.png",
+                                   report.score_histogram(pub.sketch, model.threshold_))
     return {"job": cfg.name, "run_id": run_id, "model_version": info["version"],
             "n_rows": pub.n_rows, "n_anomalies": pub.n_anomalies,
             "anomaly_rate": pub.anomaly_rate, "scores_url": pub.location,

@@ -1,5 +1,6 @@
 """Resumable fits: a fit interrupted after a checkpoint resumes and reaches the same model."""
 
+import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
@@ -73,3 +74,56 @@ def test_warm_start_resume_and_callback(tmp_path):
     # a checkpoint from another starting model is not used
     other = copy.deepcopy(ref).fit(X, checkpoint=ckpt)
     assert other.n_iter_ <= 2
+
+
+_PARQUET_CRASH = """
+import sys
+import daskgmm
+
+def stop(info):
+    if info["n_iter"] == 5:
+        raise SystemExit(3)
+
+gm = daskgmm.GaussianMixture(4, random_state=0, tol=1e-9, max_iter=30, columns=["a", "b", "c"])
+gm.fit(sys.argv[1], checkpoint=daskgmm.Checkpoint(sys.argv[2], every=2), callback=stop)
+"""
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_parquet_checkpoint_resumes_in_another_process(tmp_path):
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    X = make_blobs(4_000, 3, 4, seed=8, overlap=2.0)
+    (tmp_path / "pq").mkdir()
+    for i, part in enumerate(np.array_split(X, 3)):
+        pd.DataFrame(part, columns=["a", "b", "c"]).to_parquet(tmp_path / "pq" / f"{i}.parquet")
+    ckpt = tmp_path / "ckpt"
+    done = subprocess.run([sys.executable, "-c", _PARQUET_CRASH, str(tmp_path / "pq"),
+                           str(ckpt)], capture_output=True, text=True)
+    assert done.returncode == 3 and ckpt.exists(), done.stderr
+    kw = dict(n_components=4, random_state=0, tol=1e-9, max_iter=30, columns=["a", "b", "c"])
+    resumed = GaussianMixture(**kw).fit(str(tmp_path / "pq"), checkpoint=Checkpoint(ckpt))
+    assert resumed.resumed_iteration_ == 4
+    ref = GaussianMixture(**kw).fit(str(tmp_path / "pq"))
+    assert_array_equal(resumed.means_, ref.means_)
+
+
+def test_zarr_rewritten_in_place_is_not_resumed(tmp_path):
+    import zarr
+
+    from daskgmm.datasets import write_mixture_zarr
+
+    path = str(tmp_path / "d.zarr")
+    write_mixture_zarr(path, 3_000, 3, 3, chunk_rows=1_000, seed=1)
+    ckpt = Checkpoint(tmp_path / "ckpt", every=1)
+    first = GaussianMixture(3, random_state=0, array_name="X").fit(path, checkpoint=ckpt)
+    X = zarr.open_group(path, mode="a")["X"]
+    X[:1_000] = X[:1_000] + 100.0  # corrected data written over the same array
+    again = GaussianMixture(3, random_state=0, array_name="X").fit(path, checkpoint=ckpt)
+    assert again.resumed_iteration_ == 0
+    assert not np.allclose(again.means_, first.means_)
+    same = GaussianMixture(3, random_state=0, array_name="X").fit(path, checkpoint=ckpt)
+    assert same.resumed_iteration_ == same.n_iter_  # unchanged data: the finished state

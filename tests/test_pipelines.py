@@ -71,7 +71,10 @@ def test_nightly_twice_then_drift(tmp_path):
     assert table is not None and len(json.loads(table.data)) == 6
     assert "daskgmm run `night-1`" in Artifact.get("t-summary").data
 
+    assert store.info(first["model_version"])["selection_version"] == first["model_version"]
+
     second = nightly(config_path=config, run_id="night-2")
+    assert store.info(second["model_version"])["selection_version"] == first["model_version"]
     assert second["mode_text"].startswith("Warm start from model version "
                                           + first["model_version"])
     assert second["drift"]["drifted"] is False
@@ -215,3 +218,18 @@ def test_deployment_file_loads_and_entrypoints_import():
         for schedule in deployment.get("schedules", []):
             assert len(schedule["cron"].split()) == 5
     assert np.all([d["work_pool"]["name"] == "daskgmm" for d in spec["deployments"]])
+
+
+def test_parquet_features_default_to_numeric_columns_that_are_not_ids(tmp_path):
+    from pipelines.config import load_config
+    from pipelines.flows import _feature_columns
+
+    frame = pd.DataFrame({"event_id": [1, 2], "a": [0.1, 0.2], "name": ["x", "y"],
+                          "b": [1, 2]})
+    (tmp_path / "pq").mkdir()
+    frame.to_parquet(tmp_path / "pq" / "p.parquet")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "t", "source": {"uri": str(tmp_path / "pq"), "id_columns": ["event_id"]},
+        "outputs": {"model_store": str(tmp_path / "m"), "scores": str(tmp_path / "s")}}))
+    assert _feature_columns(load_config(path)) == ["a", "b"]
