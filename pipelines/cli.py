@@ -36,7 +36,8 @@ def _progress_bar():
                 bar.remove_task(state["task"])
             state["task"] = bar.add_task("starting", total=event["max_iter"])
         elif "task" in state:
-            bar.update(state["task"], completed=event["n_passes"],
+            done = event["active"] == 0  # converged early: the bar ends full
+            bar.update(state["task"], completed=event["max_iter"] if done else event["n_passes"],
                        description=f"log-likelihood {event['lower_bound']:.5f}, "
                                    f"{event['active']} running")
 

@@ -233,3 +233,18 @@ def test_parquet_features_default_to_numeric_columns_that_are_not_ids(tmp_path):
         "name": "t", "source": {"uri": str(tmp_path / "pq"), "id_columns": ["event_id"]},
         "outputs": {"model_store": str(tmp_path / "m"), "scores": str(tmp_path / "s")}}))
     assert _feature_columns(load_config(path)) == ["a", "b"]
+
+
+def test_bad_data_fails_the_flow_with_the_library_message(tmp_path):
+    from pipelines.flows import nightly
+
+    _demo(tmp_path, rows=20_000)
+    X = zarr.open_group(str(tmp_path / "data" / "demo.zarr"), mode="a")["X"]
+    X[15_003, 2] = np.nan
+    config = _write_config(tmp_path)
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"NaN or infinity: chunk 0 .* first at row 15003, "
+                                         r"column 2"):
+        nightly(config_path=config, run_id="bad")
+    assert time.monotonic() - started < 60  # not retried: bad data is not a transient error
+    assert daskgmm.ModelStore(tmp_path / "models").current() is None
