@@ -6,12 +6,19 @@ from .estimator import GaussianMixture
 from .kernels import SCORE_DTYPE
 from .model_file import load, model_id
 from .model_store import ModelStore
-from .publish import Publication, latest_scores, read_pointer, read_scores, write_scores
+from .publish import (
+    Publication,
+    latest_scores,
+    prune_scores,
+    read_pointer,
+    read_scores,
+    write_scores,
+)
 from .selection import ModelSelection, select_model
 from .sources import Dataset, as_dataset
 
 __all__ = [
     "Checkpoint", "GaussianMixture", "Dataset", "ModelSelection", "ModelStore", "Publication",
-    "SCORE_DTYPE", "as_dataset", "latest_scores", "load", "model_id", "read_pointer", "read_scores",
-    "select_model", "write_scores", "__version__",
+    "SCORE_DTYPE", "as_dataset", "latest_scores", "load", "model_id", "prune_scores",
+    "read_pointer", "read_scores", "select_model", "write_scores", "__version__",
 ]

@@ -158,6 +158,18 @@ class ModelStore:
         return sorted(n for n in names if _VERSION.fullmatch(n)
                       and self.fs.exists(self._path(n, "info.json")))
 
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the ``keep`` newest versions; the current one is always kept.
+        Returns the deleted versions."""
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+            raise ValueError(f"keep must be an int >= 1; got {keep!r}.")
+        current = (self.current() or {}).get("version")
+        versions = self.versions()
+        doomed = [v for v in versions[:-keep] if v != current]
+        for version in doomed:
+            self.fs.rm(self._path(version), recursive=True)
+        return doomed
+
     # ------------------------------------------------------------- checkpoints
 
     def checkpoint(self, run_id: str, every: int = 5) -> Checkpoint:

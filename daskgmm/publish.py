@@ -223,7 +223,7 @@ def write_scores(
             "kind": kind,
             "version": version,
             **info,
-            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "written_at": datetime.now(UTC).isoformat(timespec="microseconds"),
             "source": dataset.description,
             "n_rows": sketch.n_samples,
             "n_anomalies": n_anomalies,
@@ -258,6 +258,65 @@ def write_scores(
         dataset.description, target, version,
     )
     return publication
+
+
+def prune_scores(target, keep_runs: int, *, storage_options=None) -> list[str]:
+    """Delete the published versions of all but the ``keep_runs`` most recent runs.
+
+    The version the pointer names is always kept, and so are attempts that never
+    completed (they may belong to a run in progress; a re-run of their run id removes
+    them). Returns the deleted versions.
+    """
+    if not isinstance(keep_runs, int) or isinstance(keep_runs, bool) or keep_runs < 1:
+        raise ValueError(f"keep_runs must be an int >= 1; got {keep_runs!r}.")
+    fs, root = fsspec.core.url_to_fs(_expand(target), **(storage_options or {}))
+    root = root.rstrip("/") or root
+    current = read_pointer(target, storage_options=storage_options)["version"]
+    base = f"{root}/{VERSIONS}"
+    fs.invalidate_cache(base)
+    complete = []  # (written_at, version)
+    for run in fs.ls(base, detail=True):
+        if run["type"] != "directory":
+            continue
+        for attempt in fs.ls(run["name"], detail=True):
+            if attempt["type"] != "directory":
+                continue
+            path = attempt["name"].rstrip("/")
+            manifest = _version_manifest(fs, path)
+            if manifest is not None:
+                complete.append((manifest.get("written_at", ""), path[len(root) + 1:]))
+    complete.sort(reverse=True)
+    runs_kept, deleted = set(), []
+    for _, version in complete:
+        run_id = version.split("/")[1]
+        if version == current or len(runs_kept) < keep_runs and run_id not in runs_kept:
+            runs_kept.add(run_id)
+            continue
+        _remove(fs, f"{root}/{version}")
+        deleted.append(version)
+    for run_id in {v.split("/")[1] for v in deleted} - runs_kept:
+        run_dir = f"{base}/{run_id}"
+        fs.invalidate_cache(run_dir)
+        if not [e for e in fs.ls(run_dir, detail=True) if e["type"] == "directory"]:
+            _remove(fs, run_dir)  # no attempt left (a Zarr run group keeps its zarr.json)
+    if deleted:
+        logger.info("pruned %d score version(s) at %s, kept the %d most recent runs",
+                    len(deleted), target, keep_runs)
+    return deleted
+
+
+def _version_manifest(fs, path):
+    """A complete version's manifest (Parquet file or Zarr group attributes), else None."""
+    for name in (MANIFEST, "zarr.json"):
+        try:
+            data = json.loads(fs.cat_file(f"{path}/{name}"))
+        except FileNotFoundError:
+            continue
+        if name == "zarr.json":
+            data = (data.get("attributes") or {}).get("daskgmm") or {}
+        if data.get("format") == FORMAT:
+            return data
+    return None
 
 
 def latest_scores(target, *, storage_options=None) -> str:

@@ -459,6 +459,7 @@ class NightlyConfig(_Section):
     reselect_every_days: Int | None = Field(7, ge=1)
     drift_margin: Float = Field(0.5, ge=0)
     checkpoint_every: Int = Field(5, ge=1)
+    keep_versions: Int | None = Field(30, ge=1)
 
 
 class JobConfig(_Section):

@@ -288,6 +288,20 @@ def promote(cfg: JobConfig, version: str, run_id: str):
     get_run_logger().info("model version %s is now current in %s", version, store.url)
 
 
+@task(name="prune-old-versions", **IO)
+def prune(cfg: JobConfig, scores_target: str):
+    """Keep the ``nightly.keep_versions`` newest model versions and score runs."""
+    keep = cfg.nightly.keep_versions
+    if keep is None:
+        return
+    models = _store(cfg).prune(keep)
+    scores = daskgmm.prune_scores(scores_target, keep,
+                                  storage_options=_output_options(cfg) or None)
+    if models or scores:
+        get_run_logger().info("deleted %d old model version(s) and %d old score version(s)",
+                              len(models), len(scores))
+
+
 ###############################################################################
 # Flows
 
@@ -390,6 +404,7 @@ def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None) -
                            drift, selection)
         summary = write_report(cfg, version, summary, _plots(model, pub, selection), key)
         promote(cfg, version, run_id)
+        prune(cfg, pub.target)
     log.info("run %s done in %.1fs: model %s, scores %s, report %s", run_id,
              time.perf_counter() - t0, summary["model_url"], pub.location,
              summary["report_url"])

@@ -37,6 +37,12 @@ def test_versions_pointer_and_refusal(tmp_path, s3):
             store.info("nope")
         with pytest.raises(ValueError, match="Not a model store version name"):
             store.save(a, "../x", {})
+    store = ModelStore(tmp_path / "store")
+    first, current = store.versions()
+    vc = store.new_version(a)
+    store.save(a, vc, {})  # newest, not current
+    assert store.prune(1) == [first]
+    assert store.versions() == [current, vc] and store.current()["version"] == current
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "data.csv").write_text("1,2")
     with pytest.raises(ValueError, match="Refusing to use .* data.csv, not written by daskgmm"):

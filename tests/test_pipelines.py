@@ -61,7 +61,7 @@ def test_nightly_twice_then_drift(tmp_path):
     from pipelines.flows import nightly
 
     _demo(tmp_path)
-    config = _write_config(tmp_path)
+    config = _write_config(tmp_path, nightly={"checkpoint_every": 1, "keep_versions": 2})
     first = nightly(config_path=config, run_id="night-1")
     assert first["mode_text"].startswith("Full BIC selection: no model in the store yet")
     assert first["n_components"] == 3 and first["n_rows"] == 60_000
@@ -105,6 +105,8 @@ def test_nightly_twice_then_drift(tmp_path):
     assert third["drift"]["tonight"] < third["drift"]["training"] - 0.5
     assert {p.name for p in Path(third["report_url"]).parent.iterdir()} == {
         "summary.md", "bic.png", "loglik.png", "scores.png"}
+    # keep_versions: 2 -- the oldest model version is gone (score runs: test_publish)
+    assert store.versions() == [second["model_version"], third["model_version"]]
 
 
 _FIT = """

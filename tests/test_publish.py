@@ -313,3 +313,24 @@ def test_s3_round_trip(s3, zarr_data):
     back = daskgmm.read_scores("s3://data/pub/z.zarr/scores", storage_options=options)
     assert len(back) == 3_000 and zpub.location.startswith("s3://data/pub/z.zarr/scores/")
     assert_allclose(back["log_density"].sum(), zpub.log_likelihood * 3_000, rtol=1e-12)
+
+
+def test_prune_keeps_recent_runs_and_the_current_version(zarr_data, tmp_path):
+    _, X, _, gm, _ = zarr_data
+    target = tmp_path / "scores"
+    pubs = [daskgmm.write_scores(gm, X[:500], str(target), run_id=f"n{i}") for i in range(4)]
+    # re-publishing an old run makes it current again
+    again = daskgmm.write_scores(gm, X[:500], str(target), run_id="n0")
+    deleted = daskgmm.prune_scores(target, 2)
+    assert sorted(deleted) == sorted([pubs[1].version, pubs[2].version])
+    assert sorted(p.name for p in (target / "_versions").iterdir()) == ["n0", "n3"]
+    assert not (target / pubs[1].version).exists() and (target / pubs[3].version).exists()
+    assert daskgmm.latest_scores(target) == again.location
+    assert len(pd.read_parquet(again.location)) == 500
+    zpath = tmp_path / "z.zarr"
+    for i in range(3):
+        last = daskgmm.write_scores(gm, X[:500], str(zpath), format="zarr", run_id=f"z{i}")
+    assert len(daskgmm.prune_scores(zpath, 1)) == 2
+    assert len(daskgmm.read_scores(zpath)) == 500 and daskgmm.latest_scores(zpath) == last.location
+    with pytest.raises(ValueError, match="keep_runs must be an int >= 1"):
+        daskgmm.prune_scores(target, 0)
