@@ -250,3 +250,18 @@ def test_bad_data_fails_the_flow_with_the_library_message(tmp_path):
         nightly(config_path=config, run_id="bad")
     assert time.monotonic() - started < 60  # not retried: bad data is not a transient error
     assert daskgmm.ModelStore(tmp_path / "models").current() is None
+
+
+def test_flow_on_an_external_scheduler(tmp_path, cluster_client):
+    from pipelines.flows import fit
+
+    _demo(tmp_path, rows=20_000)
+    address = cluster_client.scheduler.address
+    config = _write_config(tmp_path, cluster={"address": address})
+    result = fit(config_path=config, n_components=3, covariance_type="diag", run_id="ext")
+    model = daskgmm.ModelStore(tmp_path / "models").load()
+    ref = daskgmm.GaussianMixture(3, covariance_type="diag", random_state=0, tol=1e-4,
+                                  array_name="X").fit(str(tmp_path / "data" / "demo.zarr"))
+    assert result["n_iter"] == ref.n_iter_
+    assert_allclose(model.means_, ref.means_, rtol=1e-12)
+    assert cluster_client.status == "running"  # the flow closed its client, not the cluster
