@@ -582,7 +582,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------ prediction
 
-    def _map_rows(self, dataset: Dataset, fn, dtype, n_columns):
+    def _map_rows(self, dataset: Dataset, fn, dtype, n_columns, lazy=None):
+        """``fn(chunk, params)`` over the row chunks; a dask array when ``lazy`` (default:
+        as the input was), else numpy."""
         params = self._params()
         if n_columns is None:
             out = dataset.array.map_blocks(
@@ -595,7 +597,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 chunks=(dataset.array.chunks[0], (n_columns,)),
                 meta=np.empty((0, 0), dtype=dtype),
             )
-        return out if dataset.lazy else out.compute()
+        return out if (dataset.lazy if lazy is None else lazy) else out.compute()
 
     def _predict_dataset(self, X):
         check_is_fitted(self)

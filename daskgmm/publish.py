@@ -170,7 +170,7 @@ def write_scores(
     Zarr output: one 1-D array per score column in the version's group, chunked like the
     input rows, each with attributes naming the model and the run.
     """
-    from .estimator import GaussianMixture
+    from .estimator import GaussianMixture, _ScoreRows
     from .model_file import load, model_id
 
     t0 = time.perf_counter()
@@ -207,7 +207,7 @@ def write_scores(
         "library_version": __version__,
     }
     scores = scorer._map_rows(
-        _lazy(dataset), _ScoreRowsTask(model.threshold_), kernels.SCORE_DTYPE, None
+        dataset, _ScoreRows(model.threshold_), kernels.SCORE_DTYPE, None, lazy=True
     )
     try:
         if kind == "parquet":
@@ -522,21 +522,6 @@ def _prepare_target(fs, root, target, kind, storage_options):
 
 ###############################################################################
 # Writing
-
-
-def _lazy(dataset):
-    """The dataset with lazy output (scores stay a dask array even for numpy input)."""
-    out = copy.copy(dataset)
-    out.lazy = True
-    return out
-
-
-class _ScoreRowsTask:
-    def __init__(self, threshold):
-        self.threshold = threshold
-
-    def __call__(self, X, params):
-        return kernels.score_rows(X, params, self.threshold)
 
 
 def _summary(scores, n_points):
