@@ -96,6 +96,9 @@ def _as_list(out):
 def data_pass(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, split_every=8):
     """Map ``fn(block, *args, row_start)`` over row chunks and tree-combine: one compute.
 
+    With ``split_every=None`` the chunks' results are combined once on the client instead
+    (for results that only concatenate, where a tree would copy them at every level).
+
     ``fn`` returns a ``Stats`` or a list of them; a non-finite log-likelihood in a chunk
     holding NaN or infinite values raises a ``ValueError`` naming the chunk and rows.
     """
@@ -107,6 +110,10 @@ def data_pass(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, spli
         dask.delayed(task, pure=True)(block, shared, dataset.chunk_label(i), int(offsets[i]))
         for i, block in enumerate(blocks)
     ]
+    if split_every is None:
+        with threadpool_limits(limits=1):
+            (results,) = dask.compute(parts)
+        return combine(results)
     root, _ = _tree(parts, combine, split_every)
     with threadpool_limits(limits=1):
         (result,) = dask.compute(root)
@@ -259,7 +266,7 @@ def score_pass(dataset: Dataset, params: list[Params], split_every: int = 8):
     return [(s.log_likelihood, s.n_samples) for s in stats]
 
 
-def sketch_pass(dataset: Dataset, params: list[Params], split_every: int = 8):
+def sketch_pass(dataset: Dataset, params: list[Params]):
     """Per model, a :class:`RankSketch` of the log-densities of all rows (one pass).
 
     The sketches give the total log-likelihood and row count as :func:`score_pass`
@@ -267,8 +274,9 @@ def sketch_pass(dataset: Dataset, params: list[Params], split_every: int = 8):
     keeps ``sketch_points(rows, n_samples)`` values, so the client receives about
     ``max(SKETCH_BUDGET, 2049 * n_chunks)`` values per model.
     """
+    # Sketches combine by concatenation: gather them flat rather than through a tree.
     return data_pass(dataset, _sketch_chunk, (params, dataset.n_samples),
-                     combine=combine_sketches, split_every=split_every)
+                     combine=combine_sketches, split_every=None)
 
 
 # Values per model that a sketch pass may send to the client: up to this many rows, the

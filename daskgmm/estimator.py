@@ -396,8 +396,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         n_init = self.n_init if do_init else 1
         random_state = check_random_state(self.random_state)
         fit_data = self._cached(dataset)
-        fingerprint = self._fingerprint(dataset, do_init)
-        resumed = checkpoint.load(fingerprint) if checkpoint is not None else None
+        fingerprint = resumed = None
+        if checkpoint is not None:  # the fingerprint lists the data's files: only then
+            fingerprint = self._fingerprint(dataset, do_init)
+            resumed = checkpoint.load(fingerprint)
 
         self.resumed_iteration_ = 0
         if resumed is not None:
@@ -698,7 +700,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             self._set_threshold_from(None, None, float(threshold))
             return self
         dataset = self._predict_dataset(X)
-        (sketch,) = em.sketch_pass(dataset, [self._params()], self.split_every)
+        (sketch,) = em.sketch_pass(dataset, [self._params()])
         self._set_threshold_from(sketch, contamination, threshold)
         logger.info(
             "anomaly threshold %.6g (log-density) on %d rows of %s: %s",

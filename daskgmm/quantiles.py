@@ -49,6 +49,8 @@ class RankSketch:
     ranks: list = field(default_factory=list)
     counts: list = field(default_factory=list)
     log_likelihood: float = 0.0
+    _cumulative_cache: tuple | None = field(default=None, init=False, repr=False,
+                                            compare=False)
 
     @classmethod
     def from_values(cls, values, n_points: int = N_POINTS) -> RankSketch:
@@ -74,7 +76,13 @@ class RankSketch:
 
     def _cumulative(self):
         """Sorted kept values with bounds on how many rows are ``<=`` each of them, and
-        the part of that uncertainty that comes from the value's own chunk."""
+        the part of that uncertainty that comes from the value's own chunk (computed
+        once per sketch: it sorts every kept value)."""
+        if self._cumulative_cache is None:
+            self._cumulative_cache = self._compute_cumulative()
+        return self._cumulative_cache
+
+    def _compute_cumulative(self):
         values, d_lo, d_hi, own = [], [], [], []
         for v, r, n in zip(self.values, self.ranks, self.counts, strict=True):
             # rows <= t, for t in [v_j, v_{j+1}): at least r_j + 1, at most r_{j+1}
@@ -148,7 +156,7 @@ def combine_sketches(parts) -> RankSketch:
     """Combine a list of sketches (or of lists of per-candidate sketches)."""
     if parts and isinstance(parts[0], list):
         return [combine_sketches(list(group)) for group in zip(*parts, strict=True)]
-    out = RankSketch()
-    for p in parts:
-        out = out + p
-    return out
+    return RankSketch(
+        [v for p in parts for v in p.values], [r for p in parts for r in p.ranks],
+        [c for p in parts for c in p.counts], sum((p.log_likelihood for p in parts), 0.0),
+    )

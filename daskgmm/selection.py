@@ -142,7 +142,7 @@ def select_model(
             best_per_entry[g] = c
     finals = sorted(best_per_entry)
     sketches = dict(zip(finals, em.sketch_pass(
-        fit_data, [best_per_entry[g].params for g in finals], template.split_every
+        fit_data, [best_per_entry[g].params for g in finals]
     ), strict=True))
     n_passes += 1
 
