@@ -161,24 +161,6 @@ def current_model(cfg: JobConfig):
     return info, store.load(info["version"])
 
 
-@task(name="drift-check", **IO)
-def drift_check(cfg: JobConfig, model) -> dict:
-    """Tonight's mean log-likelihood under the current model against its training value."""
-    scorer = daskgmm.GaussianMixture(**{**model.get_params(), **_read_kwargs(cfg)})
-    for name, value in vars(model).items():
-        if name.endswith("_"):
-            setattr(scorer, name, value)
-    tonight = float(scorer.score(cfg.source.uri))
-    training = float(getattr(model, "training_log_likelihood_", float("nan")))
-    margin = cfg.nightly.drift_margin
-    drifted = bool(math.isfinite(training) and tonight < training - margin)
-    get_run_logger().info(
-        "drift check: tonight's mean log-likelihood %.4f, training %.4f, margin %s: %s",
-        tonight, training, margin, "DRIFTED" if drifted else "ok",
-    )
-    return {"tonight": tonight, "training": training, "margin": margin, "drifted": drifted}
-
-
 @task(name="select-model", **IO)
 def select_task(cfg: JobConfig, key: str):
     """The BIC grid of the config, in shared passes; a table artifact of the grid."""
@@ -209,26 +191,72 @@ def _anomaly_kwargs(cfg):
 
 
 @task(name="fit-model", **IO)
-def fit_task(cfg: JobConfig, key: str, run_id: str, start=None, n_components=None,
-             covariance_type=None):
-    """EM on tonight's data, from ``start`` (warm start) or from the config's seed;
-    checkpointed to the model store, resumed from this run's checkpoint."""
+def fit_task(cfg: JobConfig, key: str, run_id: str, n_components=None, covariance_type=None):
+    """EM on tonight's data from the config's seed; checkpointed to the model store,
+    resumed from this run's checkpoint."""
     m = cfg.model
-    if start is not None:
-        gm = copy.deepcopy(start)  # a retry must start from the same model again
-        gm.set_params(warm_start=True, tol=m.tol, max_iter=m.max_iter, reg_covar=m.reg_covar,
-                      **_read_kwargs(cfg))
+    gm = daskgmm.GaussianMixture(
+        n_components=n_components or m.n_components[0],
+        covariance_type=covariance_type or m.covariance_types[0], tol=m.tol,
+        reg_covar=m.reg_covar, max_iter=m.max_iter, n_init=m.n_init,
+        init_params=m.init, random_state=m.seed, **_read_kwargs(cfg),
+    )
+    return _fit(cfg, key, run_id, gm)
+
+
+class _Drifted(Exception):
+    """Stops a warm-start fit whose first E-step failed the drift check."""
+
+    def __init__(self, drift):
+        super().__init__(f"drifted: {drift}")
+        self.drift = drift
+
+
+def _drift(cfg: JobConfig, model, tonight: float) -> dict:
+    training = float(getattr(model, "training_log_likelihood_", float("nan")))
+    margin = cfg.nightly.drift_margin
+    drifted = bool(math.isfinite(training) and tonight < training - margin)
+    return {"tonight": float(tonight), "training": training, "margin": margin,
+            "drifted": drifted}
+
+
+@task(name="warm-start-fit", **IO)
+def warm_fit_task(cfg: JobConfig, key: str, run_id: str, start) -> tuple:
+    """EM on tonight's data from the current model, with the drift check: the first
+    E-step's mean log-likelihood is tonight's data under the current model; when it is
+    below the model's training value by more than ``nightly.drift_margin``, the fit stops
+    there. Returns ``(model, drift)``, with no model on drift."""
+    m = cfg.model
+    gm = copy.deepcopy(start)  # a retry must start from the same model again
+    gm.set_params(warm_start=True, tol=m.tol, max_iter=m.max_iter, reg_covar=m.reg_covar,
+                  **_read_kwargs(cfg))
+
+    def check(event):
+        if event["n_iter"] == 1:  # a resumed fit has passed this check already
+            drift = _drift(cfg, start, event["lower_bound"])
+            if drift["drifted"]:
+                raise _Drifted(drift)
+
+    log = get_run_logger()
+    try:
+        gm = _fit(cfg, key, run_id, gm, callback=check)
+    except _Drifted as exc:
+        drift = exc.drift
     else:
-        gm = daskgmm.GaussianMixture(
-            n_components=n_components or m.n_components[0],
-            covariance_type=covariance_type or m.covariance_types[0], tol=m.tol,
-            reg_covar=m.reg_covar, max_iter=m.max_iter, n_init=m.n_init,
-            init_params=m.init, random_state=m.seed, **_read_kwargs(cfg),
-        )
+        drift = _drift(cfg, start, gm.lower_bounds_[0])
+    log.info(
+        "drift check: tonight's mean log-likelihood %.4f, training %.4f, margin %s: %s",
+        drift["tonight"], drift["training"], drift["margin"],
+        "DRIFTED" if drift["drifted"] else "ok",
+    )
+    return (None if drift["drifted"] else gm), drift
+
+
+def _fit(cfg: JobConfig, key: str, run_id: str, gm, callback=None):
     checkpoint = _store(cfg).checkpoint(run_id, every=cfg.nightly.checkpoint_every)
     log = get_run_logger()
     with progress.observe(_EMProgress(log, _key(key, "fit-progress"), "fit")):
-        gm.fit(cfg.source.uri, checkpoint=checkpoint)
+        gm.fit(cfg.source.uri, checkpoint=checkpoint, callback=callback)
     if gm.resumed_iteration_:
         log.info("resumed from the checkpoint of run %s at iteration %d", run_id,
                  gm.resumed_iteration_)
@@ -307,9 +335,9 @@ def prune(cfg: JobConfig, scores_target: str):
 
 
 def _summary(cfg, run_id, model, version, pub, t0, n_passes, mode_text, drift=None,
-             selection=None):
+             selection=None, drift_note=None):
     return {
-        "job": cfg.name, "run_id": run_id, "mode_text": mode_text,
+        "job": cfg.name, "run_id": run_id, "mode_text": mode_text, "drift_note": drift_note,
         "n_components": int(model.n_components), "covariance_type": model.covariance_type,
         "model_version": version, "model_id": daskgmm.model_id(model),
         "n_iter": int(model.n_iter_), "converged": bool(model.converged_),
@@ -363,15 +391,10 @@ def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None) -
     with dask_client(cfg.cluster, log):
         check_source(cfg)
         info, current = current_model(cfg)
-        reasons, drift = [], None
+        reasons, drift, model = [], None, None
         if current is None:
             reasons.append("no model in the store yet")
         else:
-            drift = drift_check(cfg, current)
-            if drift["drifted"]:
-                reasons.append(
-                    f"drift: tonight's mean log-likelihood {drift['tonight']:.4f} is below the "
-                    f"training value {drift['training']:.4f} by more than {drift['margin']}")
             if not cfg.nightly.warm_start:
                 reasons.append("nightly.warm_start is off")
             every = cfg.nightly.reselect_every_days
@@ -381,18 +404,23 @@ def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None) -
                 if age >= every * 86400:
                     reasons.append(f"the last selection is {age / 86400:.1f} days old "
                                    f"(re-selection every {every} days)")
+        if not reasons:
+            log.info("warm start from model version %s", info["version"])
+            model, drift = warm_fit_task(cfg, key, run_id, current)
+            if drift["drifted"]:
+                reasons.append(
+                    f"drift: tonight's mean log-likelihood {drift['tonight']:.4f} is below the "
+                    f"training value {drift['training']:.4f} by more than {drift['margin']}")
         selection = None
         if reasons:
             log.info("full model selection: %s", "; ".join(reasons))
             selection = select_task(cfg, key)
             model = selection.best_
-            n_passes = selection.n_passes_ + (drift is not None)
+            n_passes = selection.n_passes_ + (drift is not None)  # + the stopped fit's pass
             selected_at = datetime.now(UTC).isoformat()
             mode_text = "Full BIC selection: " + "; ".join(reasons)
         else:
-            log.info("warm start from model version %s", info["version"])
-            model = fit_task(cfg, key, run_id, start=current)
-            n_passes = model.n_passes_ + 2  # + drift check and threshold passes
+            n_passes = model.n_passes_ + 1  # + the threshold pass
             selected_at = info.get("selected_at")
             mode_text = (f"Warm start from model version {info['version']}; drift check "
                          "within the margin")
@@ -401,7 +429,7 @@ def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None) -
             cfg, run_id, model, selected_at, selection_version, drift, reasons))
         pub = publish_scores(cfg, model, run_id, version)
         summary = _summary(cfg, run_id, model, version, pub, t0, n_passes + 1, mode_text,
-                           drift, selection)
+                           drift, selection, drift_note="; ".join(reasons))
         summary = write_report(cfg, version, summary, _plots(model, pub, selection), key)
         promote(cfg, version, run_id)
         prune(cfg, pub.target)

@@ -90,7 +90,7 @@ def summary_markdown(s: dict) -> str:
     """The run's markdown summary from the dict the nightly flow assembles."""
     drift = s.get("drift")
     if drift is None:
-        drift_line = "not checked (no model yet)"
+        drift_line = f"not checked ({s.get('drift_note') or 'no warm start'})"
     else:
         drift_line = (
             f"tonight's mean log-likelihood under the last model {drift['tonight']:.4f} vs "
