@@ -8,6 +8,7 @@ from .model_file import load, model_id
 from .model_store import ModelStore
 from .publish import (
     Publication,
+    check_score_target,
     latest_scores,
     prune_scores,
     read_pointer,
@@ -19,6 +20,6 @@ from .sources import Dataset, as_dataset
 
 __all__ = [
     "Checkpoint", "GaussianMixture", "Dataset", "ModelSelection", "ModelStore", "Publication",
-    "SCORE_DTYPE", "as_dataset", "latest_scores", "load", "model_id", "prune_scores",
-    "read_pointer", "read_scores", "select_model", "write_scores", "__version__",
+    "SCORE_DTYPE", "as_dataset", "check_score_target", "latest_scores", "load", "model_id",
+    "prune_scores", "read_pointer", "read_scores", "select_model", "write_scores", "__version__",
 ]

@@ -182,17 +182,13 @@ def write_scores(
                  "storage_options": storage_options}
     scorer.set_params(**{k: v for k, v in overrides.items() if v is not None})
     dataset = scorer._predict_dataset(source)
-    origin = dataset.origin
     run_id = _checked_run_id(run_id)
-    kind = _checked_format(format, origin)
-    id_columns = _checked_id_columns(id_columns, origin, dataset)
     if target_storage_options is None:
         target_storage_options = scorer.storage_options
-    target = _default_target(target, origin, dataset)
-    fs, root = fsspec.core.url_to_fs(_expand(target), **(target_storage_options or {}))
-    root = root.rstrip("/") or root
-    _check_not_inside_source(root, fs, origin, target)
-    _prepare_target(fs, root, target, kind, target_storage_options)
+    target, fs, root, kind, id_columns, present = _checked_target(
+        dataset, target, format, id_columns, target_storage_options)
+    if not present:
+        _create_target(fs, root, kind, target_storage_options)
 
     token = secrets.token_hex(4)
     version = f"{VERSIONS}/{run_id}/{token}"
@@ -436,6 +432,48 @@ def _checked_id_columns(id_columns, origin, dataset):
     return id_columns
 
 
+def check_score_target(
+    source,
+    target=None,
+    *,
+    id_columns=None,
+    format=None,
+    columns=None,
+    array_name=None,
+    storage_options=None,
+    target_storage_options=None,
+) -> str:
+    """Check, writing nothing, that :func:`write_scores` can publish the scores of
+    ``source`` at ``target`` (same arguments); returns the target it would use.
+
+    Raises the ``ValueError`` that ``write_scores`` would raise only after its pass over
+    the data: no default target, id columns missing from a file, a target inside a
+    Parquet source, holding something else than daskgmm scores, or scores of the other
+    format. A job can call it before fitting.
+    """
+    from .sources import as_dataset
+
+    dataset = as_dataset(source, columns=columns, array_name=array_name,
+                         storage_options=storage_options)
+    if target_storage_options is None:
+        target_storage_options = storage_options
+    return _checked_target(dataset, target, format, id_columns, target_storage_options)[0]
+
+
+def _checked_target(dataset, target, format, id_columns, storage_options):
+    """``(target, fs, root, kind, id_columns, present)`` after every check that needs no
+    write; ``present``: the location already holds daskgmm scores of this kind."""
+    origin = dataset.origin
+    kind = _checked_format(format, origin)
+    id_columns = _checked_id_columns(id_columns, origin, dataset)
+    target = _default_target(target, origin, dataset)
+    fs, root = fsspec.core.url_to_fs(_expand(target), **(storage_options or {}))
+    root = root.rstrip("/") or root
+    _check_not_inside_source(root, fs, origin, target)
+    present = _check_existing_target(fs, root, target, kind)
+    return target, fs, root, kind, id_columns, present
+
+
 def _default_target(target, origin, dataset):
     if target is not None:
         return os.fspath(target)
@@ -460,8 +498,9 @@ def _check_not_inside_source(root, fs, origin, target):
         )
 
 
-def _prepare_target(fs, root, target, kind, storage_options):
-    """Create the score location, or check that it holds daskgmm scores of this kind."""
+def _check_existing_target(fs, root, target, kind) -> bool:
+    """Whether the location holds daskgmm scores of this kind (False: absent or empty);
+    raises when it holds anything else."""
     fs.invalidate_cache(root)
     if fs.isfile(root):
         raise ValueError(
@@ -483,7 +522,7 @@ def _prepare_target(fs, root, target, kind, storage_options):
                     f"{str(target)!r} holds zarr scores; this run writes {kind}. Use "
                     "another target, or format='zarr'."
                 )
-            return
+            return True
         if entries:
             if MARKER not in entries:
                 shown = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "")
@@ -503,7 +542,12 @@ def _prepare_target(fs, root, target, kind, storage_options):
                     f"{str(target)!r} holds {marker.get('kind')} scores; this run writes "
                     f"{kind}. Use another target, or format={marker.get('kind')!r}."
                 )
-            return
+            return True
+    return False
+
+
+def _create_target(fs, root, kind, storage_options):
+    """Mark a new (or empty) location as daskgmm scores of this kind."""
     fs.makedirs(root, exist_ok=True)
     if kind == "zarr":
         group = _open_group((fs, root, storage_options), mode="a")

@@ -91,6 +91,11 @@ def _feature_columns(cfg: JobConfig):
     return [c for c in dataset.feature_names or [] if c not in cfg.source.id_columns] or None
 
 
+def _table(selection):
+    """The selection table with NaN as None (JSON null)."""
+    return selection.table_.replace({np.nan: None})
+
+
 def _store(cfg: JobConfig) -> daskgmm.ModelStore:
     return daskgmm.ModelStore(cfg.outputs.model_store, storage_options=_output_options(cfg))
 
@@ -132,30 +137,29 @@ def load_job(config_path: str) -> JobConfig:
 
 
 @task(name="check-source", **IO)
-def check_source(cfg: JobConfig) -> dict:
-    """Read the source's metadata (shape, columns) and check the score location fits it,
-    before any pass over the data."""
-    dataset = daskgmm.as_dataset(cfg.source.uri, columns=_feature_columns(cfg),
-                                 array_name=cfg.source.array_name,
-                                 storage_options=_source_options(cfg) or None)
-    origin = dataset.origin
-    if cfg.outputs.scores is None and not (origin is not None and origin.kind == "zarr"
-                                           and origin.group):
-        raise ValueError(
-            f"outputs.scores is null, which writes the scores into the source's Zarr group, "
-            f"but {dataset.description} is not in a Zarr group. Set outputs.scores to a "
-            "location such as 'out/scores'.")
+def check_source(cfg: JobConfig) -> JobConfig:
+    """Read the source's metadata (shape, columns) and check that the score location can
+    take its scores, before any pass over the data. Returns the config with the feature
+    columns resolved, so later tasks do not read the Parquet footers again."""
+    dataset = daskgmm.as_dataset(cfg.source.uri, **_read_kwargs(cfg))
+    daskgmm.check_score_target(
+        dataset, cfg.outputs.scores, id_columns=cfg.source.id_columns or None,
+        target_storage_options=_output_options(cfg) or None,
+    )
     get_run_logger().info("source %s: %d rows x %d features", dataset.description,
                           dataset.n_samples, dataset.n_features)
-    return {"n_rows": dataset.n_samples, "n_features": dataset.n_features,
-            "columns": dataset.feature_names}
+    if dataset.origin is None or dataset.origin.kind != "parquet":
+        return cfg
+    return cfg.model_copy(update={"source": cfg.source.model_copy(
+        update={"columns": list(dataset.feature_names)})})
 
 
 @task(name="current-model", **IO)
-def current_model(cfg: JobConfig):
-    """The store's current version info and model, or (None, None)."""
+def current_model(cfg: JobConfig, version: str | None = None):
+    """The store's current version (or ``version``): its info and model; (None, None)
+    when the store has no current model."""
     store = _store(cfg)
-    info = store.current()
+    info = store.current() if version is None else store.info(version)
     if info is None:
         return None, None
     return info, store.load(info["version"])
@@ -173,7 +177,7 @@ def select_task(cfg: JobConfig, key: str):
             reg_covar=m.reg_covar, init_params=m.init, **_anomaly_kwargs(cfg),
             **_read_kwargs(cfg),
         )
-    table = selection.table_.replace({np.nan: None})
+    table = _table(selection)
     create_table_artifact(
         table.round(4).to_dict(orient="records"), key=_key(key, "bic-table"),
         description=f"{m.criterion.upper()} of every candidate; chosen: k="
@@ -292,12 +296,19 @@ def publish_scores(cfg: JobConfig, model, run_id: str, model_version: str):
     return pub
 
 
+@task(name="write-plots", **IO)
+def write_plots(cfg: JobConfig, version: str, plots: dict) -> dict:
+    """``{title: (name, png)}`` into the model version's ``report/``; ``{title: url}``."""
+    store = _store(cfg)
+    return {title: store.write_file(version, f"report/{name}.png", data)
+            for title, (name, data) in plots.items()}
+
+
 @task(name="write-report", **IO)
 def write_report(cfg: JobConfig, version: str, summary: dict, plots: dict, key: str) -> dict:
     """PNG plots and the markdown summary into the model version; a markdown artifact."""
     store = _store(cfg)
-    urls = {title: store.write_file(version, f"report/{name}.png", data)
-            for title, (name, data) in plots.items()}
+    urls = write_plots.fn(cfg, version, plots)
     # the file links its plots relatively (they sit next to it); the artifact in full
     local = report.summary_markdown({**summary, "plots": {
         title: f"{name}.png" for title, (name, _) in plots.items()}})
@@ -347,7 +358,7 @@ def _summary(cfg, run_id, model, version, pub, t0, n_passes, mode_text, drift=No
         "drift": drift, "model_url": _store(cfg).version_url(version),
         "scores_url": pub.location,
         "selection_table": None if selection is None else
-        selection.table_.replace({np.nan: None}).round(4).to_dict(orient="records"),
+        _table(selection).round(4).to_dict(orient="records"),
     }
 
 
@@ -389,7 +400,7 @@ def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None) -
     key = _key(cfg.name)
     log = get_run_logger()
     with dask_client(cfg.cluster, log):
-        check_source(cfg)
+        cfg = check_source(cfg)
         info, current = current_model(cfg)
         reasons, drift, model = [], None, None
         if current is None:
@@ -451,16 +462,14 @@ def select(config_path: str, run_id: str | None = None) -> dict:
         now = datetime.now(UTC).isoformat()
         version = save_model(cfg, model, _model_info(
             cfg, run_id, model, now, "this", None, ["select flow"]))
-        store = _store(cfg)
-        plots = _plots(model, None, selection)
-        urls = {t: store.write_file(version, f"report/{n}.png", d) for t, (n, d) in plots.items()}
+        urls = write_plots(cfg, version, _plots(model, None, selection))
         promote(cfg, version, run_id)
+        store = _store(cfg)
     return {"job": cfg.name, "run_id": run_id, "model_version": version,
             "model_url": store.version_url(version), "n_components": model.n_components,
             "covariance_type": model.covariance_type, "n_passes": selection.n_passes_,
             "seconds": time.perf_counter() - t0, "plots": urls,
-            "selection_table": selection.table_.replace({np.nan: None}).to_dict(
-                orient="records")}
+            "selection_table": _table(selection).to_dict(orient="records")}
 
 
 @flow(name="daskgmm-fit")
@@ -477,16 +486,15 @@ def fit(config_path: str, n_components: int | None = None,
         now = datetime.now(UTC).isoformat()
         version = save_model(cfg, model, _model_info(
             cfg, run_id, model, now, None, None, ["fit flow"]))
-        store = _store(cfg)
-        url = store.write_file(version, "report/loglik.png",
-                               report.loglik_plot(model.lower_bounds_))
+        urls = write_plots(cfg, version, _plots(model, None))
         promote(cfg, version, run_id)
+        store = _store(cfg)
     return {"job": cfg.name, "run_id": run_id, "model_version": version,
             "model_url": store.version_url(version), "n_components": model.n_components,
             "covariance_type": model.covariance_type, "n_iter": model.n_iter_,
             "converged": model.converged_, "n_passes": model.n_passes_ + 1,
             "resumed_from_iteration": model.resumed_iteration_,
-            "seconds": time.perf_counter() - t0, "plots": {"Log-likelihood per iteration": url}}
+            "seconds": time.perf_counter() - t0, "plots": urls}
 
 
 @flow(name="daskgmm-score")
@@ -500,14 +508,12 @@ def score(config_path: str, model_version: str | None = None, source: str | None
         cfg = cfg.model_copy(update={"source": cfg.source.model_copy(update={"uri": source})})
     run_id = run_id or _default_run_id()
     with dask_client(cfg.cluster, get_run_logger()):
-        check_source(cfg)
-        store = _store(cfg)
-        info = store.current() if model_version is None else store.info(model_version)
+        info, model = current_model(cfg, model_version)
         if info is None:
             raise FileNotFoundError(
-                f"The model store {store.url!r} has no current model: run the nightly or "
-                "select flow first, or pass model_version.")
-        model = store.load(info["version"])
+                f"The model store {cfg.outputs.model_store!r} has no current model: run the "
+                "nightly or select flow first, or pass model_version.")
+        store = _store(cfg)
         pub = publish_scores(cfg, model, run_id, info["version"])
         url = store.write_run_file(run_id, "scores.png",
                                    report.score_histogram(pub.sketch, model.threshold_))

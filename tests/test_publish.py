@@ -259,6 +259,28 @@ def test_refuses_targets_it_did_not_write(zarr_data, tmp_path):
         daskgmm.write_scores(fitted, str(src), str(src / "scores"))
 
 
+def test_check_score_target_refuses_before_any_pass_and_writes_nothing(zarr_data, tmp_path):
+    path, X, _, _, _ = zarr_data
+    assert daskgmm.check_score_target(str(path)) == os.path.join(str(path), "scores")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"Refusing to write scores to .*foreign.*notes.txt"):
+        daskgmm.check_score_target(X, str(foreign))
+    with pytest.raises(ValueError, match="target= is required"):
+        daskgmm.check_score_target(X)
+    src = tmp_path / "src"
+    _write_parquet_files(src, X, [len(X)], ["p.parquet"])
+    with pytest.raises(ValueError, match="inside the Parquet source"):
+        daskgmm.check_score_target(str(src), str(src / "scores"))
+    with pytest.raises(ValueError, match=r"id column\(s\) \['user'\] not in file"):
+        daskgmm.check_score_target(str(src), str(tmp_path / "o"), id_columns=["user"])
+    new = tmp_path / "new"
+    assert daskgmm.check_score_target(str(src), str(new), id_columns=["event_id"]) == str(new)
+    assert not new.exists()
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
 def test_bad_inputs_name_what_is_wrong(zarr_data, tmp_path):
     path, X, _, gm, _ = zarr_data
     src = tmp_path / "src"
