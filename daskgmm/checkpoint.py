@@ -13,12 +13,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-import secrets
 import zipfile
 
 import fsspec
 import numpy as np
 
+from ._storage import finite_or_none, write_atomic, write_npy
 from .em import Candidate
 from .kernels import Params
 
@@ -61,28 +61,20 @@ class Checkpoint:
                 p = c.params
                 entries.append({
                     "tag": c.tag, "covariance_type": p.covariance_type,
-                    "lower_bound": _float(c.lower_bound), "lower_bounds": list(c.lower_bounds),
+                    "lower_bound": finite_or_none(c.lower_bound),
+                    "lower_bounds": list(c.lower_bounds),
                     "n_iter": c.n_iter, "converged": c.converged, "done": c.done,
                     "seconds": c.seconds,
                     "error": None if c.error is None else str(c.error),
                     "arrays": [a for a in _ARRAYS if getattr(p, a) is not None],
                 })
                 for name in entries[-1]["arrays"]:
-                    arr = io.BytesIO()
-                    np.save(arr, np.asarray(getattr(p, name), dtype=np.float64),
-                            allow_pickle=False)
-                    zf.writestr(f"c{i}/{name}.npy", arr.getvalue())
+                    write_npy(zf, f"c{i}/{name}.npy", getattr(p, name))
             zf.writestr("state.json", json.dumps({
                 "format": FORMAT, "fingerprint": fingerprint, "n_passes": n_passes,
                 "candidates": entries,
             }))
-        fs, path = self._fs()
-        parent = path.rsplit("/", 1)[0] if "/" in path else ""
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-        fs.pipe_file(tmp, buf.getvalue())
-        fs.mv(tmp, path)
+        write_atomic(*self._fs(), buf.getvalue())
         self.n_saved += 1
         logger.debug("checkpoint saved to %s after %d passes", self.path, n_passes)
 
@@ -124,7 +116,3 @@ class Checkpoint:
         if fs.exists(path):
             fs.rm(path)
 
-
-def _float(value):
-    value = float(value)
-    return value if np.isfinite(value) else None

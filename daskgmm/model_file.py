@@ -18,6 +18,7 @@ import zipfile
 import fsspec
 import numpy as np
 
+from ._storage import finite_or_none, write_atomic, write_npy
 from ._version import __version__
 
 FORMAT = "daskgmm-model"
@@ -56,11 +57,6 @@ def _params_for_file(est):
     return _jsonable(params)
 
 
-def _finite_or_none(value):
-    value = float(value)
-    return value if np.isfinite(value) else None
-
-
 def _anomaly_meta(est):
     """The anomaly threshold and the training log-density summary, or None if unset."""
     if getattr(est, "threshold_", None) is None:
@@ -70,7 +66,7 @@ def _anomaly_meta(est):
         "threshold": float(est.threshold_),
         "contamination": est.contamination_,
         "threshold_bounds": None if bounds is None else [float(b) for b in bounds],
-        "training_log_likelihood": _finite_or_none(est.training_log_likelihood_),
+        "training_log_likelihood": finite_or_none(est.training_log_likelihood_),
         "score_quantile_levels": [float(v) for v in est.score_quantile_levels_],
         "score_quantiles": [float(v) for v in est.score_quantiles_],
     }
@@ -131,21 +127,8 @@ def save_model(est, path, *, storage_options=None):
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("metadata.json", json.dumps(meta, indent=2, sort_keys=True))
         for name in meta["arrays"]:
-            arr = io.BytesIO()
-            np.save(arr, np.asarray(getattr(est, name), dtype=np.float64), allow_pickle=False)
-            zf.writestr(f"arrays/{name}.npy", arr.getvalue())
-    fs, fspath = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
-    parent = fspath.rsplit("/", 1)[0] if "/" in fspath else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    tmp = f"{fspath}.tmp-{np.random.default_rng().integers(1 << 62):x}"
-    with fs.open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-    try:
-        fs.mv(tmp, fspath)
-    finally:
-        if fs.exists(tmp):
-            fs.rm(tmp)
+            write_npy(zf, f"arrays/{name}.npy", getattr(est, name))
+    write_atomic(*fsspec.core.url_to_fs(str(path), **(storage_options or {})), buf.getvalue())
 
 
 def load(path, *, storage_options=None):

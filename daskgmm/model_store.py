@@ -25,10 +25,10 @@ from datetime import UTC, datetime
 
 import fsspec
 
+from ._storage import RUN_ID, put_json, write_atomic
 from ._version import __version__
 from .checkpoint import Checkpoint
 from .model_file import load, model_id, save_model
-from .publish import _put_json
 
 MARKER = "_daskgmm_models.json"
 FORMAT = "daskgmm-model-store"
@@ -74,7 +74,7 @@ class ModelStore:
             if entries:
                 return
         fs.makedirs(root, exist_ok=True)
-        _put_json(fs, f"{root}/{MARKER}", {"format": FORMAT, "library_version": __version__})
+        put_json(fs, f"{root}/{MARKER}", {"format": FORMAT, "library_version": __version__})
 
     def version_url(self, version: str) -> str:
         return f"{self.url}/{VERSIONS}/{version}"
@@ -98,27 +98,25 @@ class ModelStore:
         save_model(model, self.version_url(version) + "/model.daskgmm",
                    storage_options=self.storage_options)
         info = {**info, "version": version, "model_id": model_id(model)}
-        _put_json(self.fs, self._path(version, "info.json"), info)
+        put_json(self.fs, self._path(version, "info.json"), info)
         return self.version_url(version)
 
     def write_file(self, version: str, name: str, data: bytes) -> str:
         """Add a file (report, plot) to a version; returns its URL."""
-        path = self._path(version, name)
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.pipe_file(path, data)
-        return f"{self.version_url(version)}/{name}"
+        return self._write(f"{VERSIONS}/{version}/{name}", data)
 
     def write_run_file(self, run_id: str, name: str, data: bytes) -> str:
         """A file of a run that made no model (a scoring run): ``runs/<run id>/<name>``."""
-        path = f"{self.root}/runs/{run_id}/{name}"
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.pipe_file(path, data)
-        return f"{self.url}/runs/{run_id}/{name}"
+        return self._write(f"runs/{run_id}/{name}", data)
+
+    def _write(self, relative: str, data: bytes) -> str:
+        write_atomic(self.fs, f"{self.root}/{relative}", data)
+        return f"{self.url}/{relative}"
 
     def promote(self, version: str) -> dict:
         """Make ``version`` the current model (the pointer is written last, atomically)."""
         info = self.info(version)
-        _put_json(self.fs, f"{self.root}/{POINTER}", info)
+        put_json(self.fs, f"{self.root}/{POINTER}", info)
         return info
 
     def current(self) -> dict | None:
@@ -174,7 +172,7 @@ class ModelStore:
 
     def checkpoint(self, run_id: str, every: int = 5) -> Checkpoint:
         """The checkpoint of the fit of run ``run_id``."""
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,127}", run_id):
+        if not RUN_ID.fullmatch(run_id):
             raise ValueError(f"run_id {run_id!r} cannot name a checkpoint file.")
         self._check_or_create()
         return Checkpoint(f"{self.url}/checkpoints/{run_id}.ckpt", every=every,

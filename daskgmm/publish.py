@@ -33,7 +33,6 @@ import copy
 import json
 import logging
 import os
-import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ import zarr
 from threadpoolctl import threadpool_limits
 
 from . import em, kernels
+from ._storage import RUN_ID, is_local, put_json
 from ._version import __version__
 from .quantiles import RankSketch, combine_sketches
 
@@ -69,7 +69,6 @@ SCORE_FIELDS = [
     ("is_anomaly", pa.bool_()),
 ]
 ROW_NUMBER = "row_number"
-_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,127}")
 
 
 @dataclass
@@ -227,7 +226,7 @@ def write_scores(
             "schema": schema,
         }
         if kind == "parquet":
-            _put_json(fs, f"{vroot}/{MANIFEST}", manifest)
+            put_json(fs, f"{vroot}/{MANIFEST}", manifest)
         else:
             _open_group((fs, root, target_storage_options), "r+", version).attrs.update(
                 {"daskgmm": manifest})
@@ -236,7 +235,7 @@ def write_scores(
         raise
     # publication: readers switch here (one atomic write)
     if kind == "parquet":
-        _put_json(fs, f"{root}/{POINTER}", manifest)
+        put_json(fs, f"{root}/{POINTER}", manifest)
     else:
         group = _open_group((fs, root, target_storage_options), "r+")
         group.attrs.update({"daskgmm": {**group.attrs["daskgmm"], "latest": manifest}})
@@ -386,7 +385,7 @@ def _join(target, relative):
 def _checked_run_id(run_id):
     if run_id is None:
         return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
         raise ValueError(
             f"run_id must be 1 to 128 letters, digits or '_.=+-', starting with a letter "
             f"or digit (it names a directory); got {run_id!r}. E.g. run_id='2026-11-24'."
@@ -557,7 +556,7 @@ def _create_target(fs, root, kind, storage_options):
             "note": "daskgmm anomaly scores: read the version named in ['latest'].",
         }
         return
-    _put_json(fs, f"{root}/{MARKER}", {
+    put_json(fs, f"{root}/{MARKER}", {
         "format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
         "library_version": __version__,
         "note": f"daskgmm anomaly scores: read the version named in {POINTER}.",
@@ -631,14 +630,10 @@ def _write_parquet_part(scores, fs, path, schema, row_start, ids, n_points):
     return _summary(scores, n_points)
 
 
-def _is_local(fs):
-    return "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol))
-
-
 def _open_group(where, mode, path=None):
     """The Zarr group at ``where = (fs, root, storage_options)`` (and ``path`` in it)."""
     fs, root, storage_options = where
-    if _is_local(fs):
+    if is_local(fs):
         return zarr.open_group(store=root, mode=mode, path=path)
     return zarr.open_group(store=fs.unstrip_protocol(root), mode=mode, path=path,
                            storage_options=storage_options or None)
@@ -680,18 +675,6 @@ def _write_zarr_part(scores, where, version, start, n_points):
     for name, _ in SCORE_FIELDS:
         group[name][start:stop] = scores[name]
     return _summary(scores, n_points)
-
-
-def _put_json(fs, path, obj):
-    """Write a small JSON file in one step: a rename on local disks, one PUT elsewhere."""
-    data = json.dumps(obj, indent=2, sort_keys=True).encode()
-    if not _is_local(fs):
-        fs.pipe_file(path, data)
-        return
-    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _remove(fs, path):

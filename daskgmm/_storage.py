@@ -1,0 +1,57 @@
+"""Small storage helpers shared by model files, checkpoints, score publication and the
+model store."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import secrets
+
+import numpy as np
+
+# A run id names a directory or a file: letters, digits and '_.=+-', no separators.
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,127}")
+
+
+def is_local(fs) -> bool:
+    return "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol))
+
+
+def write_atomic(fs, path: str, data: bytes):
+    """Write ``data`` to ``path`` in one step, creating its parent directory: a rename on
+    local disks (readers see the old or the new file, never part of one), a single PUT on
+    object stores (which never expose a partial object)."""
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if not is_local(fs):
+        fs.pipe_file(path, data)
+        return
+    tmp = f"{path}.tmp-{secrets.token_hex(4)}"  # local paths: fsspec gives plain ones
+    try:
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def put_json(fs, path: str, obj):
+    """A small JSON file, written with :func:`write_atomic`."""
+    write_atomic(fs, path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def write_npy(zf, name: str, array):
+    """``array`` as float64 ``.npy`` (no pickle) member ``name`` of zip file ``zf``."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array, dtype=np.float64), allow_pickle=False)
+    zf.writestr(name, buf.getvalue())
+
+
+def finite_or_none(value):
+    """``float(value)``, or None for NaN and infinities (JSON has no such numbers)."""
+    value = float(value)
+    return value if np.isfinite(value) else None
