@@ -346,6 +346,17 @@ def chunk_stats(X, candidates: list[Params]) -> list[Stats]:
     return out
 
 
+def _e_steps(X, params: Params):
+    """The E-step of one model on (unshifted) float64 rows, block by block: yields
+    ``(rows, log_norm, log_resp)`` with ``rows`` the block's slice of ``X`` (the arrays
+    are workspace buffers, valid until the next block)."""
+    ws = Workspace()
+    for start, block in _blocks(X, [params]):
+        xs = np.subtract(block, params.shift, out=ws("xs", block.shape))
+        log_norm, log_resp = log_prob_resp(estimate_weighted_log_prob(xs, params, ws), ws)
+        yield slice(start, start + block.shape[0]), log_norm, log_resp
+
+
 def score_chunk(X, params: Params, what):
     """Per-row results of one model on a chunk of (unshifted) rows, block by block.
 
@@ -358,11 +369,7 @@ def score_chunk(X, params: Params, what):
         out = np.empty((n, params.n_components))
     else:
         out = np.empty(n, dtype=np.int64 if what == "predict" else np.float64)
-    ws = Workspace()
-    for start, block in _blocks(X, [params]):
-        xs = np.subtract(block, params.shift, out=ws("xs", block.shape))
-        log_norm, log_resp = log_prob_resp(estimate_weighted_log_prob(xs, params, ws), ws)
-        rows = slice(start, start + block.shape[0])
+    for rows, log_norm, log_resp in _e_steps(X, params):
         if what == "score_samples":
             out[rows] = log_norm
         elif what == "predict":
@@ -392,17 +399,13 @@ def score_rows(X, params: Params, threshold: float):
     """
     X = np.asarray(X, dtype=np.float64)
     out = np.empty(X.shape[0], dtype=SCORE_DTYPE)
-    ws = Workspace()
-    for start, block in _blocks(X, [params]):
-        xs = np.subtract(block, params.shift, out=ws("xs", block.shape))
-        log_norm, log_resp = log_prob_resp(estimate_weighted_log_prob(xs, params, ws), ws)
-        rows = out[start : start + block.shape[0]]
-        best = log_resp.argmax(axis=1)
-        rows["log_density"] = log_norm
-        rows["anomaly_score"] = -log_norm
-        rows["component"] = best
-        rows["responsibility"] = np.exp(log_resp[np.arange(block.shape[0]), best])
-        rows["is_anomaly"] = log_norm < threshold
+    for rows, log_norm, log_resp in _e_steps(X, params):
+        rec = out[rows]
+        rec["log_density"] = log_norm
+        rec["anomaly_score"] = -log_norm
+        rec["component"] = log_resp.argmax(axis=1)
+        rec["responsibility"] = np.exp(log_resp.max(axis=1))
+        rec["is_anomaly"] = log_norm < threshold
     return out
 
 
