@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import em, initialization, kernels
 from .kernels import COVARIANCE_TYPES, Params
-from .sources import Dataset, as_dataset
+from .sources import Dataset, MissingColumnError, as_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -255,10 +255,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 storage_options=self.storage_options,
                 chunk_rows=self.chunk_rows if fit else None,
             )
-        except ValueError as exc:
-            if fitted is None or "is not in file" not in str(exc):
+        except MissingColumnError as exc:
+            if fitted is None:
                 raise
-            raise ValueError(
+            raise MissingColumnError(
                 f"{exc} The model was fitted on columns {[str(c) for c in fitted]}: the data "
                 "to score need the same columns."
             ) from None

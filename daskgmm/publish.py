@@ -419,8 +419,8 @@ def _checked_id_columns(id_columns, origin, dataset):
             f"id_columns {clash} clash with the score columns "
             f"{[n for n, _ in SCORE_FIELDS]}; rename them in the source."
         )
-    for path, relative, _ in origin.files:
-        names = pq.read_schema(path, filesystem=origin.fs).names
+    for (_, relative, _), schema in zip(origin.files, origin.schemas, strict=True):
+        names = schema.names
         missing = [c for c in id_columns if c not in names]
         if missing:
             raise ValueError(
@@ -584,8 +584,7 @@ def _write_parquet(scores, dataset, fs, vroot, id_columns, info):
         scores = scores.rechunk((tuple(n for _, _, n in files),))
         names = [relative for _, relative, _ in files]
         if id_columns:
-            schema0 = pq.read_schema(files[0][0], filesystem=origin.fs)
-            id_fields = [schema0.field(c) for c in id_columns]
+            id_fields = [origin.schemas[0].field(c) for c in id_columns]
         else:
             id_fields = [pa.field(ROW_NUMBER, pa.int64(), nullable=False)]
     else:

@@ -103,7 +103,8 @@ class Origin:
         Parquet: the non-empty files, in row order.
     versions : list
         Parquet: per file, its size and modification time or ETag as listed.
-    storage_options : dict
+    schemas : list of pyarrow.Schema
+        Parquet: per file, its schema (read from its footer).
     """
 
     kind: str
@@ -114,7 +115,7 @@ class Origin:
     array: str = ""
     files: list = field(default_factory=list)
     versions: list = field(default_factory=list)
-    storage_options: dict = field(default_factory=dict)
+    schemas: list = field(default_factory=list)
 
     def data_version(self) -> list:
         """What changes when the data change: Parquet files' sizes and times or ETags,
@@ -461,15 +462,12 @@ def _from_path(X, columns, array_name, storage_options, chunk_rows):
     if any(fs.exists(f"{root}/{marker}") for marker in _ZARR_MARKERS):
         dataset, group, name = _from_zarr_path(url, fs, root, shown, array_name, options,
                                                chunk_rows)
-        dataset.origin = Origin("zarr", url, fs, root, group=group, array=name,
-                                storage_options=options)
+        dataset.origin = Origin("zarr", url, fs, root, group=group, array=name)
         return dataset
     if fs.isfile(root):
         if root.lower().endswith(_PARQUET_SUFFIXES) or _has_parquet_magic(fs, root):
             files = [(root, os.path.basename(root), fs.info(root))]
-            dataset = _from_parquet(fs, files, shown, columns, chunk_rows)
-            dataset.origin.url, dataset.origin.root = url, root
-            dataset.origin.storage_options = options
+            dataset = _from_parquet(fs, files, shown, columns, chunk_rows, url, root)
             return dataset
         raise ValueError(
             f"{shown!r} is a file but neither a Parquet file (no .parquet suffix, does not "
@@ -479,9 +477,7 @@ def _from_path(X, columns, array_name, storage_options, chunk_rows):
     if fs.isdir(root):
         files = _parquet_files(fs, root)
         if files:
-            dataset = _from_parquet(fs, files, shown, columns, chunk_rows)
-            dataset.origin.url, dataset.origin.root = url, root
-            dataset.origin.storage_options = options
+            dataset = _from_parquet(fs, files, shown, columns, chunk_rows, url, root)
             return dataset
         found = sorted(fs.ls(root, detail=False))[:10]
         raise ValueError(
@@ -657,13 +653,17 @@ def _checked_columns(columns, schema, relative, description):
     return columns
 
 
+class MissingColumnError(ValueError):
+    """A requested column is not in a Parquet file of the source."""
+
+
 def _check_file_columns(columns, schema, relative, description):
     numeric = _default_columns(schema)
     for name in columns:
         index = schema.get_field_index(name)
         if index < 0:
             found = ", ".join(schema.names)
-            raise ValueError(
+            raise MissingColumnError(
                 f"Column {name!r} is not in file {relative!r} of the {description} "
                 f"(columns there: {found}). Pick existing numeric columns, e.g. "
                 f"columns={numeric!r}, or rewrite the file with this column."
@@ -698,7 +698,7 @@ def _describe_columns(columns):
     return f"{len(columns)} columns {', '.join(columns[:4])}, ..., {columns[-1]}"
 
 
-def _from_parquet(fs, files, shown, columns, chunk_rows):
+def _from_parquet(fs, files, shown, columns, chunk_rows, url, root):
     description = f"Parquet dataset {shown!r}"
     metas = [pq.read_metadata(path, filesystem=fs) for path, _, _ in files]
     schemas = [meta.schema.to_arrow_schema() for meta in metas]
@@ -707,13 +707,14 @@ def _from_parquet(fs, files, shown, columns, chunk_rows):
         _check_file_columns(columns, schema, relative, description)
     description = f"{description} ({_describe_columns(columns)})"
 
-    kept, chunks, labels, versions = [], [], [], []
-    for (path, relative, info), meta in zip(files, metas, strict=True):
+    kept, chunks, labels, versions, kept_schemas = [], [], [], [], []
+    for (path, relative, info), meta, schema in zip(files, metas, schemas, strict=True):
         if meta.num_rows == 0:
             continue
         row_groups = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
         kept.append((path, relative, row_groups))
         versions.append(sorted((k, str(v)) for k, v in info.items()))
+        kept_schemas.append(schema)
         runs = _pieces(meta.num_rows, row_groups, len(columns))
         for first, stop in runs:
             chunks.append(sum(row_groups[first:stop]))
@@ -749,8 +750,8 @@ def _from_parquet(fs, files, shown, columns, chunk_rows):
         labels = _span_labels(file_rows, file_labels, array.chunks[0])
     logger.debug("%s: %d rows in %d files, %d chunks", description, n_rows, len(kept),
                  len(array.chunks[0]))
-    origin = Origin("parquet", shown, fs, "", files=[(p, r, sum(rg)) for p, r, rg in kept],
-                    versions=versions)
+    origin = Origin("parquet", url, fs, root, files=[(p, r, sum(rg)) for p, r, rg in kept],
+                    versions=versions, schemas=kept_schemas)
     return Dataset(array, list(columns), description, labels, lazy=True, origin=origin)
 
 
