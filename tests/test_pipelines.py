@@ -215,10 +215,12 @@ def test_deployment_file_loads_and_entrypoints_import():
         config = deployment["parameters"]["config_path"]
         from pipelines.config import load_config
 
-        load_config(ROOT / config)
+        cfg = load_config(ROOT / config)
         assert set(deployment["parameters"]) <= set(flow.parameters.properties)
         for schedule in deployment.get("schedules", []):
-            assert len(schedule["cron"].split()) == 5
+            # the deployment runs the job when its config's schedule says
+            assert (schedule["cron"], schedule["timezone"]) == (cfg.schedule.cron,
+                                                                cfg.schedule.timezone)
     assert np.all([d["work_pool"]["name"] == "daskgmm" for d in spec["deployments"]])
 
 
