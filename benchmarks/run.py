@@ -31,7 +31,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import daskgmm
-from daskgmm.datasets import write_mixture_zarr
+from daskgmm.synthetic import write_mixture_zarr
 
 warnings.simplefilter("ignore", ConvergenceWarning)
 

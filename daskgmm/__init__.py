@@ -2,11 +2,12 @@
 
 from ._version import __version__
 from .checkpoint import Checkpoint
-from .estimator import GaussianMixture
+from .estimator import GaussianMixture, load, model_id
 from .kernels import SCORE_DTYPE
-from .model_file import load, model_id
+from .mixture import FitSummary, Mixture
 from .model_store import ModelStore
-from .publish import (
+from .progress import ProgressEvent
+from .scores import (
     Publication,
     check_score_target,
     latest_scores,
@@ -19,7 +20,8 @@ from .selection import ModelSelection, select_model
 from .sources import Dataset, as_dataset
 
 __all__ = [
-    "Checkpoint", "GaussianMixture", "Dataset", "ModelSelection", "ModelStore", "Publication",
-    "SCORE_DTYPE", "as_dataset", "check_score_target", "latest_scores", "load", "model_id",
-    "prune_scores", "read_pointer", "read_scores", "select_model", "write_scores", "__version__",
+    "Checkpoint", "Dataset", "FitSummary", "GaussianMixture", "Mixture", "ModelSelection",
+    "ModelStore", "ProgressEvent", "Publication", "SCORE_DTYPE", "as_dataset",
+    "check_score_target", "latest_scores", "load", "model_id", "prune_scores",
+    "read_pointer", "read_scores", "select_model", "write_scores", "__version__",
 ]

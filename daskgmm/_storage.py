@@ -9,10 +9,31 @@ import os
 import re
 import secrets
 
+import fsspec
 import numpy as np
 
 # A run id names a directory or a file: letters, digits and '_.=+-', no separators.
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,127}")
+
+
+def expand(path) -> str:
+    """A path or URL as text, with ``~`` expanded for local paths."""
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        path = os.fsdecode(path)
+    return path if "://" in path else os.path.expanduser(path)
+
+
+def url_to_fs(path, storage_options=None):
+    """``(fs, root)`` of a path or fsspec URL: the filesystem and the location on it,
+    without a trailing slash. The one place URLs become filesystems."""
+    fs, root = fsspec.core.url_to_fs(expand(path), **(storage_options or {}))
+    return fs, root.rstrip("/") or root
+
+
+def join(url, relative) -> str:
+    """``url/relative`` for a path or URL."""
+    return f"{str(url).rstrip('/')}/{relative}"
 
 
 def is_local(fs) -> bool:

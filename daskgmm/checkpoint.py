@@ -10,17 +10,19 @@ an uninterrupted fit reaches.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import zipfile
 
-import fsspec
 import numpy as np
 
-from ._storage import finite_or_none, write_atomic, write_npy
+from ._storage import finite_or_none, url_to_fs, write_atomic, write_npy
 from .em import Candidate
 from .kernels import Params
+from .mixture import Mixture
+from .sources import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class Checkpoint:
         return f"Checkpoint({self.path!r}, every={self.every})"
 
     def _fs(self):
-        return fsspec.core.url_to_fs(self.path, **(self.storage_options or {}))
+        return url_to_fs(self.path, self.storage_options)
 
     def save(self, fingerprint: str, candidates: list[Candidate], n_passes: int):
         entries, buf = [], io.BytesIO()
@@ -102,7 +104,7 @@ class Checkpoint:
             params = Params(e["covariance_type"], arrays["weights"], arrays["means"],
                             arrays["precisions_cholesky"], arrays.get("covariances"),
                             arrays["shift"])
-            tag = tuple(e["tag"]) if isinstance(e["tag"], list) else e["tag"]
+            tag = _tuples(e["tag"])
             lower_bound = -np.inf if e["lower_bound"] is None else e["lower_bound"]
             candidates.append(Candidate(
                 params, tag=tag, lower_bound=lower_bound, lower_bounds=list(e["lower_bounds"]),
@@ -111,8 +113,46 @@ class Checkpoint:
             ))
         return candidates, int(state["n_passes"])
 
+    def saver(self, fingerprint: str, passes_before: int):
+        """The ``on_pass`` hook of :func:`daskgmm.em.run_em` that saves the batch every
+        ``every`` passes of EM and when it ends (``passes_before``: passes made before
+        EM, kept in the checkpoint's pass count)."""
+
+        def on_pass(candidates, n_passes):
+            if n_passes % self.every == 0 or all(c.done for c in candidates):
+                self.save(fingerprint, candidates, passes_before + n_passes)
+
+        return on_pass
+
     def remove(self):
         fs, path = self._fs()
         if fs.exists(path):
             fs.rm(path)
 
+
+
+def _tuples(value):
+    """JSON lists back to the tuples they were written from (candidate tags)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def fingerprint(params: dict, dataset: Dataset, start: Mixture | None = None) -> str:
+    """What a checkpoint must match to be resumed: the estimator's parameters (JSON-able,
+    without ``verbose``), the data, and for a warm start the model it starts from.
+
+    The data are named by their files and versions for Zarr and Parquet (dask names of
+    file sources change from process to process), else by the dask name (a content hash
+    for numpy input). Listing the files is why a fit computes this only when it
+    checkpoints.
+    """
+    params = {k: v for k, v in params.items() if k not in ("verbose", "verbose_interval")}
+    data = (dataset.origin.data_version() if dataset.origin is not None
+            else getattr(dataset.array, "name", ""))
+    h = hashlib.sha256(json.dumps(
+        [params, dataset.description, dataset.array.shape, dataset.array.chunks[0], data],
+        sort_keys=True, default=str,
+    ).encode())
+    if start is not None:
+        for array in (start.weights, start.means, start.precisions_cholesky):
+            h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()

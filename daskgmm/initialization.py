@@ -24,8 +24,9 @@ import numpy as np
 from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.utils import check_random_state
 
-from . import em, kernels
-from .kernels import Params, Stats
+from . import kernels, passes
+from .kernels import Params
+from .progress import PassCounter
 from .sources import Dataset
 
 logger = logging.getLogger(__name__)
@@ -50,46 +51,24 @@ def draw_sample(dataset: Dataset, size: int, random_state):
     bad = kernels.find_nonfinite(sample)
     if bad is not None:
         row = bad[0] if idx is None else int(idx[bad[0]])
-        offsets = dataset.row_offsets
-        chunk = int(np.searchsorted(offsets, row, side="right")) - 1
-        raise em._bad_value_error(
-            dataset.description, dataset.chunk_label(chunk), int(offsets[chunk]),
-            int(offsets[chunk + 1]), row - int(offsets[chunk]), bad[1], dataset.feature_names,
-        )
+        raise passes.locate_nonfinite(dataset, row, bad[1])
     return sample
 
 
 def data_shift(dataset: Dataset, sample=None):
-    """The fixed centre the engine shifts rows by (removes large offsets)."""
+    """The fixed centre the engine shifts rows by (removes large offsets): the median
+    of ``sample``, by default of the first rows (reads one chunk, not a pass)."""
     if sample is None:
         sample = dataset.array[:_SHIFT_ROWS].compute()
-    sample = np.asarray(sample, dtype=np.float64)
-    # bad rows are reported by the data pass, with their location; skip them here. The
-    # median keeps one huge outlier from moving the centre of every row.
-    finite = sample[np.isfinite(sample).all(axis=1)]
-    return np.median(finite, axis=0) if finite.size else np.zeros(sample.shape[1])
-
-
-def params_from_stats(stats: Stats, current_means, covariance_type, reg_covar, n_samples, shift):
-    """Initial parameters from initial responsibilities' statistics (weights = nk / n)."""
-    nk, means, covariances = kernels.estimate_gaussian_parameters(
-        stats, current_means, covariance_type, reg_covar
-    )
-    return Params(
-        covariance_type,
-        nk / n_samples,
-        means,
-        kernels.compute_precision_cholesky(covariances, covariance_type),
-        covariances,
-        shift,
-    )
+    return kernels.data_shift(sample)
 
 
 def _one_hot_params(points, covariance_type, reg_covar, n_samples, shift):
     xs = points - shift
     k = xs.shape[0]
-    stats = kernels.stats_from_resp(xs, np.eye(k), _placeholder(covariance_type, xs, shift), 0.0)
-    return params_from_stats(stats, xs, covariance_type, reg_covar, n_samples, shift)
+    placeholder = _placeholder(covariance_type, xs, shift)
+    stats = kernels.stats_from_resp(xs, np.eye(k), placeholder, 0.0)
+    return kernels.params_from_stats(stats, placeholder, reg_covar, n_samples)
 
 
 def _placeholder(covariance_type, means, shift):
@@ -104,9 +83,8 @@ def override_with_user_init(params: Params, weights_init, means_init, precisions
     if means_init is not None:
         params.means = np.asarray(means_init, dtype=np.float64) - params.shift
     if precisions_init is not None:
-        params.precisions_cholesky = kernels.precision_cholesky_from_precisions(
-            np.asarray(precisions_init, dtype=np.float64), params.covariance_type
-        )
+        params.precisions_cholesky = params.model.precisions_cholesky_from_precisions(
+            np.asarray(precisions_init, dtype=np.float64))
         params.covariances = None
     return params
 
@@ -125,9 +103,13 @@ def initial_params(
     precisions_init=None,
     init_sample_size=100_000,
     split_every=8,
-):
-    """``n_init`` initial ``Params`` (shifted coordinates) and the number of data passes."""
+    counter: PassCounter | None = None,
+) -> list[Params]:
+    """``n_init`` initial ``Params`` (shifted coordinates); passes over the data are
+    counted by ``counter``."""
     t0 = time.perf_counter()
+    counter = counter if counter is not None else PassCounter()
+    before = counter.count
     user_all = weights_init is not None and means_init is not None and precisions_init is not None
     if user_all:
         shift = data_shift(dataset)
@@ -138,19 +120,19 @@ def initial_params(
             )
             for _ in range(n_init)
         ]
-        n_passes = 0
     else:
-        (out,), n_passes = initial_params_grid(
+        (out,) = initial_params_grid(
             dataset, [(n_components, covariance_type)], init_params=init_params,
             n_init=n_init, random_state=random_state, reg_covar=reg_covar,
-            init_sample_size=init_sample_size, split_every=split_every,
+            init_sample_size=init_sample_size, split_every=split_every, counter=counter,
         )
         out = [override_with_user_init(p, weights_init, means_init, precisions_init) for p in out]
     logger.info(
         "initialised %d candidate(s) with %r in %.2fs (%d data pass(es))",
-        n_init, "user parameters" if user_all else init_params, time.perf_counter() - t0, n_passes,
+        n_init, "user parameters" if user_all else init_params, time.perf_counter() - t0,
+        counter.count - before,
     )
-    return out, n_passes
+    return out
 
 
 def initial_params_grid(
@@ -163,6 +145,7 @@ def initial_params_grid(
     reg_covar,
     init_sample_size=100_000,
     split_every=8,
+    counter: PassCounter | None = None,
 ):
     """Initial ``Params`` for every ``(n_components, covariance_type)`` of ``grid``, each
     with ``n_init`` restarts, sharing one sample and at most one pass over all rows.
@@ -171,8 +154,10 @@ def initial_params_grid(
     after grid entry; an int (or None) seeds each grid entry afresh, as separate
     scikit-learn fits with that seed would be (k-means runs once per k and seed and is
     shared by the covariance types). Returns a list (per grid entry) of lists of
-    ``Params``, and the number of data passes.
+    ``Params``. A sample of part of the rows counts as a pass (it reads from every
+    chunk), and so does the pass over all rows; both go to ``counter``.
     """
+    counter = counter if counter is not None else PassCounter()
     n = dataset.n_samples
     shared = isinstance(random_state, np.random.RandomState)
 
@@ -187,7 +172,8 @@ def initial_params_grid(
     needs_sample = init_params != "random"
     sample = draw_sample(dataset, size, sample_rs) if needs_sample else None
     shift = data_shift(dataset, sample)
-    n_passes = int(needs_sample and n > size)
+    if needs_sample and n > size:
+        counter.done("initialization")
     d = shift.size
 
     out, work = [], []
@@ -216,14 +202,13 @@ def initial_params_grid(
                 entry.append(_one_hot_params(sample[idx], covariance_type, reg_covar, n, shift))
         out.append(entry)
     if work:
-        chunk_fn = em._hard_assignment_chunk if init_params == "kmeans" else em._random_resp_chunk
-        stats = iter(em.data_pass(dataset, chunk_fn, (work,), split_every=split_every))
+        chunk_fn = (passes.hard_assignment_chunk if init_params == "kmeans"
+                    else passes.random_resp_chunk)
+        stats = iter(passes.data_pass(dataset, chunk_fn, (work,), split_every=split_every))
+        counter.done("initialization")
         work = iter(work)
-        n_passes += 1
         for entry in out:
             for r in range(len(entry)):
                 s, (_, placeholder) = next(stats), next(work)
-                entry[r] = params_from_stats(
-                    s, placeholder.means, placeholder.covariance_type, reg_covar, n, shift
-                )
-    return out, n_passes
+                entry[r] = kernels.params_from_stats(s, placeholder, reg_covar, n)
+    return out

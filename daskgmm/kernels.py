@@ -1,32 +1,18 @@
-"""Pure-numpy maths of the Gaussian mixture: per-chunk E-step and statistics, M-step.
+"""Pure-numpy maths of one chunk of rows: E-step and statistics, M-step, per-row scores.
 
-Nothing here imports dask: every function takes and returns small numpy objects,
-so a reader can check any step on a 10-row array.
+Nothing here imports dask: every function takes and returns small numpy objects, so a
+reader can check any step on a 10-row array. What depends on the covariance type lives
+in :mod:`daskgmm.covariance` (one module per type); this module is the same for all.
 
-Conventions (as in scikit-learn's ``sklearn.mixture``):
-
-- Gaussians are parameterised by the Cholesky factor of the precision
-  (``precisions_cholesky``); the log-determinant comes from its diagonal and no
-  covariance is ever inverted.
-- Shapes per ``covariance_type`` (sufficient statistic ``s2``: second moments about each
-  component's current mean ``mu_k``):
-
-  ============  ======================================  ========================================
-  type          covariances / precisions_cholesky       ``s2``
-  ============  ======================================  ========================================
-  'full'        (n_components, n_features, n_features)  sum_i r_ik (x_i-mu_k)(x_i-mu_k)^T
-  'tied'        (n_features, n_features)                as 'full', summed over k in the M-step
-  'diag'        (n_components, n_features)              sum_i r_ik (x_i-mu_k)**2
-  'spherical'   (n_components,)                         as 'diag', averaged in the M-step
-  ============  ======================================  ========================================
+Conventions (as in scikit-learn's ``sklearn.mixture``): Gaussians are parameterised by
+the Cholesky factor of the precision (``precisions_cholesky``); the log-determinant comes
+from its diagonal and no covariance is ever inverted.
 
 Numerical precision. The engine works in coordinates shifted by a fixed centre of the
 data (``Params.shift``), so data offset by 1e6 with unit spread fits like centred data.
 All statistics accumulate in float64 and are centred on each component's current mean;
 the M-step corrects for the shift between the current and the new mean, so no
-``E[x^2] - mu^2`` cancellation occurs, even for tight clusters far apart. The 'diag' and
-'spherical' E-steps also subtract each mean before squaring (scikit-learn expands
-``x^2 - 2 x mu + mu^2``).
+``E[x^2] - mu^2`` cancellation occurs, even for tight clusters far apart.
 """
 
 from __future__ import annotations
@@ -35,9 +21,17 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+from . import covariance
+from .covariance import CovarianceError
+
+__all__ = [
+    "SCORE_DTYPE", "CovarianceError", "Params", "Stats", "Workspace", "aic", "bic",
+    "chunk_log_likelihood", "chunk_stats", "combine_stats", "data_shift",
+    "estimate_gaussian_parameters", "estimate_weighted_log_prob", "find_nonfinite",
+    "hard_assignment_stats", "log_prob_resp", "m_step", "random_resp",
+    "responsibility_stats", "score_chunk", "score_rows", "stats_from_resp",
+]
 
 # Rows per sub-block inside a chunk: temporaries of shape (block, n_components * n_features)
 # stay within a few MiB, i.e. in the CPU's L2/L3 cache.
@@ -49,6 +43,7 @@ class Params:
     """Parameters of one candidate mixture, in the engine's shifted coordinates.
 
     ``means`` are relative to ``shift``: the model's means are ``means + shift``.
+    ``covariances`` may be None (a model that has not run an M-step).
     """
 
     covariance_type: str
@@ -62,14 +57,19 @@ class Params:
     def n_components(self) -> int:
         return self.means.shape[0]
 
+    @property
+    def model(self) -> covariance.CovarianceModel:
+        return covariance.get(self.covariance_type)
+
 
 @dataclass
 class Stats:
     """Sufficient statistics of one candidate over some rows.
 
     ``nk``: sum of responsibilities per component; ``s1``: sum_i r_ik x_i (shifted x);
-    ``s2``: second moments (see module docstring); ``log_likelihood``: sum of
-    log p(x_i); ``n_samples``: number of rows.
+    ``s2``: second moments about each component's current mean (shape per covariance
+    type, see :mod:`daskgmm.covariance`); ``log_likelihood``: sum of log p(x_i);
+    ``n_samples``: number of rows.
     """
 
     nk: np.ndarray
@@ -98,23 +98,6 @@ def combine_stats(parts):
     return out
 
 
-###############################################################################
-# Log-densities
-
-
-def log_det_cholesky(precisions_cholesky, covariance_type, n_features):
-    """log det of the Cholesky factor of the precision (= -0.5 log det covariance)."""
-    if covariance_type == "full":
-        n_components = precisions_cholesky.shape[0]
-        diag = precisions_cholesky.reshape(n_components, -1)[:, :: n_features + 1]
-        return np.sum(np.log(diag), axis=1)
-    if covariance_type == "tied":
-        return np.sum(np.log(np.diag(precisions_cholesky)))
-    if covariance_type == "diag":
-        return np.sum(np.log(precisions_cholesky), axis=1)
-    return n_features * np.log(precisions_cholesky)
-
-
 class Workspace:
     """Scratch buffers reused from one block of rows to the next.
 
@@ -136,67 +119,8 @@ class Workspace:
         return buf[:size].reshape(shape)
 
 
-def _mahalanobis_full(X, means, precisions_cholesky, ws):
-    # One matrix product for all components: X @ [P_1 | P_2 | ... | P_k].
-    n_components, n_features, _ = precisions_cholesky.shape
-    W = np.ascontiguousarray(precisions_cholesky.transpose(1, 0, 2)).reshape(n_features, -1)
-    b = np.einsum("kd,kde->ke", means, precisions_cholesky).reshape(-1)
-    Y = ws("Y", (X.shape[0], n_components * n_features))
-    np.matmul(X, W, out=Y)
-    Y -= b
-    Y3 = Y.reshape(X.shape[0], n_components, n_features)
-    return np.einsum("nkd,nkd->nk", Y3, Y3, out=ws("mahalanobis", (X.shape[0], n_components)))
-
-
-def _mahalanobis_tied(X, means, precisions_cholesky, ws):
-    n_components, n_features = means.shape
-    Y = np.matmul(X, precisions_cholesky, out=ws("Y", X.shape))
-    mb = means @ precisions_cholesky
-    D = ws("D", (X.shape[0], n_components, n_features))
-    np.subtract(Y[:, None, :], mb[None, :, :], out=D)
-    return np.einsum("nkd,nkd->nk", D, D, out=ws("mahalanobis", (X.shape[0], n_components)))
-
-
-def _centred_squares(X, means, ws):
-    """(x_i - mu_k)**2 in a (n_components, n_features, n_rows) buffer ``ws('D2')``.
-
-    Kept for the statistics of the same block: diag and spherical moments reuse it.
-    """
-    n_components, n_features = means.shape
-    D2 = ws("D2", (n_components, n_features, X.shape[0]))
-    XT = ws("XT", (n_features, X.shape[0]))
-    np.copyto(XT, X.T)
-    np.subtract(XT[None, :, :], means[:, :, None], out=D2)
-    np.multiply(D2, D2, out=D2)
-    return D2
-
-
-def _weighted_squares(D2, weights, ws):
-    """sum_d weights[k, d] * D2[k, d, n] as an (n, n_components) array."""
-    n_components, _, n = D2.shape
-    outT = ws("mahalanobisT", (n_components, n))
-    for k in range(n_components):
-        np.dot(weights[k], D2[k], out=outT[k])
-    out = ws("mahalanobis", (n, n_components))
-    np.copyto(out, outT.T)
-    return out
-
-
-def _mahalanobis_diag(X, means, precisions_cholesky, ws):
-    return _weighted_squares(_centred_squares(X, means, ws), precisions_cholesky**2, ws)
-
-
-def _mahalanobis_spherical(X, means, precisions_cholesky, ws):
-    precisions = np.repeat((precisions_cholesky**2)[:, None], means.shape[1], axis=1)
-    return _weighted_squares(_centred_squares(X, means, ws), precisions, ws)
-
-
-_MAHALANOBIS = {
-    "full": _mahalanobis_full,
-    "tied": _mahalanobis_tied,
-    "diag": _mahalanobis_diag,
-    "spherical": _mahalanobis_spherical,
-}
+###############################################################################
+# E-step
 
 
 def estimate_weighted_log_prob(X, params: Params, ws=None):
@@ -205,10 +129,11 @@ def estimate_weighted_log_prob(X, params: Params, ws=None):
     With a :class:`Workspace`, the result lives in it (valid until its next use).
     """
     ws = Workspace() if ws is None else ws
+    model = params.model
     n_features = X.shape[1]
-    log_det = log_det_cholesky(params.precisions_cholesky, params.covariance_type, n_features)
+    log_det = model.log_det_cholesky(params.precisions_cholesky, n_features)
     const = log_det - 0.5 * n_features * math.log(2 * math.pi) + np.log(params.weights)
-    out = _MAHALANOBIS[params.covariance_type](X, params.means, params.precisions_cholesky, ws)
+    out = model.squared_mahalanobis(X, params.means, params.precisions_cholesky, ws)
     out *= -0.5
     out += const
     return out
@@ -250,59 +175,21 @@ def log_prob_resp(weighted_log_prob, ws=None):
 # Per-chunk statistics (the E-step of one data pass)
 
 
-def _second_moment_full(X, resp, means, ws, squares=None):
-    # Features-by-rows layout: each product is (d x B) @ (B x d) over contiguous rows.
-    n_components, n_features = means.shape
-    n = X.shape[0]
-    s2 = np.empty((n_components, n_features, n_features))
-    XT = ws("XT", (n_features, n))
-    np.copyto(XT, X.T)
-    respT = ws("respT", (n_components, n))
-    np.copyto(respT, resp.T)
-    diff = ws("diff", (n_features, n))
-    weighted = ws("weighted", (n_features, n))
-    for k in range(n_components):
-        np.subtract(XT, means[k][:, None], out=diff)
-        np.multiply(diff, respT[k], out=weighted)
-        np.matmul(diff, weighted.T, out=s2[k])
-    return s2
-
-
-def _second_moment_diag(X, resp, means, ws, squares=None):
-    """sum_i r_ik (x_i - mu_k)**2; ``squares``: those squares if the E-step made them."""
-    D2 = _centred_squares(X, means, ws) if squares is None else squares
-    n_components, n_features, n = D2.shape
-    respT = ws("respT", (n_components, n))
-    np.copyto(respT, resp.T)
-    s2 = np.empty((n_components, n_features))
-    for k in range(n_components):
-        np.dot(D2[k], respT[k], out=s2[k])
-    return s2
-
-
-_SECOND_MOMENT = {
-    "full": _second_moment_full,
-    "tied": _second_moment_full,
-    "diag": _second_moment_diag,
-    "spherical": _second_moment_diag,
-}
-
-
 def empty_stats(params: Params, n_features: int) -> Stats:
     k = params.n_components
-    shape = (k, n_features, n_features) if params.covariance_type in ("full", "tied") else (
-        k, n_features)
+    shape = params.model.second_moment_shape(k, n_features)
     return Stats(np.zeros(k), np.zeros((k, n_features)), np.zeros(shape), 0.0, 0)
 
 
 def stats_from_resp(X, resp, params: Params, log_likelihood: float, ws=None,
-                    squares=None) -> Stats:
+                    after_e_step=False) -> Stats:
     """Statistics of shifted rows ``X`` under responsibilities ``resp``.
 
     All second moments are centred on ``params.means`` (the current means).
+    ``after_e_step``: ``ws`` holds this block's E-step under ``params`` (reused).
     """
     ws = Workspace() if ws is None else ws
-    s2 = _SECOND_MOMENT[params.covariance_type](X, resp, params.means, ws, squares)
+    s2 = params.model.second_moment(X, resp, params.means, ws, after_e_step)
     return Stats(resp.sum(axis=0), resp.T @ X, s2, float(log_likelihood), X.shape[0])
 
 
@@ -326,7 +213,7 @@ def chunk_stats(X, candidates: list[Params]) -> list[Stats]:
     chunk holds NaN or infinite values (the caller locates them).
     """
     X = np.asarray(X, dtype=np.float64)
-    n_samples, n_features = X.shape
+    n_features = X.shape[1]
     out = [empty_stats(p, n_features) for p in candidates]
     ws = Workspace()
     for _, block in _blocks(X, candidates):
@@ -340,9 +227,8 @@ def chunk_stats(X, candidates: list[Params]) -> list[Stats]:
             negligible = log_resp < _LOG_RESP_ZERO
             resp = np.exp(log_resp, out=log_resp)
             resp[negligible] = 0.0
-            squares = ws("D2", (p.n_components, n_features, xs.shape[0])) if (
-                p.covariance_type in ("diag", "spherical")) else None  # from the E-step
-            out[i] = out[i] + stats_from_resp(xs, resp, p, log_norm.sum(), ws, squares)
+            out[i] = out[i] + stats_from_resp(xs, resp, p, log_norm.sum(), ws,
+                                              after_e_step=True)
     return out
 
 
@@ -379,7 +265,8 @@ def score_chunk(X, params: Params, what):
     return out
 
 
-# Per-row anomaly scores: one record per row (see :func:`score_rows`).
+# Per-row anomaly scores: one record per row (see :func:`score_rows`). The one
+# definition of the score schema: Zarr and Parquet outputs derive their types from it.
 SCORE_DTYPE = np.dtype([
     ("log_density", np.float64),
     ("anomaly_score", np.float64),
@@ -458,161 +345,79 @@ def hard_assignment_stats(X, centers, params: Params) -> Stats:
     return responsibility_stats(X, params, nearest)
 
 
+def random_resp(seed, row_start, n_rows, n_components):
+    """Uniform random responsibilities normalised per row, a function of the global row
+    index only (SplitMix64 hash), so they do not depend on the chunking."""
+    idx = (np.arange(row_start, row_start + n_rows, dtype=np.uint64)[:, None]
+           * np.uint64(n_components) + np.arange(n_components, dtype=np.uint64))
+    with np.errstate(over="ignore"):
+        z = idx + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+    return u / u.sum(axis=1, keepdims=True)
+
+
+def random_resp_stats(X, seed, row_start, params: Params) -> Stats:
+    """Statistics of a chunk starting at global row ``row_start`` under
+    :func:`random_resp` responsibilities ('random' initialisation)."""
+    k = params.n_components
+    return responsibility_stats(
+        X, params, lambda xs, start: random_resp(seed, row_start + start, xs.shape[0], k))
+
+
 ###############################################################################
 # M-step
-
-
-class CovarianceError(ValueError):
-    """A covariance matrix is not positive definite."""
-
-
-def precision_error_message(component=None, covariance_type="full"):
-    where = (
-        f" (covariance_type={covariance_type!r})" if component is None
-        else f" (component {component}, covariance_type={covariance_type!r})"
-    )
-    return (
-        "Fitting the mixture model failed because some components have ill-defined "
-        f"empirical covariance{where} (for instance caused by singleton or collapsed "
-        "samples). Try to decrease the number of components, increase reg_covar, or "
-        "scale the input data."
-    )
-
-
-def compute_precision_cholesky(covariances, covariance_type):
-    """Cholesky factor of the precision from covariances (scikit-learn's convention)."""
-    if covariance_type in ("full", "tied"):
-        covs = covariances if covariance_type == "full" else covariances[None]
-        n_features = covs.shape[-1]
-        out = np.empty_like(covs)
-        eye = np.eye(n_features)
-        for k, cov in enumerate(covs):
-            try:
-                cov_chol = linalg.cholesky(cov, lower=True)
-            except linalg.LinAlgError:
-                raise CovarianceError(
-                    precision_error_message(k, covariance_type) if covariance_type == "full"
-                    else precision_error_message(None, covariance_type)
-                ) from None
-            out[k] = linalg.solve_triangular(cov_chol, eye, lower=True).T
-        return out if covariance_type == "full" else out[0]
-    if np.any(covariances <= 0.0):
-        bad = int(np.flatnonzero(np.ravel(covariances <= 0.0))[0])
-        if covariances.ndim == 2:
-            bad //= covariances.shape[1]
-        raise CovarianceError(precision_error_message(bad, covariance_type))
-    return 1.0 / np.sqrt(covariances)
-
-
-def precision_cholesky_from_precisions(precisions, covariance_type):
-    """Upper-triangular U with precision = U U^T (scikit-learn's convention)."""
-    if covariance_type == "full":
-        return np.stack([_flip(linalg.cholesky(_flip(p), lower=True)) for p in precisions])
-    if covariance_type == "tied":
-        return _flip(linalg.cholesky(_flip(precisions), lower=True))
-    return np.sqrt(precisions)
-
-
-def _flip(a):
-    return a[::-1, ::-1]
-
-
-def precisions_from_cholesky(precisions_cholesky, covariance_type):
-    if covariance_type == "full":
-        return precisions_cholesky @ precisions_cholesky.transpose(0, 2, 1)
-    if covariance_type == "tied":
-        return precisions_cholesky @ precisions_cholesky.T
-    return precisions_cholesky**2
-
-
-def _add_to_diagonal(a, value):
-    n = a.shape[-1]
-    a.reshape(a.shape[:-2] + (n * n,))[..., :: n + 1] += value
-    return a
-
-
-def _scatter_full(stats, means, current_means):
-    # s2 is centred on the current means; shift it to the new means:
-    # sum r (x-m)(x-m)^T = s2 - a d^T - d a^T + N d d^T with a = sum r (x-mu), d = m - mu.
-    n = stats.nk
-    a = stats.s1 - n[:, None] * current_means
-    d = means - current_means
-    outer_ad = a[:, :, None] * d[:, None, :]
-    return (
-        stats.s2
-        - outer_ad
-        - outer_ad.transpose(0, 2, 1)
-        + n[:, None, None] * d[:, :, None] * d[:, None, :]
-    )
-
-
-def _covariances_full(stats, nk, means, current_means, reg_covar):
-    cov = _scatter_full(stats, means, current_means)
-    cov /= nk[:, None, None]
-    return _add_to_diagonal(cov, reg_covar)
-
-
-def _covariances_tied(stats, nk, means, current_means, reg_covar):
-    cov = _scatter_full(stats, means, current_means).sum(axis=0)
-    cov /= nk.sum()
-    return _add_to_diagonal(cov, reg_covar)
-
-
-def _covariances_diag(stats, nk, means, current_means, reg_covar):
-    # s2 = sum r (x - mu)**2 per feature, centred on the current means (as for 'full').
-    n = stats.nk[:, None]
-    a = stats.s1 - n * current_means
-    d = means - current_means
-    return (stats.s2 - 2.0 * a * d + n * d * d) / nk[:, None] + reg_covar
-
-
-def _covariances_spherical(stats, nk, means, current_means, reg_covar):
-    return _covariances_diag(stats, nk, means, current_means, reg_covar).mean(axis=1)
-
-
-_COVARIANCES = {
-    "full": _covariances_full,
-    "tied": _covariances_tied,
-    "diag": _covariances_diag,
-    "spherical": _covariances_spherical,
-}
 
 
 def estimate_gaussian_parameters(stats: Stats, current_means, covariance_type, reg_covar):
     """nk (with scikit-learn's 10*eps guard), means and covariances from statistics.
 
-    ``current_means`` are the means the statistics were centred on ('full' only).
+    ``current_means`` are the means the statistics were centred on.
     """
     nk = stats.nk + 10 * np.finfo(np.float64).eps
     means = stats.s1 / nk[:, None]
-    covariances = _COVARIANCES[covariance_type](stats, nk, means, current_means, reg_covar)
+    model = covariance.get(covariance_type)
+    covariances = model.covariances(stats, nk, means, current_means, reg_covar)
     return nk, means, covariances
 
 
-def m_step(stats: Stats, params: Params, reg_covar: float) -> Params:
-    """New parameters from the statistics gathered under ``params``."""
+def params_from_stats(stats: Stats, params: Params, reg_covar: float,
+                      n_samples: float | None = None) -> Params:
+    """New parameters from the statistics gathered under ``params`` (whose means the
+    second moments are centred on). Weights are nk / n_samples, by default nk / sum(nk)
+    (the M-step); initialisation divides by the number of rows, as scikit-learn does."""
     nk, means, covariances = estimate_gaussian_parameters(
         stats, params.means, params.covariance_type, reg_covar
     )
     return Params(
         params.covariance_type,
-        nk / nk.sum(),
+        nk / (nk.sum() if n_samples is None else n_samples),
         means,
-        compute_precision_cholesky(covariances, params.covariance_type),
+        params.model.precisions_cholesky(covariances),
         covariances,
         params.shift,
     )
 
 
-def n_parameters(n_components, n_features, covariance_type):
-    """Number of free parameters, counted as scikit-learn does."""
-    cov_params = {
-        "full": n_components * n_features * (n_features + 1) / 2.0,
-        "diag": n_components * n_features,
-        "tied": n_features * (n_features + 1) / 2.0,
-        "spherical": n_components,
-    }[covariance_type]
-    return int(cov_params + n_features * n_components + n_components - 1)
+def m_step(stats: Stats, params: Params, reg_covar: float) -> Params:
+    """New parameters from the statistics gathered under ``params``."""
+    return params_from_stats(stats, params, reg_covar)
+
+
+###############################################################################
+# Model criteria and checks
+
+
+def bic(log_likelihood: float, n_samples: int, n_parameters: int) -> float:
+    """Bayesian information criterion from a total log-likelihood (lower is better)."""
+    return -2.0 * log_likelihood + n_parameters * math.log(n_samples)
+
+
+def aic(log_likelihood: float, n_parameters: int) -> float:
+    """Akaike information criterion from a total log-likelihood (lower is better)."""
+    return -2.0 * log_likelihood + 2.0 * n_parameters
 
 
 def find_nonfinite(X):
@@ -622,3 +427,12 @@ def find_nonfinite(X):
         return None
     row, col = np.argwhere(bad)[0]
     return int(row), int(col)
+
+
+def data_shift(sample):
+    """The fixed centre the engine shifts rows by (removes large offsets): the median
+    of the finite rows of ``sample`` (one huge outlier cannot move it), or zeros."""
+    sample = np.asarray(sample, dtype=np.float64)
+    # bad rows are reported by the data pass, with their location; skip them here.
+    finite = sample[np.isfinite(sample).all(axis=1)]
+    return np.median(finite, axis=0) if finite.size else np.zeros(sample.shape[1])

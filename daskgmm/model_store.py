@@ -1,6 +1,6 @@
 """A model store: every fitted model under its own version, a pointer to the current one.
 
-Layout (a local directory or an fsspec URL)::
+Layout (a local directory or an fsspec URL; a :class:`daskgmm.versioned.VersionedLocation`)::
 
     <store>/
         _daskgmm_models.json              marker: this location is a daskgmm model store
@@ -12,28 +12,23 @@ Layout (a local directory or an fsspec URL)::
         checkpoints/<run id>.ckpt         EM state of a running fit (see daskgmm.Checkpoint)
         runs/<run id>/                    plots of scoring runs that made no model
 
-A version is complete before ``current`` names it; ``current`` is replaced in one step
-(a rename on local disks, one PUT on object stores), so readers of the pointer always
-find a complete model. Versions are never modified once the pointer has named them.
+A version is complete (its ``info.json`` written) before ``current`` names it;
+``current`` is replaced in one step, so readers of the pointer always find a complete
+model. Versions are never modified once the pointer has named them.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 
-import fsspec
-
-from ._storage import RUN_ID, put_json, write_atomic
+from ._storage import RUN_ID, write_atomic
 from ._version import __version__
 from .checkpoint import Checkpoint
-from .model_file import load, model_id, save_model
+from .estimator import load, model_id
+from .versioned import JsonMetadata, VersionedLocation
 
-MARKER = "_daskgmm_models.json"
 FORMAT = "daskgmm-model-store"
-POINTER = "current"
-VERSIONS = "versions"
 _VERSION = re.compile(r"\d{8}T\d{6}\d{6}Z-[0-9a-f]{8}")
 
 
@@ -48,40 +43,24 @@ class ModelStore:
     """
 
     def __init__(self, url, storage_options=None):
-        self.url = str(url).rstrip("/")
+        self.location = VersionedLocation(
+            url, what="model store", format=FORMAT, versions="versions",
+            metadata=JsonMetadata(marker="_daskgmm_models.json", pointer="current",
+                                  manifest="info.json"),
+            storage_options=storage_options,
+        )
+        self.url = self.location.url
         self.storage_options = storage_options
-        self.fs, root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
-        self.root = root.rstrip("/")
 
     def __repr__(self):
         return f"ModelStore({self.url!r})"
 
-    # ------------------------------------------------------------------ layout
-
-    def _check_or_create(self):
-        fs, root = self.fs, self.root
-        fs.invalidate_cache(root)
-        if fs.isfile(root):
-            raise ValueError(f"Model store {self.url!r} is a file; give a directory.")
-        if fs.isdir(root):
-            entries = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
-            if entries and MARKER not in entries:
-                shown = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "")
-                raise ValueError(
-                    f"Refusing to use {self.url!r} as a model store: it holds {shown}, not "
-                    f"written by daskgmm (no {MARKER}). Choose a new or empty directory."
-                )
-            if entries:
-                return
-        fs.makedirs(root, exist_ok=True)
-        put_json(fs, f"{root}/{MARKER}", {"format": FORMAT, "library_version": __version__})
+    def _ensure(self):
+        if not self.location.present():
+            self.location.create({"library_version": __version__})
 
     def version_url(self, version: str) -> str:
-        return f"{self.url}/{VERSIONS}/{version}"
-
-    def _path(self, version, name=None):
-        path = f"{self.root}/{VERSIONS}/{version}"
-        return path if name is None else f"{path}/{name}"
+        return self.location.version_url(version)
 
     # ---------------------------------------------------------------- versions
 
@@ -94,47 +73,43 @@ class ModelStore:
         """Write ``model`` and ``info`` as ``version`` (not current yet); returns its URL."""
         if not _VERSION.fullmatch(version):
             raise ValueError(f"Not a model store version name: {version!r}.")
-        self._check_or_create()
-        save_model(model, self.version_url(version) + "/model.daskgmm",
+        self._ensure()
+        model.save(self.version_url(version) + "/model.daskgmm",
                    storage_options=self.storage_options)
-        info = {**info, "version": version, "model_id": model_id(model)}
-        put_json(self.fs, self._path(version, "info.json"), info)
+        self.location.complete(version, {**info, "version": version,
+                                         "model_id": model_id(model)})
         return self.version_url(version)
 
     def write_file(self, version: str, name: str, data: bytes) -> str:
         """Add a file (report, plot) to a version; returns its URL."""
-        return self._write(f"{VERSIONS}/{version}/{name}", data)
+        return self._write(f"versions/{version}/{name}", data)
 
     def write_run_file(self, run_id: str, name: str, data: bytes) -> str:
         """A file of a run that made no model (a scoring run): ``runs/<run id>/<name>``."""
         return self._write(f"runs/{run_id}/{name}", data)
 
     def _write(self, relative: str, data: bytes) -> str:
-        write_atomic(self.fs, f"{self.root}/{relative}", data)
+        write_atomic(self.location.fs, f"{self.location.root}/{relative}", data)
         return f"{self.url}/{relative}"
 
     def promote(self, version: str) -> dict:
         """Make ``version`` the current model (the pointer is written last, atomically)."""
         info = self.info(version)
-        put_json(self.fs, f"{self.root}/{POINTER}", info)
+        self.location.point_to(info)
         return info
 
     def current(self) -> dict | None:
         """The info of the current version (with its ``version``), or None."""
-        self.fs.invalidate_cache(self.root)
-        try:
-            return json.loads(self.fs.cat_file(f"{self.root}/{POINTER}"))
-        except FileNotFoundError:
-            return None
+        return self.location.pointer()
 
     def info(self, version: str) -> dict:
-        try:
-            return json.loads(self.fs.cat_file(self._path(version, "info.json")))
-        except FileNotFoundError:
+        info = self.location.manifest(version) if _VERSION.fullmatch(version) else None
+        if info is None:
             raise FileNotFoundError(
                 f"No model version {version!r} in {self.url!r}; versions there: "
                 f"{self.versions()[-5:]}."
-            ) from None
+            )
+        return info
 
     def load(self, version: str | None = None):
         """The model of ``version`` (default: the current one)."""
@@ -148,25 +123,13 @@ class ModelStore:
 
     def versions(self) -> list[str]:
         """Every complete version (with an info.json), oldest first."""
-        path = f"{self.root}/{VERSIONS}"
-        self.fs.invalidate_cache(path)
-        if not self.fs.isdir(path):
-            return []
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False)]
-        return sorted(n for n in names if _VERSION.fullmatch(n)
-                      and self.fs.exists(self._path(n, "info.json")))
+        return [v for v, _ in self.location.versions(valid=_VERSION.fullmatch)]
 
     def prune(self, keep: int) -> list[str]:
         """Delete all but the ``keep`` newest versions; the current one is always kept.
         Returns the deleted versions."""
-        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-            raise ValueError(f"keep must be an int >= 1; got {keep!r}.")
         current = (self.current() or {}).get("version")
-        versions = self.versions()
-        doomed = [v for v in versions[:-keep] if v != current]
-        for version in doomed:
-            self.fs.rm(self._path(version), recursive=True)
-        return doomed
+        return self.location.prune(keep, current, valid=_VERSION.fullmatch)
 
     # ------------------------------------------------------------- checkpoints
 
@@ -174,6 +137,6 @@ class ModelStore:
         """The checkpoint of the fit of run ``run_id``."""
         if not RUN_ID.fullmatch(run_id):
             raise ValueError(f"run_id {run_id!r} cannot name a checkpoint file.")
-        self._check_or_create()
+        self._ensure()
         return Checkpoint(f"{self.url}/checkpoints/{run_id}.ckpt", every=every,
                           storage_options=self.storage_options)

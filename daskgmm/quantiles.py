@@ -27,6 +27,18 @@ import numpy as np
 
 N_POINTS = 2049
 
+# Values per model that a sketch pass may send to the client: up to this many rows, the
+# quantiles are exact.
+SKETCH_BUDGET = 1 << 22
+
+
+def sketch_points(n_rows: int, n_total: int, budget: int | None = None) -> int:
+    """Values a chunk of ``n_rows`` of ``n_total`` rows keeps: its share of ``budget``
+    (default ``SKETCH_BUDGET``; so all its rows when ``n_total <= budget``), at least
+    ``N_POINTS``."""
+    budget = SKETCH_BUDGET if budget is None else budget
+    return max(N_POINTS, -(-budget * n_rows // max(n_total, 1)))
+
 
 @dataclass
 class RankSketch:

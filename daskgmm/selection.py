@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import em, initialization, kernels
+from . import anomaly, covariance, em, initialization, kernels, passes, sources, validation
+from .covariance import COVARIANCE_TYPES
 from .estimator import GaussianMixture
-from .kernels import COVARIANCE_TYPES
+from .mixture import FitSummary, Mixture
+from .progress import PassCounter
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def select_model(
     init_params="kmeans",
     contamination=0.01,
     threshold=None,
+    callback=None,
     **estimator_params,
 ) -> ModelSelection:
     """Fit every ``(n_components, covariance_type)`` with ``n_init`` restarts and keep the
@@ -96,7 +98,8 @@ def select_model(
     :class:`GaussianMixture` parameters (``split_every``, ``cache``, ``columns``, ...).
     With an int ``random_state`` each candidate starts as a separate fit with that seed
     would. A candidate whose covariance becomes singular is reported in ``table_['error']``
-    and left out of the choice.
+    and left out of the choice. ``callback`` receives a
+    :class:`daskgmm.progress.ProgressEvent` after every pass.
 
     The final pass also summarises every candidate's log-densities, so the chosen model
     gets its anomaly threshold without another pass: the ``contamination`` quantile of
@@ -110,94 +113,78 @@ def select_model(
         n_components=1, tol=tol, reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
         init_params=init_params, random_state=random_state, **estimator_params,
     )
-    template._validate_params()
-    if threshold is None:
-        GaussianMixture._check_contamination(contamination)
-    else:
-        GaussianMixture._check_fixed_threshold(threshold)
-    dataset = template._dataset(X, reset=True, fit=True)
+    validation.check_params(template.get_params(deep=False))
+    anomaly.check_rule(contamination, threshold)
+    dataset = validation.fit_dataset(template, X)
     ks, types = _check_grid(n_components, covariance_types, criterion, dataset.n_samples)
     grid = [(k, t) for t in types for k in ks]
-    fit_data = template._cached(dataset)
+    fit_data = sources.cached(dataset, template.cache)
+    counter = PassCounter(callback)
 
-    params, n_passes = initialization.initial_params_grid(
+    params = initialization.initial_params_grid(
         fit_data, grid, init_params=init_params, n_init=n_init, random_state=random_state,
         reg_covar=reg_covar, init_sample_size=template.init_sample_size,
-        split_every=template.split_every,
+        split_every=template.split_every, counter=counter,
     )
     candidates = [
-        em.Candidate(p, tag=(g, r)) for g, entry in enumerate(params) for r, p in enumerate(entry)
+        em.Candidate(p, tag=(grid[g], r)) for g, entry in enumerate(params)
+        for r, p in enumerate(entry)
     ]
     result = em.run_em(
         fit_data, candidates, tol=tol, max_iter=max_iter, reg_covar=reg_covar,
-        split_every=template.split_every, raise_errors=False,
+        split_every=template.split_every, raise_errors=False, counter=counter,
     )
-    n_passes += result.n_passes
 
     best_per_entry = {}
     for c in result.candidates:  # best restart per grid entry, as GaussianMixture's n_init
-        g = c.tag[0]
+        g = grid.index(c.tag[0])
         current = best_per_entry.get(g)
         if c.error is None and (current is None or c.lower_bound > current.lower_bound):
             best_per_entry[g] = c
     finals = sorted(best_per_entry)
-    sketches = dict(zip(finals, em.sketch_pass(
+    sketches = dict(zip(finals, passes.sketch_pass(
         fit_data, [best_per_entry[g].params for g in finals]
     ), strict=True))
-    n_passes += 1
+    counter.done("final", n_candidates=len(finals))
 
-    rows, fitted = [], {}
+    rows = []
     n = dataset.n_samples
     for g, (k, covariance_type) in enumerate(grid):
+        mine = [x for x in result.candidates if x.tag[0] == (k, covariance_type)]
+        p = covariance.n_parameters(k, dataset.n_features, covariance_type)
         c = best_per_entry.get(g)
         if c is None:
-            errors = [x.error for x in result.candidates if x.tag[0] == g and x.error]
             rows.append(dict(n_components=k, covariance_type=covariance_type, bic=np.nan,
-                             aic=np.nan, log_likelihood=np.nan,
-                             n_parameters=kernels.n_parameters(k, dataset.n_features,
-                                                               covariance_type),
-                             n_iter=max(x.n_iter for x in result.candidates if x.tag[0] == g),
-                             converged=False, seconds=0.0, error=str(errors[0])))
+                             aic=np.nan, log_likelihood=np.nan, n_parameters=p,
+                             n_iter=max(x.n_iter for x in mine), converged=False, seconds=0.0,
+                             error=str(next(x.error for x in mine if x.error))))
             continue
         total = sketches[g].log_likelihood
-        p = kernels.n_parameters(k, dataset.n_features, covariance_type)
         rows.append(dict(
             n_components=k, covariance_type=covariance_type,
-            bic=-2 * total + p * math.log(n), aic=-2 * total + 2 * p,
+            bic=kernels.bic(total, n, p), aic=kernels.aic(total, p),
             log_likelihood=total / n, n_parameters=p, n_iter=c.n_iter,
-            converged=c.converged,
-            seconds=sum(x.seconds for x in result.candidates if x.tag[0] == g), error=None,
+            converged=c.converged, seconds=sum(x.seconds for x in mine), error=None,
         ))
-        fitted[g] = c
     table = pd.DataFrame(rows)
-    if not fitted:
+    if not finals:
         raise ValueError(
             "Every candidate failed: " + "; ".join(sorted(set(table["error"].dropna())))
         )
     best_g = int(table[criterion].idxmin())
-    best = _estimator_from(template, grid[best_g], fitted[best_g], dataset, n_passes,
-                           time.perf_counter() - t0)
-    best._set_threshold_from(sketches[best_g], contamination, threshold)
+    chosen = best_per_entry[best_g]
+    k, covariance_type = grid[best_g]
+    best = GaussianMixture(**{**template.get_params(), "n_components": k,
+                              "covariance_type": covariance_type})
+    best.set_fitted(
+        Mixture.from_params(chosen.params),
+        FitSummary(chosen.n_iter, chosen.converged, chosen.lower_bound,
+                   list(chosen.lower_bounds), n, counter.count, time.perf_counter() - t0),
+        anomaly.from_sketch(sketches[best_g], contamination, threshold),
+        feature_names=getattr(template, "feature_names_in_", None),
+    )
     logger.info(
         "selected n_components=%d covariance_type=%r by %s among %d candidates in %d passes",
-        *grid[best_g], criterion, len(grid), n_passes,
+        k, covariance_type, criterion, len(grid), counter.count,
     )
-    return ModelSelection(best, table, criterion, n_passes)
-
-
-def _estimator_from(template, entry, candidate, dataset, n_passes, seconds):
-    k, covariance_type = entry
-    est = GaussianMixture(**{**template.get_params(), "n_components": k,
-                             "covariance_type": covariance_type})
-    for name in ("n_features_in_", "feature_names_in_"):
-        if hasattr(template, name):
-            setattr(est, name, getattr(template, name))
-    est._set_params_from(candidate.params)
-    est.converged_ = candidate.converged
-    est.n_iter_ = candidate.n_iter
-    est.lower_bound_ = candidate.lower_bound
-    est.lower_bounds_ = list(candidate.lower_bounds)
-    est.n_passes_ = n_passes
-    est.fit_n_samples_ = dataset.n_samples
-    est.fit_seconds_ = seconds
-    return est
+    return ModelSelection(best, table, criterion, counter.count)

@@ -18,12 +18,13 @@ import re
 from dataclasses import dataclass, field
 
 import dask.array as da
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 from dask.base import tokenize
+
+from ._storage import expand, url_to_fs
 
 logger = logging.getLogger(__name__)
 
@@ -454,10 +455,9 @@ def _from_path(X, columns, array_name, storage_options, chunk_rows):
             f"storage_options must be a dict or None, got {type(storage_options).__name__}: "
             f"{storage_options!r:.80}. E.g. storage_options={{'anon': True}}."
         )
-    url = shown if "://" in shown else os.path.expanduser(shown)
+    url = expand(shown)
     options = dict(storage_options or {})
-    fs, root = fsspec.core.url_to_fs(url, **options)
-    root = root.rstrip("/") or root
+    fs, root = url_to_fs(url, options)
     fs.invalidate_cache(root)  # a listing cached before the data was written is stale
     if any(fs.exists(f"{root}/{marker}") for marker in _ZARR_MARKERS):
         dataset, group, name = _from_zarr_path(url, fs, root, shown, array_name, options,
@@ -806,3 +806,41 @@ class _ParquetRows:
             column = table.column(name).cast(pa.float64(), safe=False)
             out[:, j] = column.to_numpy(zero_copy_only=False)
         return out
+
+
+###############################################################################
+# Persisting for a fit
+
+
+def fits_in_memory(dataset: Dataset) -> bool:
+    """Whether the data take at most half of the memory they would be persisted into:
+    the workers' memory limits on a distributed cluster, else a quarter of this
+    machine's available memory (in-memory input: never, nothing to gain)."""
+    import psutil
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:
+        if not dataset.lazy:
+            return False  # already in this process's memory
+        budget = 0.25 * psutil.virtual_memory().available
+    else:
+        workers = client.scheduler_info().get("workers", {}).values()
+        # workers without a memory limit (0 or None) may use the host's memory
+        limits = [w.get("memory_limit") or psutil.virtual_memory().total for w in workers]
+        budget = 0.5 * sum(limits)
+    return dataset.array.nbytes <= budget
+
+
+def cached(dataset: Dataset, cache="auto") -> Dataset:
+    """The dataset for a fit's passes: persisted in the cluster's memory when ``cache``
+    is True, or 'auto' and :func:`fits_in_memory`; else re-read on every pass."""
+    if cache is False or (cache == "auto" and not fits_in_memory(dataset)):
+        return dataset
+    logger.info("persisting %.1f MiB of %s for the fit",
+                dataset.array.nbytes / 2**20, dataset.description)
+    return Dataset(
+        dataset.array.persist(), dataset.feature_names, dataset.description,
+        dataset.chunk_labels, dataset.lazy, dataset.origin,
+    )

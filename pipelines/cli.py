@@ -11,42 +11,49 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 
 
-def _progress_bar():
-    """A terminal progress bar over EM passes (a no-op when stderr is not a terminal)."""
-    if not sys.stderr.isatty():
-        return contextlib.nullcontext()
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+class _ProgressBar:
+    """A terminal progress bar over the passes of a run (nothing when stderr is not a
+    terminal): the phase, EM iterations against ``max_iter`` (full once every candidate
+    has stopped), the best log-likelihood and the candidates still running."""
 
-    from daskgmm import progress
+    def __init__(self):
+        self.bar = self.task = None
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("[bold]EM[/bold] {task.description}"), BarColumn(),
-                   TextColumn("{task.completed}/{task.total} passes"), TimeElapsedColumn(),
-                   transient=True)
-    state = {}
+            self.bar = Progress(TextColumn("[bold]{task.fields[phase]}[/bold] "
+                                           "{task.description}"), BarColumn(),
+                                TextColumn("{task.completed}/{task.total}"),
+                                TimeElapsedColumn(), transient=True)
 
-    def on_event(event):
-        if event["event"] == "em-start":
-            if "task" in state:
-                bar.remove_task(state["task"])
-            state["task"] = bar.add_task("starting", total=event["max_iter"])
-        elif "task" in state:
-            done = event["active"] == 0  # converged early: the bar ends full
-            bar.update(state["task"], completed=event["max_iter"] if done else event["n_passes"],
-                       description=f"log-likelihood {event['lower_bound']:.5f}, "
-                                   f"{event['active']} running")
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
 
-    @contextlib.contextmanager
-    def running():
-        with bar, progress.observe(on_event):
-            yield
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
-    return running()
+    def __call__(self, event):
+        if self.bar is None:
+            return
+        if self.task is None:
+            self.task = self.bar.add_task("", total=None, phase="starting")
+        if event.phase == "em":
+            done = event.active == 0  # converged early: the bar ends full
+            self.bar.update(self.task, total=event.max_iter, phase="EM",
+                            completed=event.max_iter if done else event.n_iter,
+                            description=f"log-likelihood {event.log_likelihood:.5f}, "
+                                        f"{event.active} running")
+        else:
+            self.bar.update(self.task, phase=event.phase, total=None, completed=0,
+                            description=f"pass {event.n_passes}")
 
 
 def _print_result(result: dict):
@@ -55,39 +62,41 @@ def _print_result(result: dict):
 
 
 def _run(args):
-    from .flows import nightly
+    from daskgmm_pipelines.flows import nightly
 
-    with _progress_bar():
-        result = nightly(config_path=args.config, run_id=args.run_id)
+    with _ProgressBar() as bar:
+        result = nightly(config_path=args.config, run_id=args.run_id, progress=bar)
     _print_result(result)
     print(f"\nmodel:  {result['model_url']}\nscores: {result['scores_url']}\n"
           f"report: {result['report_url']}")
 
 
 def _select(args):
-    from .flows import select
+    from daskgmm_pipelines.flows import select
 
-    with _progress_bar():
-        _print_result(select(config_path=args.config, run_id=args.run_id))
+    with _ProgressBar() as bar:
+        _print_result(select(config_path=args.config, run_id=args.run_id, progress=bar))
 
 
 def _fit(args):
-    from .flows import fit
+    from daskgmm_pipelines.flows import fit
 
-    with _progress_bar():
+    with _ProgressBar() as bar:
         _print_result(fit(config_path=args.config, n_components=args.n_components,
-                          covariance_type=args.covariance_type, run_id=args.run_id))
+                          covariance_type=args.covariance_type, run_id=args.run_id,
+                          progress=bar))
 
 
 def _score(args):
-    from .flows import score
+    from daskgmm_pipelines.flows import score
 
-    _print_result(score(config_path=args.config, model_version=args.model_version,
-                        source=args.source, run_id=args.run_id))
+    with _ProgressBar() as bar:
+        _print_result(score(config_path=args.config, model_version=args.model_version,
+                            source=args.source, run_id=args.run_id, progress=bar))
 
 
 def _demo_data(args):
-    from .demo_data import write_demo_data
+    from daskgmm_pipelines.demo_data import write_demo_data
 
     paths = write_demo_data(args.out, n_samples=args.rows, n_features=args.features,
                             n_components=args.components, seed=args.seed,
@@ -213,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _prefect_environment():
     """Library log lines in the flow logs; no usage telemetry from the local server."""
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "daskgmm,pipelines")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "daskgmm,daskgmm_pipelines")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
@@ -222,7 +231,7 @@ def main(argv=None) -> int:
     _prefect_environment()
     try:
         if getattr(args, "config", None) is not None:
-            from .config import load_config
+            from daskgmm_pipelines.config import load_config
 
             load_config(args.config)  # a bad job file fails here, before any flow starts
         args.fn(args)

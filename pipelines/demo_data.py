@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from daskgmm.datasets import write_mixture_zarr
+from daskgmm.synthetic import write_mixture_zarr
 
 _CHUNK_ROWS = 125_000
 

@@ -18,6 +18,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import numpy as np
@@ -32,11 +33,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 import daskgmm
-from daskgmm import progress
-
-from . import report
-from .cluster import dask_client
-from .config import JobConfig, load_config, resolve_storage_options
+from daskgmm.progress import fan_out
+from daskgmm_pipelines import policy, report
+from daskgmm_pipelines.cluster import dask_client
+from daskgmm_pipelines.config import JobConfig, load_config, resolve_storage_options
 
 _NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
@@ -83,12 +83,13 @@ def _read_kwargs(cfg: JobConfig) -> dict:
 
 
 def _feature_columns(cfg: JobConfig):
-    """The config's columns; for Parquet without them, every numeric column that is not
-    an id column (None lets the library take every numeric column)."""
-    if cfg.source.columns is not None or not cfg.source.id_columns:
-        return cfg.source.columns
-    dataset = daskgmm.as_dataset(cfg.source.uri, storage_options=_source_options(cfg) or None)
-    return [c for c in dataset.feature_names or [] if c not in cfg.source.id_columns] or None
+    """The feature columns (:func:`policy.feature_columns`); reads the Parquet footers
+    only when id columns must be left out of the default."""
+    numeric = None
+    if cfg.source.columns is None and cfg.source.id_columns:
+        numeric = daskgmm.as_dataset(cfg.source.uri,
+                                     storage_options=_source_options(cfg) or None).feature_names
+    return policy.feature_columns(cfg.source.columns, cfg.source.id_columns, numeric)
 
 
 def _table(selection):
@@ -100,26 +101,41 @@ def _store(cfg: JobConfig) -> daskgmm.ModelStore:
     return daskgmm.ModelStore(cfg.outputs.model_store, storage_options=_output_options(cfg))
 
 
-class _EMProgress:
-    """Log lines and a Prefect progress artifact for every EM pass."""
+def _job(cfg: JobConfig) -> dict:
+    return {"name": cfg.name, "source": cfg.source.uri, "config": cfg.summary()}
+
+
+class _Progress:
+    """Log lines and a Prefect progress artifact for every pass over the data."""
 
     def __init__(self, log, key, what):
         self.log, self.what = log, what
         self.artifact = create_progress_artifact(0.0, key=key, description=what)
-        self.max_iter = 1
 
     def __call__(self, event):
-        if event["event"] == "em-start":
-            self.max_iter = max(event["max_iter"], 1)
+        if event.phase != "em":
+            self.log.info("%s: %s pass done (%d so far)", self.what, event.phase,
+                          event.n_passes)
             return
-        change = event["change"]
+        change = event.change
         self.log.info(
             "%s: iteration %d, mean log-likelihood %.6f, change %s, %d candidate(s) running",
-            self.what, event["n_iter"], event["lower_bound"],
-            f"{change:.3g}" if math.isfinite(change) else "-", event["active"],
+            self.what, event.n_iter, event.log_likelihood,
+            f"{change:.3g}" if math.isfinite(change) else "-", event.active,
         )
-        done = 100.0 if event["active"] == 0 else 100.0 * event["n_passes"] / self.max_iter
+        done = 100.0 if event.active == 0 else 100.0 * event.n_iter / max(event.max_iter, 1)
         update_progress_artifact(self.artifact, min(done, 100.0))
+
+
+def _progress(key, what, progress):
+    """The callback of a library call: the run's log and artifact, then ``progress``."""
+    return fan_out(_Progress(get_run_logger(), key, what), progress)
+
+
+def _anomaly_kwargs(cfg):
+    if cfg.anomaly.threshold is not None:
+        return {"threshold": cfg.anomaly.threshold}
+    return {"contamination": cfg.anomaly.contamination}
 
 
 ###############################################################################
@@ -166,17 +182,17 @@ def current_model(cfg: JobConfig, version: str | None = None):
 
 
 @task(name="select-model", **IO)
-def select_task(cfg: JobConfig, key: str):
+def select_task(cfg: JobConfig, key: str, progress: Callable | None = None):
     """The BIC grid of the config, in shared passes; a table artifact of the grid."""
     m = cfg.model
     log = get_run_logger()
-    with progress.observe(_EMProgress(log, _key(key, "selection-progress"), "selection")):
-        selection = daskgmm.select_model(
-            cfg.source.uri, m.n_components, m.covariance_types, criterion=m.criterion,
-            n_init=m.n_init, random_state=m.seed, tol=m.tol, max_iter=m.max_iter,
-            reg_covar=m.reg_covar, init_params=m.init, **_anomaly_kwargs(cfg),
-            **_read_kwargs(cfg),
-        )
+    selection = daskgmm.select_model(
+        cfg.source.uri, m.n_components, m.covariance_types, criterion=m.criterion,
+        n_init=m.n_init, random_state=m.seed, tol=m.tol, max_iter=m.max_iter,
+        reg_covar=m.reg_covar, init_params=m.init, **_anomaly_kwargs(cfg),
+        callback=_progress(_key(key, "selection-progress"), "selection", progress),
+        **_read_kwargs(cfg),
+    )
     table = _table(selection)
     create_table_artifact(
         table.round(4).to_dict(orient="records"), key=_key(key, "bic-table"),
@@ -188,16 +204,11 @@ def select_task(cfg: JobConfig, key: str):
     return selection
 
 
-def _anomaly_kwargs(cfg):
-    if cfg.anomaly.threshold is not None:
-        return {"threshold": cfg.anomaly.threshold}
-    return {"contamination": cfg.anomaly.contamination}
-
-
 @task(name="fit-model", **IO)
-def fit_task(cfg: JobConfig, key: str, run_id: str, n_components=None, covariance_type=None):
+def fit_task(cfg: JobConfig, key: str, run_id: str, n_components=None, covariance_type=None,
+             progress: Callable | None = None):
     """EM on tonight's data from the config's seed; checkpointed to the model store,
-    resumed from this run's checkpoint."""
+    resumed from this run's checkpoint; then the anomaly threshold."""
     m = cfg.model
     gm = daskgmm.GaussianMixture(
         n_components=n_components or m.n_components[0],
@@ -205,70 +216,44 @@ def fit_task(cfg: JobConfig, key: str, run_id: str, n_components=None, covarianc
         reg_covar=m.reg_covar, max_iter=m.max_iter, n_init=m.n_init,
         init_params=m.init, random_state=m.seed, **_read_kwargs(cfg),
     )
-    return _fit(cfg, key, run_id, gm)
-
-
-class _Drifted(Exception):
-    """Stops a warm-start fit whose first E-step failed the drift check."""
-
-    def __init__(self, drift):
-        super().__init__(f"drifted: {drift}")
-        self.drift = drift
-
-
-def _drift(cfg: JobConfig, model, tonight: float) -> dict:
-    training = float(getattr(model, "training_log_likelihood_", float("nan")))
-    margin = cfg.nightly.drift_margin
-    drifted = bool(math.isfinite(training) and tonight < training - margin)
-    return {"tonight": float(tonight), "training": training, "margin": margin,
-            "drifted": drifted}
+    callback = _progress(_key(key, "fit-progress"), "fit", progress)
+    _fit(cfg, run_id, gm, callback)
+    return gm.set_threshold(cfg.source.uri, callback=callback, **_anomaly_kwargs(cfg))
 
 
 @task(name="warm-start-fit", **IO)
-def warm_fit_task(cfg: JobConfig, key: str, run_id: str, start) -> tuple:
-    """EM on tonight's data from the current model, with the drift check: the first
-    E-step's mean log-likelihood is tonight's data under the current model; when it is
-    below the model's training value by more than ``nightly.drift_margin``, the fit stops
-    there. Returns ``(model, drift)``, with no model on drift."""
+def warm_fit_task(cfg: JobConfig, key: str, run_id: str, start,
+                  progress: Callable | None = None) -> tuple:
+    """EM on tonight's data from the current model, whose first pass is the drift check
+    (:class:`policy.DriftGuard`): on drift the fit stops there. Returns ``(model,
+    drift, n_passes)``, with no model on drift."""
     m = cfg.model
     gm = copy.deepcopy(start)  # a retry must start from the same model again
     gm.set_params(warm_start=True, tol=m.tol, max_iter=m.max_iter, reg_covar=m.reg_covar,
                   **_read_kwargs(cfg))
-
-    def check(event):
-        if event["n_iter"] == 1:  # a resumed fit has passed this check already
-            drift = _drift(cfg, start, event["lower_bound"])
-            if drift["drifted"]:
-                raise _Drifted(drift)
-
-    log = get_run_logger()
-    try:
-        gm = _fit(cfg, key, run_id, gm, callback=check)
-    except _Drifted as exc:
-        drift = exc.drift
-    else:
-        drift = _drift(cfg, start, gm.lower_bounds_[0])
-    log.info(
+    guard = policy.DriftGuard(start.training_log_likelihood_, cfg.nightly.drift_margin)
+    callback = _progress(_key(key, "fit-progress"), "fit", progress)
+    _fit(cfg, run_id, gm, fan_out(callback, guard))
+    drift = guard.verdict(gm)
+    get_run_logger().info(
         "drift check: tonight's mean log-likelihood %.4f, training %.4f, margin %s: %s",
-        drift["tonight"], drift["training"], drift["margin"],
-        "DRIFTED" if drift["drifted"] else "ok",
-    )
-    return (None if drift["drifted"] else gm), drift
+        drift.tonight, drift.training, drift.margin, "DRIFTED" if drift.drifted else "ok")
+    if drift.drifted:
+        return None, drift, gm.n_passes_
+    gm.set_threshold(cfg.source.uri, callback=callback, **_anomaly_kwargs(cfg))
+    return gm, drift, gm.n_passes_ + gm.threshold_n_passes_
 
 
-def _fit(cfg: JobConfig, key: str, run_id: str, gm, callback=None):
+def _fit(cfg: JobConfig, run_id: str, gm, callback):
     checkpoint = _store(cfg).checkpoint(run_id, every=cfg.nightly.checkpoint_every)
     log = get_run_logger()
-    with progress.observe(_EMProgress(log, _key(key, "fit-progress"), "fit")):
-        gm.fit(cfg.source.uri, checkpoint=checkpoint, callback=callback)
+    gm.fit(cfg.source.uri, checkpoint=checkpoint, callback=callback)
     if gm.resumed_iteration_:
         log.info("resumed from the checkpoint of run %s at iteration %d", run_id,
                  gm.resumed_iteration_)
     log.info("fitted k=%d, %s: %d iterations, converged=%s, %d passes, %.1fs",
              gm.n_components, gm.covariance_type, gm.n_iter_, gm.converged_, gm.n_passes_,
              gm.fit_seconds_)
-    gm.set_threshold(cfg.source.uri, **_anomaly_kwargs(cfg))
-    return gm
 
 
 @task(name="save-model", **IO)
@@ -283,11 +268,13 @@ def save_model(cfg: JobConfig, model, info: dict) -> str:
 
 
 @task(name="publish-scores", **IO)
-def publish_scores(cfg: JobConfig, model, run_id: str, model_version: str):
+def publish_scores(cfg: JobConfig, model, run_id: str, model_version: str,
+                   progress: Callable | None = None):
     pub = daskgmm.write_scores(
         model, cfg.source.uri, cfg.outputs.scores, run_id=run_id,
         id_columns=cfg.source.id_columns or None, model_version=model_version,
-        target_storage_options=_output_options(cfg) or None, **_read_kwargs(cfg),
+        target_storage_options=_output_options(cfg) or None, callback=progress,
+        **_read_kwargs(cfg),
     )
     get_run_logger().info(
         "published %d scores (%d anomalies, %.3f%%) to %s", pub.n_rows, pub.n_anomalies,
@@ -345,23 +332,6 @@ def prune(cfg: JobConfig, scores_target: str):
 # Flows
 
 
-def _summary(cfg, run_id, model, version, pub, t0, n_passes, mode_text, drift=None,
-             selection=None, drift_note=None):
-    return {
-        "job": cfg.name, "run_id": run_id, "mode_text": mode_text, "drift_note": drift_note,
-        "n_components": int(model.n_components), "covariance_type": model.covariance_type,
-        "model_version": version, "model_id": daskgmm.model_id(model),
-        "n_iter": int(model.n_iter_), "converged": bool(model.converged_),
-        "seconds": time.perf_counter() - t0, "n_passes": int(n_passes),
-        "n_rows": pub.n_rows, "n_anomalies": pub.n_anomalies,
-        "anomaly_rate": pub.anomaly_rate, "threshold": float(model.threshold_),
-        "drift": drift, "model_url": _store(cfg).version_url(version),
-        "scores_url": pub.location,
-        "selection_table": None if selection is None else
-        _table(selection).round(4).to_dict(orient="records"),
-    }
-
-
 def _plots(model, pub, selection=None):
     plots = {}
     if selection is not None:
@@ -377,23 +347,13 @@ def _plots(model, pub, selection=None):
     return plots
 
 
-def _model_info(cfg, run_id, model, selected_at, selection_version, drift, reasons):
-    return {
-        "job": cfg.name, "run_id": run_id, "created": datetime.now(UTC).isoformat(),
-        "n_components": int(model.n_components), "covariance_type": model.covariance_type,
-        "n_iter": int(model.n_iter_), "converged": bool(model.converged_),
-        "training_log_likelihood": float(model.training_log_likelihood_),
-        "threshold": float(model.threshold_), "selected_at": selected_at,
-        "selection_version": selection_version, "drift": drift, "reselect_reasons": reasons,
-        "source": cfg.source.uri, "config": cfg.summary(),
-    }
-
-
 @flow(name="daskgmm-nightly")
-def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None) -> dict:
+def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None,
+            progress: Callable | None = None) -> dict:
     """The nightly job: warm-start EM on tonight's data from the current model (or re-run
     the BIC selection when due, on drift, or with no model yet), save the model version,
-    score every row, publish, report."""
+    score every row, publish, report. ``progress``: a callback receiving every pass's
+    ``daskgmm.ProgressEvent`` (in-process callers such as the CLI's progress bar)."""
     t0 = time.perf_counter()
     cfg = load_job(config_path)
     run_id = run_id or _default_run_id()
@@ -402,45 +362,38 @@ def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None) -
     with dask_client(cfg.cluster, log):
         cfg = check_source(cfg)
         info, current = current_model(cfg)
-        reasons, drift, model = [], None, None
-        if current is None:
-            reasons.append("no model in the store yet")
-        else:
-            if not cfg.nightly.warm_start:
-                reasons.append("nightly.warm_start is off")
-            every = cfg.nightly.reselect_every_days
-            selected_at = info.get("selected_at")
-            if every is not None and selected_at is not None:
-                age = (datetime.now(UTC) - datetime.fromisoformat(selected_at)).total_seconds()
-                if age >= every * 86400:
-                    reasons.append(f"the last selection is {age / 86400:.1f} days old "
-                                   f"(re-selection every {every} days)")
+        reasons = policy.reselect_reasons(
+            info, warm_start=cfg.nightly.warm_start,
+            reselect_every_days=cfg.nightly.reselect_every_days, now=policy.utcnow())
+        drift, n_passes, warm_version = None, 0, None
         if not reasons:
-            log.info("warm start from model version %s", info["version"])
-            model, drift = warm_fit_task(cfg, key, run_id, current)
-            if drift["drifted"]:
-                reasons.append(
-                    f"drift: tonight's mean log-likelihood {drift['tonight']:.4f} is below the "
-                    f"training value {drift['training']:.4f} by more than {drift['margin']}")
+            warm_version = info["version"]
+            log.info("warm start from model version %s", warm_version)
+            model, drift, n_passes = warm_fit_task(cfg, key, run_id, current, progress)
+            if drift.drifted:
+                reasons.append(drift.reason())
         selection = None
         if reasons:
             log.info("full model selection: %s", "; ".join(reasons))
-            selection = select_task(cfg, key)
+            selection = select_task(cfg, key, progress)
             model = selection.best_
-            n_passes = selection.n_passes_ + (drift is not None)  # + the stopped fit's pass
-            selected_at = datetime.now(UTC).isoformat()
-            mode_text = "Full BIC selection: " + "; ".join(reasons)
+            n_passes += selection.n_passes_
+            selected_at = policy.utcnow().isoformat()
         else:
-            n_passes = model.n_passes_ + 1  # + the threshold pass
             selected_at = info.get("selected_at")
-            mode_text = (f"Warm start from model version {info['version']}; drift check "
-                         "within the margin")
         selection_version = "this" if selection is not None else info.get("selection_version")
-        version = save_model(cfg, model, _model_info(
-            cfg, run_id, model, selected_at, selection_version, drift, reasons))
-        pub = publish_scores(cfg, model, run_id, version)
-        summary = _summary(cfg, run_id, model, version, pub, t0, n_passes + 1, mode_text,
-                           drift, selection, drift_note="; ".join(reasons))
+        version = save_model(cfg, model, policy.model_info(
+            _job(cfg), run_id, model, selected_at=selected_at,
+            selection_version=selection_version, drift=drift, reasons=reasons,
+            now=policy.utcnow()))
+        pub = publish_scores(cfg, model, run_id, version, progress)
+        summary = policy.run_summary(
+            job=cfg.name, run_id=run_id, model=model, model_id=daskgmm.model_id(model),
+            version=version, model_url=_store(cfg).version_url(version), publication=pub,
+            seconds=time.perf_counter() - t0, n_passes=n_passes + pub.n_passes,
+            reasons=reasons, warm_version=warm_version, drift=drift,
+            selection_table=None if selection is None else
+            _table(selection).round(4).to_dict(orient="records"))
         summary = write_report(cfg, version, summary, _plots(model, pub, selection), key)
         promote(cfg, version, run_id)
         prune(cfg, pub.target)
@@ -451,17 +404,19 @@ def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None) -
 
 
 @flow(name="daskgmm-select")
-def select(config_path: str, run_id: str | None = None) -> dict:
+def select(config_path: str, run_id: str | None = None,
+           progress: Callable | None = None) -> dict:
     """Run the BIC grid of the config, save the chosen model as the current version."""
     t0 = time.perf_counter()
     cfg = load_job(config_path)
     run_id = run_id or _default_run_id()
     with dask_client(cfg.cluster, get_run_logger()):
-        selection = select_task(cfg, _key(cfg.name))
+        selection = select_task(cfg, _key(cfg.name), progress)
         model = selection.best_
-        now = datetime.now(UTC).isoformat()
-        version = save_model(cfg, model, _model_info(
-            cfg, run_id, model, now, "this", None, ["select flow"]))
+        now = policy.utcnow()
+        version = save_model(cfg, model, policy.model_info(
+            _job(cfg), run_id, model, selected_at=now.isoformat(), selection_version="this",
+            drift=None, reasons=["select flow"], now=now))
         urls = write_plots(cfg, version, _plots(model, None, selection))
         promote(cfg, version, run_id)
         store = _store(cfg)
@@ -474,7 +429,8 @@ def select(config_path: str, run_id: str | None = None) -> dict:
 
 @flow(name="daskgmm-fit")
 def fit(config_path: str, n_components: int | None = None,
-        covariance_type: str | None = None, run_id: str | None = None) -> dict:
+        covariance_type: str | None = None, run_id: str | None = None,
+        progress: Callable | None = None) -> dict:
     """Fit one configuration (default: the config's first k and covariance type) from
     the config's seed, checkpointed; save it as the current version."""
     t0 = time.perf_counter()
@@ -482,24 +438,26 @@ def fit(config_path: str, n_components: int | None = None,
     run_id = run_id or _default_run_id()
     with dask_client(cfg.cluster, get_run_logger()):
         model = fit_task(cfg, _key(cfg.name), run_id, n_components=n_components,
-                         covariance_type=covariance_type)
-        now = datetime.now(UTC).isoformat()
-        version = save_model(cfg, model, _model_info(
-            cfg, run_id, model, now, None, None, ["fit flow"]))
+                         covariance_type=covariance_type, progress=progress)
+        now = policy.utcnow()
+        version = save_model(cfg, model, policy.model_info(
+            _job(cfg), run_id, model, selected_at=now.isoformat(), selection_version=None,
+            drift=None, reasons=["fit flow"], now=now))
         urls = write_plots(cfg, version, _plots(model, None))
         promote(cfg, version, run_id)
         store = _store(cfg)
     return {"job": cfg.name, "run_id": run_id, "model_version": version,
             "model_url": store.version_url(version), "n_components": model.n_components,
             "covariance_type": model.covariance_type, "n_iter": model.n_iter_,
-            "converged": model.converged_, "n_passes": model.n_passes_ + 1,
+            "converged": model.converged_,
+            "n_passes": model.n_passes_ + model.threshold_n_passes_,
             "resumed_from_iteration": model.resumed_iteration_,
             "seconds": time.perf_counter() - t0, "plots": urls}
 
 
 @flow(name="daskgmm-score")
 def score(config_path: str, model_version: str | None = None, source: str | None = None,
-          run_id: str | None = None) -> dict:
+          run_id: str | None = None, progress: Callable | None = None) -> dict:
     """Score a source (default: the config's) with a stored model (default: the current
     one) against its stored threshold, and publish the scores."""
     t0 = time.perf_counter()
@@ -514,7 +472,7 @@ def score(config_path: str, model_version: str | None = None, source: str | None
                 f"The model store {cfg.outputs.model_store!r} has no current model: run the "
                 "nightly or select flow first, or pass model_version.")
         store = _store(cfg)
-        pub = publish_scores(cfg, model, run_id, info["version"])
+        pub = publish_scores(cfg, model, run_id, info["version"], progress)
         url = store.write_run_file(run_id, "scores.png",
                                    report.score_histogram(pub.sketch, model.threshold_))
     return {"job": cfg.name, "run_id": run_id, "model_version": info["version"],

@@ -7,7 +7,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import daskgmm
-from daskgmm import GaussianMixture, em
+from daskgmm import GaussianMixture, quantiles
 from daskgmm.model_file import ModelFileError
 from daskgmm.quantiles import RankSketch, combine_sketches
 
@@ -64,12 +64,12 @@ def test_sketch_combine_is_associative_and_fraction_bounds():
 
 
 def test_sketch_points_budget():
-    assert em.sketch_points(5_000, 5_000) == em.SKETCH_BUDGET  # one chunk: exact
-    assert em.sketch_points(10, 10**9) == 2049
+    assert quantiles.sketch_points(5_000, 5_000) == quantiles.SKETCH_BUDGET  # one chunk: exact
+    assert quantiles.sketch_points(10, 10**9) == 2049
     # uneven chunks of data within the budget are all kept whole
-    total = em.SKETCH_BUDGET
-    assert em.sketch_points(total // 10, total) >= total // 10
-    assert em.sketch_points(9 * total // 10, total) >= 9 * total // 10
+    total = quantiles.SKETCH_BUDGET
+    assert quantiles.sketch_points(total // 10, total) >= total // 10
+    assert quantiles.sketch_points(9 * total // 10, total) >= 9 * total // 10
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +99,8 @@ def test_threshold_out_of_core_on_many_chunks_is_within_its_bounds(
     big = np.tile(X, (60, 1)) + np.repeat(np.arange(60), len(X))[:, None] * 1e-3
     lazy = da.from_array(big, chunks=9_000)  # 27 chunks of 9000 rows
     # as on data of more than SKETCH_BUDGET rows: chunks keep 2049 of their 9000 values
-    monkeypatch.setattr(em, "SKETCH_BUDGET", 0)
-    assert em.sketch_points(9_000, len(big)) == 2049
+    monkeypatch.setattr(quantiles, "SKETCH_BUDGET", 0)
+    assert quantiles.sketch_points(9_000, len(big)) == 2049
     ours.set_threshold(lazy, contamination=0.01)
     ld = ref.score_samples(big)
     fraction = np.mean(ld <= ours.threshold_)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipelines.config import ConfigError, JobConfig, load_config, resolve_storage_options
+from daskgmm_pipelines.config import ConfigError, JobConfig, load_config, resolve_storage_options
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -18,7 +18,7 @@ def test_mixed_batch_matches_separate_fits_and_shares_passes():
     candidates, refs = [], []
     for k, covariance_type in grid:
         rs = np.random.RandomState(0)
-        (params,), _ = initialization.initial_params(
+        (params,) = initialization.initial_params(
             dataset, n_components=k, covariance_type=covariance_type,
             init_params="kmeans", n_init=1, random_state=rs, reg_covar=1e-6,
         )
@@ -40,12 +40,13 @@ def test_failing_candidate_leaves_batch_without_stopping_others():
     X = np.vstack([np.zeros((50, 2)), np.ones((50, 2)), noise])
     dataset = as_dataset(X)
     shift = X.mean(axis=0)
-    from daskgmm.kernels import Params, compute_precision_cholesky
+    from daskgmm import covariance
+    from daskgmm.kernels import Params
 
     def params(means, reg):
         cov = np.stack([np.eye(2)] * len(means))
         return Params("full", np.full(len(means), 1 / len(means)), means - shift,
-                      compute_precision_cholesky(cov, "full"), cov, shift)
+                      covariance.get("full").precisions_cholesky(cov), cov, shift)
 
     collapsing = em.Candidate(params(np.array([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]]), 0.0))
     healthy = em.Candidate(params(np.array([[0.5, 0.5]]), 0.0))  # one component cannot collapse

@@ -6,7 +6,7 @@ import pytest
 from numpy.testing import assert_allclose
 from scipy import special, stats
 
-from daskgmm import em, kernels
+from daskgmm import covariance, kernels, passes
 
 from .conftest import COVARIANCE_TYPES
 
@@ -25,7 +25,7 @@ def random_params(covariance_type, n_components=3, n_features=4, seed=0):
         cov = rng.uniform(0.5, 2.0, size=n_components)
     weights = rng.dirichlet(np.ones(n_components))
     means = rng.normal(0, 3, size=(n_components, n_features))
-    prec = kernels.compute_precision_cholesky(cov, covariance_type)
+    prec = covariance.get(covariance_type).precisions_cholesky(cov)
     return kernels.Params(covariance_type, weights, means, prec, cov, np.zeros(n_features))
 
 
@@ -96,9 +96,10 @@ def test_combine_is_associative(covariance_type):
 def test_precision_cholesky_round_trip():
     for covariance_type in COVARIANCE_TYPES:
         p = random_params(covariance_type)
-        precisions = kernels.precisions_from_cholesky(p.precisions_cholesky, covariance_type)
-        again = kernels.precision_cholesky_from_precisions(precisions, covariance_type)
-        assert_allclose(kernels.precisions_from_cholesky(again, covariance_type), precisions)
+        model = covariance.get(covariance_type)
+        precisions = model.precisions(p.precisions_cholesky)
+        again = model.precisions_cholesky_from_precisions(precisions)
+        assert_allclose(model.precisions(again), precisions)
         if covariance_type in ("full", "tied"):
             inv = np.linalg.inv(p.covariances)
             assert_allclose(precisions, inv, rtol=1e-9)
@@ -106,18 +107,18 @@ def test_precision_cholesky_round_trip():
 
 def test_tree_depth_is_logarithmic():
     parts = [dask.delayed(i) for i in range(64)]
-    root, depth = em._tree(parts, sum, split_every=4)
+    root, depth = passes.tree_reduce(parts, sum, split_every=4)
     assert depth == 3
     assert root.compute() == sum(range(64))
-    _, depth = em._tree(parts, sum, split_every=8)
+    _, depth = passes.tree_reduce(parts, sum, split_every=8)
     assert depth == 2
     with pytest.raises(ValueError, match="split_every"):
-        em._tree(parts, sum, split_every=1)
+        passes.tree_reduce(parts, sum, split_every=1)
 
 
 def test_random_resp_does_not_depend_on_chunking():
-    whole = em.random_resp(42, 0, 100, 3)
-    parts = np.vstack([em.random_resp(42, s, 10, 3) for s in range(0, 100, 10)])
+    whole = kernels.random_resp(42, 0, 100, 3)
+    parts = np.vstack([kernels.random_resp(42, s, 10, 3) for s in range(0, 100, 10)])
     assert_allclose(parts, whole)
     assert_allclose(whole.sum(axis=1), 1.0)
     assert 0.3 < whole.mean() * 3 < 1.7  # spread over (0, 1), not constant

@@ -49,7 +49,7 @@ def _write_config(tmp_path, **changes):
 
 
 def _demo(tmp_path, seed=0, rows=60_000, overwrite=False):
-    from pipelines.demo_data import write_demo_data
+    from daskgmm_pipelines.demo_data import write_demo_data
 
     return write_demo_data(tmp_path / "data", n_samples=rows, n_features=4, n_components=3,
                            seed=seed, anomaly_fraction=0.01, overwrite=overwrite)
@@ -58,7 +58,7 @@ def _demo(tmp_path, seed=0, rows=60_000, overwrite=False):
 def test_nightly_twice_then_drift(tmp_path):
     from prefect.artifacts import Artifact
 
-    from pipelines.flows import nightly
+    from daskgmm_pipelines.flows import nightly
 
     _demo(tmp_path)
     config = _write_config(tmp_path, nightly={"checkpoint_every": 1, "keep_versions": 2})
@@ -111,14 +111,14 @@ def test_nightly_twice_then_drift(tmp_path):
 
 _FIT = """
 import sys
-from pipelines.cli import main
+from daskgmm_pipelines.cli import main
 sys.exit(main(["fit", sys.argv[1], "-k", "6", "-c", "full", "--run-id", "crash"]))
 """
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_fit_killed_mid_fit_resumes_to_the_same_model(tmp_path):
-    from pipelines.flows import fit
+    from daskgmm_pipelines.flows import fit
 
     _demo(tmp_path, rows=200_000)
     config = _write_config(tmp_path, model={"tol": 1e-9, "max_iter": 40})
@@ -153,12 +153,12 @@ def test_fit_killed_mid_fit_resumes_to_the_same_model(tmp_path):
 
 def _cli(*args, cwd):
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "daskgmm_pipelines.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
 def test_cli_commands(tmp_path):
-    from pipelines.cli import main
+    from daskgmm_pipelines.cli import main
 
     assert main(["demo-data", "--out", str(tmp_path / "data"), "--rows", "40000",
                  "--features", "3", "--components", "2"]) == 0
@@ -200,20 +200,17 @@ def test_cli_commands(tmp_path):
         assert out.returncode == 0 and "usage: daskgmm" in out.stdout
 
 
-def test_deployment_file_loads_and_entrypoints_import():
-    import importlib
+def test_deployment_file_loads_and_entrypoints_import(monkeypatch):
+    from prefect.flows import Flow, load_flow_from_entrypoint
 
-    from prefect.flows import Flow
-
+    monkeypatch.chdir(ROOT)  # the worker runs flows from the project root
     spec = yaml.safe_load((ROOT / "deploy" / "prefect.yaml").read_text())
     assert spec["deployments"]
     for deployment in spec["deployments"]:
-        path, name = deployment["entrypoint"].split(":")
-        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-        flow = getattr(module, name)
+        flow = load_flow_from_entrypoint(deployment["entrypoint"])  # as Prefect loads it
         assert isinstance(flow, Flow)
         config = deployment["parameters"]["config_path"]
-        from pipelines.config import load_config
+        from daskgmm_pipelines.config import load_config
 
         cfg = load_config(ROOT / config)
         assert set(deployment["parameters"]) <= set(flow.parameters.properties)
@@ -225,8 +222,8 @@ def test_deployment_file_loads_and_entrypoints_import():
 
 
 def test_parquet_features_default_to_numeric_columns_that_are_not_ids(tmp_path):
-    from pipelines.config import load_config
-    from pipelines.flows import _feature_columns
+    from daskgmm_pipelines.config import load_config
+    from daskgmm_pipelines.flows import _feature_columns  # noqa: PLC2701
 
     frame = pd.DataFrame({"event_id": [1, 2], "a": [0.1, 0.2], "name": ["x", "y"],
                           "b": [1, 2]})
@@ -240,7 +237,7 @@ def test_parquet_features_default_to_numeric_columns_that_are_not_ids(tmp_path):
 
 
 def test_bad_data_fails_the_flow_with_the_library_message(tmp_path):
-    from pipelines.flows import nightly
+    from daskgmm_pipelines.flows import nightly
 
     _demo(tmp_path, rows=20_000)
     X = zarr.open_group(str(tmp_path / "data" / "demo.zarr"), mode="a")["X"]
@@ -255,7 +252,7 @@ def test_bad_data_fails_the_flow_with_the_library_message(tmp_path):
 
 
 def test_flow_on_an_external_scheduler(tmp_path, cluster_client):
-    from pipelines.flows import fit
+    from daskgmm_pipelines.flows import fit
 
     _demo(tmp_path, rows=20_000)
     address = cluster_client.scheduler.address

@@ -21,7 +21,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import daskgmm
 from daskgmm import GaussianMixture
-from daskgmm.datasets import write_mixture_zarr
+from daskgmm.synthetic import write_mixture_zarr
 
 KW = dict(n_components=3, random_state=0, tol=1e-6)
 SCORE_SCHEMA = [

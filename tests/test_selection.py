@@ -7,7 +7,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import daskgmm
-from daskgmm.datasets import mixture_parameters, sample_mixture
+from daskgmm.synthetic import mixture_parameters, sample_mixture
 
 from .conftest import COVARIANCE_TYPES
 

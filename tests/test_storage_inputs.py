@@ -15,7 +15,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import daskgmm
 from daskgmm import GaussianMixture
-from daskgmm.datasets import write_mixture_zarr
+from daskgmm.synthetic import write_mixture_zarr
 
 from .conftest import make_blobs
 
@@ -105,11 +105,10 @@ def test_fit_save_load_on_s3(s3, zarr_source):
 
 
 def test_cache_auto_persists_small_data_and_streams_large(cluster_client):
-    from daskgmm.estimator import _fits_in_memory
-    from daskgmm.sources import as_dataset
+    from daskgmm.sources import as_dataset, fits_in_memory
 
     small = as_dataset(da.zeros((1_000, 4), chunks=(100, 4)))
     # 2 workers x 2 GiB: half of it is 2 GiB; this lazy array would take 8 GiB
     large = as_dataset(da.zeros((2**28, 4), chunks=(2**22, 4)))
-    assert _fits_in_memory(small)
-    assert not _fits_in_memory(large)
+    assert fits_in_memory(small)
+    assert not fits_in_memory(large)

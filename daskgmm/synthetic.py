@@ -71,7 +71,7 @@ def write_mixture_zarr(
         X[start:stop] = block + offset
         labels[start:stop] = lab
     group.attrs.update({
-        "generator": "daskgmm.datasets.write_mixture_zarr",
+        "generator": "daskgmm.synthetic.write_mixture_zarr",
         "n_components": n_components,
         "seed": seed,
         "anomaly_fraction": anomaly_fraction,

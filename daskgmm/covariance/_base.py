@@ -1,0 +1,264 @@
+"""What a covariance type is: the interface every module of :mod:`daskgmm.covariance`
+implements, and the few helpers they share. Pure numpy and scipy."""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+
+class CovarianceError(ValueError):
+    """A covariance matrix is not positive definite."""
+
+
+def ill_defined_message(component, covariance_type):
+    """scikit-learn's message for a covariance that is not positive definite, with the
+    component (when one is to blame) and the fixes."""
+    where = (
+        f" (covariance_type={covariance_type!r})" if component is None
+        else f" (component {component}, covariance_type={covariance_type!r})"
+    )
+    return (
+        "Fitting the mixture model failed because some components have ill-defined "
+        f"empirical covariance{where} (for instance caused by singleton or collapsed "
+        "samples). Try to decrease the number of components, increase reg_covar, or "
+        "scale the input data."
+    )
+
+
+def add_to_diagonal(a, value):
+    """``a[..., i, i] += value`` in place; returns ``a``."""
+    n = a.shape[-1]
+    a.reshape(a.shape[:-2] + (n * n,))[..., :: n + 1] += value
+    return a
+
+
+def flip(a):
+    """The matrix with rows and columns reversed (turns lower into upper Cholesky)."""
+    return a[::-1, ::-1]
+
+
+class CovarianceModel(abc.ABC):
+    """Everything that depends on the covariance type.
+
+    ``n_components`` is k, ``n_features`` is d. Arrays follow scikit-learn's shapes
+    (:meth:`shape`). ``ws`` is a :class:`daskgmm.kernels.Workspace`: ``ws(name, shape)``
+    returns a reusable float64 scratch buffer. Rows ``X`` are float64, already shifted
+    by the engine's centre; ``means`` are in the same coordinates.
+    """
+
+    name: str
+
+    # ------------------------------------------------------------------ shapes
+
+    @abc.abstractmethod
+    def shape(self, n_components, n_features) -> tuple:
+        """Shape of ``covariances_``, ``precisions_`` and ``precisions_cholesky_``."""
+
+    @abc.abstractmethod
+    def n_covariance_parameters(self, n_components, n_features) -> float:
+        """Free parameters of the covariances (as scikit-learn counts them)."""
+
+    # ------------------------------------------------------------------ E-step
+
+    @abc.abstractmethod
+    def log_det_cholesky(self, precisions_cholesky, n_features):
+        """log det of each precision's Cholesky factor (= -0.5 log det covariance)."""
+
+    @abc.abstractmethod
+    def squared_mahalanobis(self, X, means, precisions_cholesky, ws):
+        """(x_i - mu_k)^T P_k (x_i - mu_k), shape (n_rows, k), in ``ws("mahalanobis")``."""
+
+    # -------------------------------------------------------------- statistics
+
+    @abc.abstractmethod
+    def second_moment_shape(self, n_components, n_features) -> tuple:
+        """Shape of the second-moment statistic ``s2``."""
+
+    @abc.abstractmethod
+    def second_moment(self, X, resp, means, ws, after_e_step=False):
+        """``s2``: second moments of the rows about each component's current mean,
+        weighted by the responsibilities ``resp`` (n_rows, k). ``after_e_step``: the
+        workspace still holds this block's E-step of :meth:`squared_mahalanobis`."""
+
+    # ------------------------------------------------------------------ M-step
+
+    @abc.abstractmethod
+    def covariances(self, stats, nk, means, current_means, reg_covar):
+        """Covariances from the statistics (``stats.nk``, ``stats.s1``, ``stats.s2``
+        centred on ``current_means``), for the new ``means`` and guarded counts ``nk``,
+        with ``reg_covar`` added to the variances."""
+
+    # ------------------------------------------------------------- conversions
+
+    @abc.abstractmethod
+    def precisions_cholesky(self, covariances):
+        """Cholesky factor of the precision; :class:`CovarianceError` naming the
+        component when a covariance is not positive definite."""
+
+    @abc.abstractmethod
+    def precisions_cholesky_from_precisions(self, precisions):
+        """Upper-triangular U with precision = U U^T (scikit-learn's convention)."""
+
+    @abc.abstractmethod
+    def precisions(self, precisions_cholesky):
+        """Precisions from their Cholesky factors."""
+
+    @abc.abstractmethod
+    def covariances_from_precisions(self, precisions):
+        """Covariances from precisions (for a model that never ran an M-step)."""
+
+    # --------------------------------------------------------------- checks
+
+    @abc.abstractmethod
+    def check_precisions(self, precisions, n_components, n_features):
+        """Raise scikit-learn's ``ValueError`` when user-given precisions have the wrong
+        shape or are not positive (definite)."""
+
+    # ---------------------------------------------------------------- sampling
+
+    @abc.abstractmethod
+    def sample(self, rng, means, covariances, counts):
+        """``counts[k]`` rows from each component, stacked in component order, drawn
+        from ``rng`` (a ``RandomState``) exactly as scikit-learn draws them."""
+
+    # ----------------------------------------------------------------- helpers
+
+    def check_shape(self, precisions, n_components, n_features):
+        shape = self.shape(n_components, n_features)
+        if precisions.shape != shape:
+            raise ValueError(
+                f"The parameter '{self.name} precision' should have the shape of {shape}, "
+                f"but got {precisions.shape}"
+            )
+
+    def __repr__(self):
+        return f"<covariance type {self.name!r}>"
+
+
+def check_symmetric_positive_definite(mats, covariance_type):
+    for i, mat in enumerate(mats):
+        if not (np.allclose(mat, mat.T) and np.all(np.linalg.eigvalsh(mat) > 0.0)):
+            raise ValueError(
+                f"'{covariance_type} precision' should be symmetric, positive-definite "
+                f"(matrix {i} is not)"
+            )
+
+
+def check_positive(precisions, covariance_type):
+    if np.any(precisions <= 0.0):
+        raise ValueError(f"'{covariance_type} precision' should be positive")
+
+
+def centred_squares(X, means, ws):
+    """(x_i - mu_k)**2 in a (k, n_features, n_rows) buffer ``ws('D2')``: exact centring
+    (each mean subtracted before squaring). Kept for the statistics of the same block."""
+    n_components, n_features = means.shape
+    D2 = ws("D2", (n_components, n_features, X.shape[0]))
+    XT = ws("XT", (n_features, X.shape[0]))
+    np.copyto(XT, X.T)
+    np.subtract(XT[None, :, :], means[:, :, None], out=D2)
+    np.multiply(D2, D2, out=D2)
+    return D2
+
+
+def weighted_squares(D2, weights, ws):
+    """sum_d weights[k, d] * D2[k, d, n] as an (n, k) array in ``ws('mahalanobis')``."""
+    n_components, _, n = D2.shape
+    outT = ws("mahalanobisT", (n_components, n))
+    for k in range(n_components):
+        np.dot(weights[k], D2[k], out=outT[k])
+    out = ws("mahalanobis", (n, n_components))
+    np.copyto(out, outT.T)
+    return out
+
+
+def squares_statistic(X, resp, means, ws, after_e_step):
+    """sum_i r_ik (x_i - mu_k)**2, shape (k, n_features); reuses the E-step's centred
+    squares when ``after_e_step``."""
+    n_components, n_features = means.shape
+    if after_e_step:
+        D2 = ws("D2", (n_components, n_features, X.shape[0]))
+    else:
+        D2 = centred_squares(X, means, ws)
+    n = D2.shape[2]
+    respT = ws("respT", (n_components, n))
+    np.copyto(respT, resp.T)
+    s2 = np.empty((n_components, n_features))
+    for k in range(n_components):
+        np.dot(D2[k], respT[k], out=s2[k])
+    return s2
+
+
+def outer_products(X, resp, means, ws):
+    """sum_i r_ik (x_i - mu_k)(x_i - mu_k)^T, shape (k, d, d) ('full' and 'tied')."""
+    # Features-by-rows layout: each product is (d x B) @ (B x d) over contiguous rows.
+    n_components, n_features = means.shape
+    n = X.shape[0]
+    s2 = np.empty((n_components, n_features, n_features))
+    XT = ws("XT", (n_features, n))
+    np.copyto(XT, X.T)
+    respT = ws("respT", (n_components, n))
+    np.copyto(respT, resp.T)
+    diff = ws("diff", (n_features, n))
+    weighted = ws("weighted", (n_features, n))
+    for k in range(n_components):
+        np.subtract(XT, means[k][:, None], out=diff)
+        np.multiply(diff, respT[k], out=weighted)
+        np.matmul(diff, weighted.T, out=s2[k])
+    return s2
+
+
+def scatter_matrices(stats, means, current_means):
+    """Weighted scatter about the new ``means`` from second moments ``stats.s2`` centred
+    on ``current_means``: s2 - a d^T - d a^T + N d d^T with a = sum r (x - mu),
+    d = m - mu (no E[x^2] - mu^2 cancellation)."""
+    n = stats.nk
+    a = stats.s1 - n[:, None] * current_means
+    d = means - current_means
+    outer_ad = a[:, :, None] * d[:, None, :]
+    return (
+        stats.s2
+        - outer_ad
+        - outer_ad.transpose(0, 2, 1)
+        + n[:, None, None] * d[:, :, None] * d[:, None, :]
+    )
+
+
+def scatter_diagonals(stats, means, current_means):
+    """Per-feature weighted scatter about the new ``means`` (the diagonal of
+    :func:`scatter_matrices`) from ``stats.s2 = sum r (x - mu)**2``."""
+    n = stats.nk[:, None]
+    a = stats.s1 - n * current_means
+    d = means - current_means
+    return stats.s2 - 2.0 * a * d + n * d * d
+
+
+def cholesky_precisions(covs, covariance_type, per_component):
+    """Upper Cholesky factors of the inverses of the matrices ``covs`` (k, d, d)."""
+    from scipy import linalg
+
+    n_features = covs.shape[-1]
+    out = np.empty_like(covs)
+    eye = np.eye(n_features)
+    for k, cov in enumerate(covs):
+        try:
+            cov_chol = linalg.cholesky(cov, lower=True)
+        except linalg.LinAlgError:
+            raise CovarianceError(
+                ill_defined_message(k if per_component else None, covariance_type)
+            ) from None
+        out[k] = linalg.solve_triangular(cov_chol, eye, lower=True).T
+    return out
+
+
+def positive_variances(covariances, covariance_type):
+    """1 / sqrt(variances); :class:`CovarianceError` naming the first component with a
+    variance that is not positive."""
+    if np.any(covariances <= 0.0):
+        bad = int(np.flatnonzero(np.ravel(covariances <= 0.0))[0])
+        if covariances.ndim == 2:
+            bad //= covariances.shape[1]
+        raise CovarianceError(ill_defined_message(bad, covariance_type))
+    return 1.0 / np.sqrt(covariances)

@@ -1,0 +1,222 @@
+"""Passes over the data: every row chunk through a pure-numpy kernel, one ``compute``.
+
+A pass maps each row chunk of a :class:`daskgmm.sources.Dataset` to a small result
+(statistics, a log-likelihood, a rank sketch) and tree-reduces the results with an
+associative ``combine`` of fan-in ``split_every`` (as ``dask.array.reduction`` does),
+so the client receives one small object. Row-wise outputs (predictions, scores) are
+lazy dask arrays chunked like the input (:func:`map_rows`).
+
+A chunk holding NaN or infinity is reported with its location (chunk or file, row
+range, first bad row and column); a chunk whose finite values overflow float64 too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import dask
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from . import kernels, quantiles
+from .kernels import Params
+from .quantiles import RankSketch, combine_sketches
+from .sources import Dataset
+
+
+def tree_reduce(parts, combine, split_every):
+    """Reduce delayed ``parts`` with ``combine`` in a tree of fan-in ``split_every``;
+    returns the root and the tree's depth."""
+    if split_every < 2:
+        raise ValueError(f"split_every must be an int >= 2, got {split_every!r}.")
+    depth = 0
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(combine, pure=True)(parts[i : i + split_every])
+            for i in range(0, len(parts), split_every)
+        ]
+        depth += 1
+    return parts[0], depth
+
+
+def nonfinite_error(description, label, start, stop, row, col, feature_names=None):
+    """The error for a NaN or infinity at global ``row``, column ``col``, found in chunk
+    ``label`` (rows ``start`` to ``stop - 1``) of the data ``description``."""
+    column = f"column {col}" + (f" ({feature_names[col]!r})" if feature_names else "")
+    return ValueError(
+        f"Input X contains NaN or infinity: {label} of {description}, rows "
+        f"{start} to {stop - 1}, first at row {row}, {column}. "
+        "Gaussian mixtures need finite values: drop or impute these rows before fitting, "
+        "for example X = X[np.isfinite(X).all(axis=1)] for numpy, or for dask "
+        "X = X[da.isfinite(X).all(axis=1)]; X.compute_chunk_sizes()."
+    )
+
+
+def locate_nonfinite(dataset: Dataset, row, col):
+    """:func:`nonfinite_error` for global ``row`` of ``dataset``."""
+    offsets = dataset.row_offsets
+    chunk = int(np.searchsorted(offsets, row, side="right")) - 1
+    return nonfinite_error(dataset.description, dataset.chunk_label(chunk),
+                           int(offsets[chunk]), int(offsets[chunk + 1]), row, col,
+                           dataset.feature_names)
+
+
+class _Where:
+    """What a task needs to say where a chunk came from (small, picklable)."""
+
+    def __init__(self, dataset: Dataset):
+        self.description = dataset.description
+        self.feature_names = dataset.feature_names
+        self.labels = list(dataset.chunk_labels)
+
+    def label(self, i):
+        return self.labels[i] if self.labels else f"chunk {i}"
+
+    def check_finite(self, block, i, start):
+        bad = kernels.find_nonfinite(block)
+        if bad is not None:
+            row, col = bad
+            raise nonfinite_error(self.description, self.label(i), start,
+                                  start + block.shape[0], start + row, col,
+                                  self.feature_names)
+
+
+class _ChunkTask:
+    """Applies a per-chunk function; a non-finite result becomes a located error."""
+
+    def __init__(self, fn, where: _Where):
+        self.fn, self.where = fn, where
+
+    def __call__(self, block, args, i, start, extra=None):
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = self.fn(block, *args, start) if extra is None else self.fn(
+                block, *args, extra, start)
+        if not all(_finite(s) for s in (out if isinstance(out, list) else [out])):
+            self.where.check_finite(block, i, start)
+            raise ValueError(
+                f"Numerical overflow in {self.where.label(i)} of {self.where.description}, "
+                f"rows {start} to {start + block.shape[0] - 1}: the values are finite but "
+                f"too large for float64 arithmetic (largest magnitude "
+                f"{np.abs(block).max():.3g}). Scale the input data, e.g. "
+                "sklearn.preprocessing.StandardScaler."
+            )
+        return out
+
+
+def _finite(result):
+    if not math.isfinite(result.log_likelihood):
+        return False
+    return all(np.isfinite(getattr(result, name, 0.0)).all() for name in ("s1", "s2"))
+
+
+def data_pass(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, split_every=8,
+              per_chunk=None):
+    """Map ``fn(block, *args, row_start)`` over row chunks and tree-combine: one compute.
+
+    ``per_chunk``: a list with one value per chunk, passed as ``fn(block, *args, value,
+    row_start)``. With ``split_every=None`` the chunks' results are combined once on the
+    client instead (for results that only concatenate, where a tree would copy them at
+    every level). ``fn`` returns a result with a ``log_likelihood`` (``Stats``,
+    ``RankSketch``) or a list of them; a non-finite one raises a located ``ValueError``.
+    """
+    blocks = dataset.array.to_delayed(optimize_graph=True).ravel()
+    offsets = dataset.row_offsets
+    task = _ChunkTask(fn, _Where(dataset))
+    shared = dask.delayed(args, traverse=False)
+    parts = [
+        dask.delayed(task, pure=True)(block, shared, i, int(offsets[i]),
+                                      None if per_chunk is None else per_chunk[i])
+        for i, block in enumerate(blocks)
+    ]
+    if split_every is None:
+        with threadpool_limits(limits=1):
+            (results,) = dask.compute(parts)
+        return combine(results)
+    root, _ = tree_reduce(parts, combine, split_every)
+    with threadpool_limits(limits=1):
+        (result,) = dask.compute(root)
+    return result
+
+
+###############################################################################
+# Per-chunk functions
+
+
+def em_chunk(block, candidates, row_start):
+    return kernels.chunk_stats(block, candidates)
+
+
+def hard_assignment_chunk(block, centers_and_params, row_start):
+    return [kernels.hard_assignment_stats(block, c, p) for c, p in centers_and_params]
+
+
+def random_resp_chunk(block, seeds_and_params, row_start):
+    return [kernels.random_resp_stats(block, seed, row_start, p)
+            for seed, p in seeds_and_params]
+
+
+def _log_likelihood_chunk(block, params, row_start):
+    return kernels.chunk_log_likelihood(block, params)
+
+
+def _sketch_chunk(block, params, n_points, row_start):
+    return [RankSketch.from_values(kernels.score_chunk(block, p, "score_samples"), n_points)
+            for p in params]
+
+
+###############################################################################
+# Passes that only score
+
+
+def score_pass(dataset: Dataset, params: list[Params], split_every: int = 8):
+    """Total log-likelihood and row count of ``dataset`` under each of ``params``."""
+    stats = data_pass(dataset, _log_likelihood_chunk, (params,), split_every=split_every)
+    return [(s.log_likelihood, s.n_samples) for s in stats]
+
+
+def sketch_pass(dataset: Dataset, params: list[Params], budget: int | None = None):
+    """Per model, a :class:`RankSketch` of the log-densities of all rows (one pass).
+
+    The sketches give the total log-likelihood and row count as :func:`score_pass`
+    does, and quantiles of the log-density with a guaranteed rank error: each chunk
+    keeps :func:`daskgmm.quantiles.sketch_points` values (decided here, on the client),
+    so the client receives about ``max(budget, 2049 * n_chunks)`` values per model.
+    """
+    n = dataset.n_samples
+    points = [quantiles.sketch_points(int(rows), n, budget) for rows in dataset.array.chunks[0]]
+    # Sketches combine by concatenation: gather them flat rather than through a tree.
+    return data_pass(dataset, _sketch_chunk, (params,), combine=combine_sketches,
+                     split_every=None, per_chunk=points)
+
+
+###############################################################################
+# Row-wise outputs
+
+
+class _RowsTask:
+    """Per-chunk prediction that reports NaN/inf rows with their location."""
+
+    def __init__(self, fn, where: _Where):
+        self.fn, self.where = fn, where
+
+    def __call__(self, block, params, block_info=None):
+        info = block_info[0] if block_info else {}
+        i = info.get("chunk-location", (0,))[0]
+        start = info.get("array-location", [(0, block.shape[0])])[0][0]
+        self.where.check_finite(block, i, start)
+        return self.fn(np.asarray(block, dtype=np.float64), params)
+
+
+def map_rows(dataset: Dataset, fn, params: Params, dtype, n_columns=None):
+    """``fn(chunk, params)`` over the row chunks: a lazy dask array chunked like the
+    rows, 1-D (``n_columns=None``) or with ``n_columns`` columns."""
+    task = _RowsTask(fn, _Where(dataset))
+    if n_columns is None:
+        return dataset.array.map_blocks(
+            task, params, dtype=dtype, drop_axis=1, block_info=True,
+            meta=np.empty((0,), dtype=dtype),
+        )
+    return dataset.array.map_blocks(
+        task, params, dtype=dtype, block_info=True,
+        chunks=(dataset.array.chunks[0], (n_columns,)), meta=np.empty((0, 0), dtype=dtype),
+    )

@@ -1,0 +1,145 @@
+"""What a score output format is, and the versioned formats (Parquet, Zarr) built on it.
+
+A format publishes one run's scores atomically, reads the current ones, and prunes old
+runs. :class:`ScoreFormat` is the interface :mod:`daskgmm.scores.publish` uses; a new
+format is one module with one subclass, registered in :data:`FORMATS`.
+:class:`VersionedScores` is the shared base of the formats that keep complete versions
+under ``_versions/<run_id>/<attempt>/`` with a pointer to the current one
+(:class:`daskgmm.versioned.VersionedLocation`): a subclass says where its marker,
+pointer and manifests live and how it writes one version's pieces.
+"""
+
+from __future__ import annotations
+
+import abc
+import secrets
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from ..kernels import SCORE_DTYPE
+from ..versioned import Metadata, VersionedLocation
+
+FORMAT = "daskgmm-scores"
+FORMAT_VERSION = 1
+VERSIONS = "_versions"
+ROW_NUMBER = "row_number"
+# Score columns, in the order they are written, with their Arrow types.
+SCORE_FIELDS = [(name, pa.from_numpy_dtype(SCORE_DTYPE[name])) for name in SCORE_DTYPE.names]
+
+
+class ScoreFormat(abc.ABC):
+    """One way of writing scores to storage."""
+
+    kind: str
+
+    @abc.abstractmethod
+    def marker(self, fs, root) -> dict | None:
+        """The format's marker at ``root`` when it holds scores of this format."""
+
+    @abc.abstractmethod
+    def check(self, target, storage_options) -> bool:
+        """Whether ``target`` already holds scores of this format (False: absent or
+        empty); raises ``ValueError`` when it holds anything else."""
+
+    @abc.abstractmethod
+    def publish(self, scores, dataset, target, *, run_id, info, id_columns,
+                storage_options) -> dict:
+        """Write ``scores`` (a lazy dask array of ``SCORE_DTYPE`` records chunked like
+        ``dataset``) as run ``run_id`` and make them current, atomically; return the
+        manifest, with ``version`` (relative to ``target``), ``n_rows``,
+        ``n_anomalies``, ``log_likelihood`` and the ``sketch`` of the log-densities."""
+
+    @abc.abstractmethod
+    def pointer(self, target, storage_options) -> dict | None:
+        """The current publication's manifest, or None."""
+
+    @abc.abstractmethod
+    def read(self, target, manifest, storage_options):
+        """The scores of the publication ``manifest`` as a pandas DataFrame."""
+
+    @abc.abstractmethod
+    def prune(self, target, keep_runs, current, storage_options) -> list[str]:
+        """Delete the publications of all but the ``keep_runs`` most recent runs, never
+        ``current`` (a version); return the deleted versions."""
+
+
+class VersionedScores(ScoreFormat):
+    """Scores as complete versions ``_versions/<run_id>/<attempt>`` and a pointer."""
+
+    @abc.abstractmethod
+    def metadata(self, storage_options) -> Metadata:
+        """Where this format keeps its marker, pointer and manifests."""
+
+    @abc.abstractmethod
+    def write_version(self, scores, dataset, location: VersionedLocation, version, info,
+                      id_columns, storage_options):
+        """Write the pieces of ``version``; returns ``(parts, columns)``: per piece its
+        ``(RankSketch, n_anomalies)``, and the written columns' names and types."""
+
+    def location(self, target, storage_options) -> VersionedLocation:
+        return VersionedLocation(
+            target, what="score location", format=FORMAT,
+            metadata=self.metadata(storage_options), versions=VERSIONS, depth=2,
+            storage_options=storage_options, writer="daskgmm.write_scores",
+            refusal=f"Refusing to write scores to {str(target)!r}",
+        )
+
+    def marker(self, fs, root):
+        marker = self.metadata(None).read_marker(fs, root)
+        return marker if marker is not None and marker.get("format") == FORMAT else None
+
+    def check(self, target, storage_options):
+        return self.location(target, storage_options).present()
+
+    def publish(self, scores, dataset, target, *, run_id, info, id_columns,
+                storage_options):
+        from ..quantiles import combine_sketches
+
+        location = self.location(target, storage_options)
+        if not location.present():
+            location.create({
+                "format_version": FORMAT_VERSION, "kind": self.kind,
+                "library_version": info["library_version"],
+                "note": "daskgmm anomaly scores: read the version the pointer names.",
+            })
+        token = secrets.token_hex(4)
+        version = f"{run_id}/{token}"
+        try:
+            parts, columns = self.write_version(scores, dataset, location, version, info,
+                                                id_columns, storage_options)
+            sketch = combine_sketches([s for s, _ in parts])
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "kind": self.kind,
+                "version": location.relative(version),
+                **info,
+                "written_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+                "source": dataset.description,
+                "n_rows": sketch.n_samples,
+                "n_anomalies": int(sum(a for _, a in parts)),
+                "log_likelihood": sketch.log_likelihood / sketch.n_samples,
+                "schema": columns,
+            }
+            location.complete(version, manifest)
+        except BaseException:
+            location.remove(version)
+            raise
+        location.point_to(manifest)  # publication: readers switch here
+        for other in location.entries(run_id):  # superseded attempts of this run
+            if other != version:
+                location.remove(other)
+        return {**manifest, "sketch": sketch}
+
+    def pointer(self, target, storage_options):
+        return self.location(target, storage_options).pointer()
+
+    def prune(self, target, keep_runs, current, storage_options):
+        location = self.location(target, storage_options)
+        deleted = location.prune(
+            keep_runs, None if current is None else current.removeprefix(f"{VERSIONS}/"),
+            group=lambda version: version.split("/")[0],
+            order=lambda version, manifest: (manifest.get("written_at", ""), version),
+        )
+        return [location.relative(v) for v in deleted]

@@ -1,0 +1,303 @@
+"""Write anomaly scores back to storage: versioned, atomic, idempotent publication.
+
+A run writes its scores under a fresh ``_versions/<run_id>/<token>``; only when every
+piece is written does it write the version manifest and then replace the pointer
+(atomically: a rename on local disks, a single PUT on object stores). Readers that
+follow the pointer see the previous complete scores or the new complete scores, never
+a mix. A re-run with the same ``run_id`` then deletes the earlier attempts of that run
+id, and nothing else. A failed run leaves the pointer naming the previous version and
+removes what it wrote; a piece still being written by another worker when the failure
+happened (or a process killed outright) can leave files in its unpublished version
+directory, which the next successful run with the same ``run_id`` deletes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sklearn.utils.validation import check_is_fitted
+
+from .. import anomaly, validation
+from .._storage import RUN_ID, join, url_to_fs
+from .._version import __version__
+from ..estimator import GaussianMixture, load, model_id
+from ..quantiles import RankSketch
+from ..sources import as_dataset
+from .formats import ROW_NUMBER, SCORE_FIELDS
+from .location import get_format, held_format
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Publication:
+    """What :func:`write_scores` published.
+
+    Attributes
+    ----------
+    target : str
+        The score location.
+    version : str
+        The published version, relative to ``target`` (``_versions/<run_id>/<token>``).
+    location : str
+        Path or URL of the version: what ``daskgmm.latest_scores(target)`` returns.
+    run_id, model_id, kind : str
+        The run, the model's content hash, 'parquet' or 'zarr'.
+    n_rows, n_anomalies : int
+    log_likelihood : float
+        Mean log-density per row (for drift checks).
+    sketch : RankSketch
+        Summary of the log-densities, for quantiles and histograms.
+    seconds : float
+    manifest : dict
+        The version manifest as written.
+    n_passes : int
+        Passes over the data (1: scoring and writing are one pass).
+    """
+
+    target: str
+    version: str
+    location: str
+    run_id: str
+    model_id: str
+    kind: str
+    n_rows: int
+    n_anomalies: int
+    log_likelihood: float
+    sketch: RankSketch = field(repr=False)
+    seconds: float
+    manifest: dict = field(repr=False)
+    n_passes: int = 1
+
+    @property
+    def anomaly_rate(self) -> float:
+        return self.n_anomalies / self.n_rows if self.n_rows else 0.0
+
+
+def write_scores(
+    model,
+    source,
+    target=None,
+    *,
+    run_id=None,
+    id_columns=None,
+    format=None,
+    columns=None,
+    array_name=None,
+    storage_options=None,
+    target_storage_options=None,
+    model_version=None,
+    callback=None,
+) -> Publication:
+    """Score every row of ``source`` with ``model`` and publish the scores at ``target``.
+
+    Parameters
+    ----------
+    model : GaussianMixture or str
+        A fitted model with an anomaly threshold (see
+        :meth:`GaussianMixture.set_threshold`), or the path of a model file.
+    source : path or URL of Zarr or Parquet data, or any input ``fit`` takes
+        Read with the model's ``columns``/``array_name``/``storage_options`` (Parquet:
+        the columns the model was fitted on) unless given here.
+    target : str, default=None
+        The score location (path or fsspec URL). Default for a Zarr group source: its
+        ``scores`` subgroup, next to the data. Required for other sources.
+    run_id : str, default=None
+        Names the version; a re-run with the same ``run_id`` replaces its own earlier
+        version and nothing else. Default: the UTC time, e.g. ``20261124T013000Z``.
+    id_columns : list of str, default=None
+        Parquet source only: columns copied from each input file next to the scores.
+        Without them, a ``row_number`` column (int64, the row's 0-based position in the
+        source, files in path order) identifies rows.
+    format : 'parquet' or 'zarr', default=None
+        The output format. Default: that of the source (Zarr for Zarr, else Parquet).
+    columns, array_name, storage_options : override the model's parameters for reading
+        ``source``.
+    target_storage_options : dict, default=None
+        fsspec options for ``target``; default: those of the source.
+    model_version : str, default=None
+        A label of the model (e.g. its version in a model store), kept in the manifest.
+    callback : callable, default=None
+        Receives a :class:`daskgmm.progress.ProgressEvent` after the pass.
+
+    Returns
+    -------
+    Publication
+
+    Notes
+    -----
+    Parquet output: one file per input file (same relative path) for a Parquet source,
+    else one file per row chunk (``part-00000.parquet``, ...), with the schema
+    ``[id columns as in the source | row_number int64], log_density float64,
+    anomaly_score float64, component int32, responsibility float64, is_anomaly bool``.
+    Zarr output: one 1-D array per score column in the version's group, chunked like the
+    input rows, each with attributes naming the model and the run.
+    """
+    from ..progress import PassCounter
+
+    t0 = time.perf_counter()
+    if not isinstance(model, GaussianMixture):
+        model = load(model, storage_options=target_storage_options or storage_options)
+    check_is_fitted(model)
+    anomaly.check_has_threshold(getattr(model, "threshold_", None))
+    scorer = copy.copy(model)
+    overrides = {"columns": columns, "array_name": array_name,
+                 "storage_options": storage_options}
+    scorer.set_params(**{k: v for k, v in overrides.items() if v is not None})
+    dataset = validation.predict_dataset(scorer, source)
+    run_id = _checked_run_id(run_id)
+    if target_storage_options is None:
+        target_storage_options = scorer.storage_options
+    target, fmt, id_columns = _checked_target(dataset, target, format, id_columns,
+                                              target_storage_options)
+    mid = model_id(model)
+    info = {
+        "model_id": mid,
+        "model_version": model_version,
+        "run_id": run_id,
+        "threshold": float(model.threshold_),
+        "contamination": model.contamination_,
+        "library_version": __version__,
+    }
+    scores = scorer.anomaly_scores(dataclasses.replace(dataset, lazy=True))
+    manifest = fmt.publish(scores, dataset, target, run_id=run_id, info=info,
+                           id_columns=id_columns, storage_options=target_storage_options)
+    counter = PassCounter(callback)
+    counter.done("publish")
+    sketch = manifest.pop("sketch")
+    publication = Publication(
+        target=str(target), version=manifest["version"],
+        location=join(target, manifest["version"]), run_id=run_id, model_id=mid,
+        kind=fmt.kind, n_rows=manifest["n_rows"], n_anomalies=manifest["n_anomalies"],
+        log_likelihood=manifest["log_likelihood"], sketch=sketch,
+        seconds=time.perf_counter() - t0, manifest=manifest, n_passes=counter.count,
+    )
+    logger.info(
+        "published scores of %d rows (%d anomalies, %.3f%%) of %s to %s, version %s",
+        publication.n_rows, publication.n_anomalies, 100 * publication.anomaly_rate,
+        dataset.description, target, publication.version,
+    )
+    return publication
+
+
+###############################################################################
+# Checks
+
+
+def _checked_run_id(run_id):
+    if run_id is None:
+        return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise ValueError(
+            f"run_id must be 1 to 128 letters, digits or '_.=+-', starting with a letter "
+            f"or digit (it names a directory); got {run_id!r}. E.g. run_id='2026-11-24'."
+        )
+    return run_id
+
+
+def _checked_id_columns(id_columns, dataset):
+    if id_columns is None:
+        return []
+    if isinstance(id_columns, str):
+        id_columns = [id_columns]
+    id_columns = [str(c) for c in id_columns]
+    origin = dataset.origin
+    if origin is None or origin.kind != "parquet":
+        raise ValueError(
+            f"id_columns={id_columns!r} needs a Parquet source (they are copied from its "
+            f"files); {dataset.description} has none. Rows are identified by their position: "
+            f"the '{ROW_NUMBER}' column in Parquet output, the array index in Zarr output."
+        )
+    clash = sorted(set(id_columns) & ({n for n, _ in SCORE_FIELDS} | {ROW_NUMBER}))
+    if clash:
+        raise ValueError(
+            f"id_columns {clash} clash with the score columns "
+            f"{[n for n, _ in SCORE_FIELDS]}; rename them in the source."
+        )
+    for (_, relative, _), schema in zip(origin.files, origin.schemas, strict=True):
+        names = schema.names
+        missing = [c for c in id_columns if c not in names]
+        if missing:
+            raise ValueError(
+                f"id column(s) {missing} not in file {relative!r} of {dataset.description} "
+                f"(columns there: {', '.join(names)}). Pass id_columns present in every "
+                "file, or none to get a row_number column."
+            )
+    return id_columns
+
+
+def check_score_target(
+    source,
+    target=None,
+    *,
+    id_columns=None,
+    format=None,
+    columns=None,
+    array_name=None,
+    storage_options=None,
+    target_storage_options=None,
+) -> str:
+    """Check, writing nothing, that :func:`write_scores` can publish the scores of
+    ``source`` at ``target`` (same arguments); returns the target it would use.
+
+    Raises the ``ValueError`` that ``write_scores`` would raise only after its pass over
+    the data: no default target, id columns missing from a file, a target inside a
+    Parquet source, holding something else than daskgmm scores, or scores of the other
+    format. A job can call it before fitting.
+    """
+    dataset = as_dataset(source, columns=columns, array_name=array_name,
+                         storage_options=storage_options)
+    if target_storage_options is None:
+        target_storage_options = storage_options
+    return _checked_target(dataset, target, format, id_columns, target_storage_options)[0]
+
+
+def _checked_target(dataset, target, format, id_columns, storage_options):
+    """``(target, format, id_columns)`` after every check that needs no write."""
+    origin = dataset.origin
+    if format is None:
+        format = "zarr" if origin is not None and origin.kind == "zarr" else "parquet"
+    fmt = get_format(format)
+    id_columns = _checked_id_columns(id_columns, dataset)
+    target = _default_target(target, dataset)
+    _check_not_inside_source(target, storage_options, origin)
+    held = held_format(target, storage_options)
+    if held is not None and held.kind != fmt.kind:
+        raise ValueError(
+            f"{str(target)!r} holds {held.kind} scores; this run writes {fmt.kind}. Use "
+            f"another target, or format={held.kind!r}."
+        )
+    fmt.check(target, storage_options)
+    return target, fmt, id_columns
+
+
+def _default_target(target, dataset):
+    if target is not None:
+        return os.fspath(target)
+    origin = dataset.origin
+    if origin is not None and origin.kind == "zarr" and origin.group:
+        return join(origin.url, "scores")
+    raise ValueError(
+        f"target= is required to write the scores of {dataset.description}: a path or URL "
+        "of a new (or earlier daskgmm score) location, e.g. target='out/scores'. Only a "
+        "Zarr group source has a default: its 'scores' subgroup."
+    )
+
+
+def _check_not_inside_source(target, storage_options, origin):
+    if origin is None or origin.kind != "parquet":
+        return
+    fs, root = url_to_fs(target, storage_options)
+    src = origin.root.rstrip("/")
+    if fs.protocol == origin.fs.protocol and (root == src or root.startswith(f"{src}/")):
+        raise ValueError(
+            f"Refusing to write scores to {str(target)!r}: it is inside the Parquet source "
+            f"{origin.url!r}, whose readers would pick up the score files. Choose a location "
+            "outside the source, e.g. a sibling directory."
+        )

@@ -1,0 +1,231 @@
+"""Checks of the estimator's parameters, its initial parameters and its inputs.
+
+Messages follow scikit-learn's ("The 'n_components' parameter of GaussianMixture must be
+an int in the range [1, inf). Got 0 instead."). :func:`fit_dataset` and
+:func:`predict_dataset` turn what a user passes to ``fit`` or ``predict`` into a
+:class:`daskgmm.sources.Dataset`, recording or checking the features as scikit-learn's
+``validate_data`` does.
+"""
+
+from __future__ import annotations
+
+import numbers
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+from sklearn.utils.validation import validate_data
+
+from . import covariance
+from .sources import Dataset, MissingColumnError, as_dataset
+
+INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
+
+
+def _interval(name, kind, low, high=None):
+    def check(owner, value):
+        ok_type = (
+            isinstance(value, numbers.Integral) if kind == "int"
+            else isinstance(value, numbers.Real)
+        ) and not isinstance(value, bool)
+        if ok_type and value >= low and (high is None or value <= high):
+            return
+        what = "an int" if kind == "int" else "a float"
+        hi = "inf)" if high is None else f"{high}]"
+        raise ValueError(
+            f"The {name!r} parameter of {owner} must be {what} in the range "
+            f"[{low}, {hi}. Got {value!r} instead."
+        )
+    return check
+
+
+def _options(name, options):
+    def check(owner, value):
+        if isinstance(value, str) and value in options:
+            return
+        allowed = ", ".join(repr(o) for o in options)
+        raise ValueError(
+            f"The {name!r} parameter of {owner} must be a str among "
+            f"{{{allowed}}}. Got {value!r} instead."
+        )
+    return check
+
+
+def _boolean(name):
+    def check(owner, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(
+                f"The {name!r} parameter of {owner} must be an instance of "
+                f"'bool'. Got {value!r} instead."
+            )
+    return check
+
+
+def _check_cache(owner, value):
+    if value not in (True, False, "auto") or isinstance(value, (int, float)) and (
+        not isinstance(value, bool)
+    ):
+        raise ValueError(
+            f"The 'cache' parameter of {owner} must be True, False or 'auto'. "
+            f"Got {value!r} instead."
+        )
+
+
+def _check_chunk_rows(owner, value):
+    if value == "auto" or value is None:
+        return
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+        return
+    raise ValueError(
+        f"The 'chunk_rows' parameter of {owner} must be an int in the range "
+        f"[1, inf), 'auto' or None. Got {value!r} instead."
+    )
+
+
+CONSTRAINTS = {
+    "n_components": _interval("n_components", "int", 1),
+    "covariance_type": _options("covariance_type", covariance.COVARIANCE_TYPES),
+    "tol": _interval("tol", "real", 0.0),
+    "reg_covar": _interval("reg_covar", "real", 0.0),
+    "max_iter": _interval("max_iter", "int", 0),
+    "n_init": _interval("n_init", "int", 1),
+    "init_params": _options("init_params", INIT_PARAMS),
+    "warm_start": _boolean("warm_start"),
+    "verbose_interval": _interval("verbose_interval", "int", 1),
+    "split_every": _interval("split_every", "int", 2),
+    "init_sample_size": _interval("init_sample_size", "int", 1),
+    "cache": _check_cache,
+    "chunk_rows": _check_chunk_rows,
+}
+
+
+def check_params(params: dict, owner="GaussianMixture"):
+    """Check the constrained parameters among ``params`` (``get_params()``)."""
+    for name, check in CONSTRAINTS.items():
+        if name in params:
+            check(owner, params[name])
+
+
+def check_initial_parameters(covariance_type, n_components, n_features, weights_init=None,
+                             means_init=None, precisions_init=None):
+    """scikit-learn's checks of user-given initial weights, means and precisions."""
+    k = n_components
+    if weights_init is not None:
+        w = np.asarray(weights_init, dtype=np.float64)
+        if w.shape != (k,):
+            raise ValueError(
+                f"The parameter 'weights' should have the shape of ({k},), but got {w.shape}"
+            )
+        if np.any(w < 0) or np.any(w > 1):
+            raise ValueError(
+                "The parameter 'weights' should be in the range [0, 1], but got "
+                f"max value {w.max():.5f}, min value {w.min():.5f}"
+            )
+        if not np.allclose(np.abs(1.0 - w.sum()), 0.0):
+            raise ValueError(
+                f"The parameter 'weights' should be normalized, but got sum(weights) = "
+                f"{w.sum():.5f}"
+            )
+    if means_init is not None:
+        m = np.asarray(means_init, dtype=np.float64)
+        if m.shape != (k, n_features):
+            raise ValueError(
+                f"The parameter 'means' should have the shape of {(k, n_features)}, but "
+                f"got {m.shape}"
+            )
+    if precisions_init is not None:
+        covariance.get(covariance_type).check_precisions(
+            np.asarray(precisions_init, dtype=np.float64), k, n_features)
+
+
+###############################################################################
+# Inputs
+
+
+def is_lazy_source(X) -> bool:
+    """Whether ``X`` is read lazily (a path, a dask or Zarr array, a Dataset)."""
+    return isinstance(X, (str, Path, da.Array, Dataset)) or type(X).__module__.startswith(
+        "zarr")
+
+
+def fit_dataset(est, X) -> Dataset:
+    """``X`` as a row-chunked Dataset for ``est.fit``; sets ``n_features_in_`` and
+    ``feature_names_in_`` (or removes a stale one), as scikit-learn's ``validate_data``."""
+    return _dataset(est, X, reset=True, fit=True)
+
+
+def predict_dataset(est, X) -> Dataset:
+    """``X`` as a Dataset for a fitted ``est``, checked against the fitted features
+    (Parquet without ``columns``: the columns seen at fit are read)."""
+    return _dataset(est, X, reset=False)
+
+
+def _dataset(est, X, *, reset, fit=False):
+    if not is_lazy_source(X):
+        X = validate_data(
+            est, X, reset=reset, dtype=[np.float64, np.float32],
+            ensure_all_finite=False, ensure_min_samples=2 if fit else 1,
+        )
+        return as_dataset(X, chunk_rows=est.chunk_rows if fit else "auto")
+    columns = est.columns
+    fitted = None if reset else getattr(est, "feature_names_in_", None)
+    if columns is None and fitted is not None:
+        columns = [str(c) for c in fitted]  # Parquet: read the columns seen at fit
+    try:
+        dataset = as_dataset(
+            X,
+            columns=columns,
+            array_name=est.array_name,
+            storage_options=est.storage_options,
+            chunk_rows=est.chunk_rows if fit else None,
+        )
+    except MissingColumnError as exc:
+        if fitted is None:
+            raise
+        raise MissingColumnError(
+            f"{exc} The model was fitted on columns {[str(c) for c in fitted]}: the data "
+            "to score need the same columns."
+        ) from None
+    names = dataset.feature_names
+    if reset:
+        est.n_features_in_ = dataset.n_features
+        if names is not None:
+            est.feature_names_in_ = np.asarray(names, dtype=object)
+        elif hasattr(est, "feature_names_in_"):
+            del est.feature_names_in_
+    else:
+        check_features(est, dataset)
+    if fit and dataset.n_samples < 2:
+        raise ValueError(
+            f"Found array with {dataset.n_samples} sample(s) (shape="
+            f"{dataset.array.shape}) in {dataset.description} while a minimum of 2 is "
+            f"required by {type(est).__name__}."
+        )
+    return dataset
+
+
+def check_features(est, dataset: Dataset):
+    """The dataset has the features ``est`` was fitted on (names when both have them)."""
+    fitted_names = getattr(est, "feature_names_in_", None)
+    names = dataset.feature_names
+    if fitted_names is not None and names is not None and list(names) != list(fitted_names):
+        raise ValueError(
+            f"The feature names of {dataset.description} differ from those seen at fit "
+            f"time: expected columns {list(fitted_names)}, got {list(names)}. Pass "
+            f"columns={list(fitted_names)!r} to read the same columns in the same order."
+        )
+    if dataset.n_features != est.n_features_in_:
+        raise ValueError(
+            f"X has {dataset.n_features} features, but {type(est).__name__} is "
+            f"expecting {est.n_features_in_} features as input "
+            f"({dataset.description})."
+        )
+
+
+def check_enough_rows(n_samples, n_components, description):
+    if n_samples < n_components:
+        raise ValueError(
+            "Expected n_samples >= n_components but got n_components = "
+            f"{n_components}, n_samples = {n_samples} ({description}). "
+            f"Use at most n_components={n_samples}, or fit on more rows."
+        )

@@ -1,0 +1,138 @@
+"""The nightly job's decisions as plain functions: no Prefect, no cluster.
+
+What the flows in :mod:`.flows` decide is here, so that it can be read and tested on
+its own: whether tonight re-runs the model selection and why, the drift verdict from
+the first pass of a warm-start fit, which columns are features, and what a run's
+report and a model version's info say.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+
+def reselect_reasons(current_info: dict | None, *, warm_start: bool,
+                     reselect_every_days: int | None, now: datetime) -> list[str]:
+    """Why tonight runs the full selection instead of a warm start ([]: warm start).
+
+    ``current_info`` is the current model version's info (None: no model yet).
+    """
+    if current_info is None:
+        return ["no model in the store yet"]
+    reasons = []
+    if not warm_start:
+        reasons.append("nightly.warm_start is off")
+    selected_at = current_info.get("selected_at")
+    if reselect_every_days is not None and selected_at is not None:
+        age = (now - datetime.fromisoformat(selected_at)).total_seconds()
+        if age >= reselect_every_days * 86400:
+            reasons.append(f"the last selection is {age / 86400:.1f} days old "
+                           f"(re-selection every {reselect_every_days} days)")
+    return reasons
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """Tonight's mean log-likelihood under the current model against its training
+    value: drifted when below it by more than ``margin``."""
+
+    tonight: float
+    training: float
+    margin: float
+    drifted: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def reason(self) -> str:
+        return (f"drift: tonight's mean log-likelihood {self.tonight:.4f} is below the "
+                f"training value {self.training:.4f} by more than {self.margin}")
+
+
+def drift_check(training: float, tonight: float, margin: float) -> DriftCheck:
+    """The drift verdict (no verdict without a training value: not drifted)."""
+    training, tonight = float(training), float(tonight)
+    drifted = bool(math.isfinite(training) and tonight < training - margin)
+    return DriftCheck(tonight, training, margin, drifted)
+
+
+class DriftGuard:
+    """A progress callback for a warm-start fit: the first EM pass's mean
+    log-likelihood is tonight's data under the current model; when it has drifted, the
+    callback stops the fit there (no pass is spent on a model that will be replaced).
+
+    ``verdict(model)`` is the check made, or for a fit resumed past its first pass the
+    one its first lower bound gives.
+    """
+
+    def __init__(self, training: float, margin: float):
+        self.training, self.margin = training, margin
+        self.check: DriftCheck | None = None
+
+    def __call__(self, event) -> bool:
+        if event.phase == "em" and event.n_iter == 1 and self.check is None:
+            self.check = drift_check(self.training, event.log_likelihood, self.margin)
+            return self.check.drifted
+        return False
+
+    def verdict(self, model) -> DriftCheck:
+        if self.check is not None:
+            return self.check
+        return drift_check(self.training, model.lower_bounds_[0], self.margin)
+
+
+def feature_columns(columns, id_columns, numeric_columns):
+    """The feature columns of a Parquet source: the config's ``columns``; without them
+    every numeric column that is not an id column; None (the library's default) when
+    there are no id columns to leave out."""
+    if columns is not None or not id_columns:
+        return columns
+    return [c for c in numeric_columns or [] if c not in id_columns] or None
+
+
+def mode_text(reasons: list[str], warm_version: str | None) -> str:
+    """The report's first line: what tonight did and why."""
+    if reasons:
+        return "Full BIC selection: " + "; ".join(reasons)
+    return f"Warm start from model version {warm_version}; drift check within the margin"
+
+
+def model_info(job: dict, run_id, model, *, selected_at, selection_version, drift,
+               reasons, now: datetime) -> dict:
+    """The ``info.json`` of a model version: what produced it. ``job``: the config's
+    name, source uri and summary (secrets stay ``{env: NAME}`` references)."""
+    return {
+        "job": job["name"], "run_id": run_id, "created": now.isoformat(),
+        "n_components": int(model.n_components), "covariance_type": model.covariance_type,
+        "n_iter": int(model.n_iter_), "converged": bool(model.converged_),
+        "training_log_likelihood": float(model.training_log_likelihood_),
+        "threshold": float(model.threshold_), "selected_at": selected_at,
+        "selection_version": selection_version,
+        "drift": None if drift is None else drift.as_dict(), "reselect_reasons": reasons,
+        "source": job["source"], "config": job["config"],
+    }
+
+
+def run_summary(*, job: str, run_id: str, model, model_id: str, version: str,
+                model_url: str, publication, seconds: float, n_passes: int,
+                reasons: list[str], warm_version: str | None, drift: DriftCheck | None,
+                selection_table=None) -> dict:
+    """What the nightly run's report says (the markdown summary renders this)."""
+    return {
+        "job": job, "run_id": run_id, "mode_text": mode_text(reasons, warm_version),
+        "drift_note": "; ".join(reasons),
+        "n_components": int(model.n_components), "covariance_type": model.covariance_type,
+        "model_version": version, "model_id": model_id,
+        "n_iter": int(model.n_iter_), "converged": bool(model.converged_),
+        "seconds": seconds, "n_passes": int(n_passes),
+        "n_rows": publication.n_rows, "n_anomalies": publication.n_anomalies,
+        "anomaly_rate": publication.anomaly_rate, "threshold": float(model.threshold_),
+        "drift": None if drift is None else drift.as_dict(), "model_url": model_url,
+        "scores_url": publication.location, "selection_table": selection_table,
+    }
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
