@@ -56,6 +56,35 @@ class Threshold:
     quantiles: np.ndarray = field(default_factory=lambda: np.empty(0))
 
 
+# The estimator's fitted attributes that hold its Threshold.
+ATTRIBUTES = {
+    "threshold_": "threshold", "contamination_": "contamination",
+    "threshold_bounds_": "bounds", "training_log_likelihood_": "training_log_likelihood",
+    "score_quantile_levels_": "quantile_levels", "score_quantiles_": "quantiles",
+}
+
+
+def attach(est, threshold: Threshold | None, n_passes=0):
+    """Set ``est``'s threshold attributes (``threshold_`` ...) and
+    ``threshold_n_passes_``; with None, remove them."""
+    for attribute, name in ATTRIBUTES.items():
+        if threshold is not None:
+            setattr(est, attribute, getattr(threshold, name))
+        elif hasattr(est, attribute):
+            delattr(est, attribute)
+    if threshold is not None:
+        est.threshold_n_passes_ = n_passes
+    elif hasattr(est, "threshold_n_passes_"):
+        del est.threshold_n_passes_
+
+
+def attached(est) -> Threshold | None:
+    """The threshold of ``est``'s attributes, or None."""
+    if getattr(est, "threshold_", None) is None:
+        return None
+    return Threshold(**{name: getattr(est, attribute) for attribute, name in ATTRIBUTES.items()})
+
+
 def check_contamination(contamination):
     if isinstance(contamination, bool) or not isinstance(contamination, numbers.Real) or (
         not 0.0 < contamination <= 0.5

@@ -1,39 +1,25 @@
 """``daskgmm.GaussianMixture``: scikit-learn's GaussianMixture, fitted out-of-core on Dask.
 
 The estimator holds parameters and fitted attributes and delegates the work:
-:mod:`daskgmm.validation` checks parameters and inputs, :mod:`daskgmm.initialization`
-and :mod:`daskgmm.em` fit, :mod:`daskgmm.passes` scores, :mod:`daskgmm.anomaly` sets
-thresholds and anomaly scores, :mod:`daskgmm.model_file` reads and writes model files.
+:mod:`daskgmm.validation` checks parameters and inputs, :mod:`daskgmm.fitting` fits,
+:mod:`daskgmm.passes` scores, :mod:`daskgmm.anomaly` sets thresholds and anomaly scores,
+:mod:`daskgmm.model_file` reads and writes model files.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
-import time
-import warnings
 from functools import partial
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from . import anomaly, em, initialization, kernels, model_file, passes, sources, validation
+from . import anomaly, fitting, kernels, model_file, passes, validation
 from .anomaly import Threshold
-from .checkpoint import fingerprint
 from .mixture import FitSummary, Mixture
-from .progress import PassCounter, VerbosePrinter, fan_out
-
-logger = logging.getLogger(__name__)
-
-# Fitted attributes holding the anomaly threshold (see Threshold).
-_THRESHOLD_ATTRIBUTES = {
-    "threshold_": "threshold", "contamination_": "contamination",
-    "threshold_bounds_": "bounds", "training_log_likelihood_": "training_log_likelihood",
-    "score_quantile_levels_": "quantile_levels", "score_quantiles_": "quantiles",
-}
+from .progress import PassCounter
 
 
 class GaussianMixture(DensityMixin, BaseEstimator):
@@ -198,76 +184,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return self.predict(X)
 
     def _fit(self, X, callback=None, checkpoint=None):
-        validation.check_params(self.get_params(deep=False))
-        t0 = time.perf_counter()
+        params = self.get_params(deep=False)
+        validation.check_params(params)
         dataset = validation.fit_dataset(self, X)
         validation.check_enough_rows(dataset.n_samples, self.n_components, dataset.description)
         validation.check_initial_parameters(
             self.covariance_type, self.n_components, dataset.n_features,
             self.weights_init, self.means_init, self.precisions_init)
-        start = _mixture_of(self) if self.warm_start and hasattr(self, "converged_") else None
-        n_init = self.n_init if start is None else 1
-        fit_data = sources.cached(dataset, self.cache)
-        verbose = VerbosePrinter(self.verbose, self.verbose_interval, n_init)
-
-        resumed = None
-        if checkpoint is not None:  # the fingerprint lists the data's files: only then
-            key = fingerprint(model_file.portable_params(self.get_params(deep=False)), dataset,
-                              start)
-            resumed = checkpoint.load(key)
-        if resumed is not None:
-            candidates, n_passes = resumed
-            counter = PassCounter(fan_out(verbose, callback), start=n_passes)
-            resumed_iteration = max(c.n_iter for c in candidates)
-            logger.info("resuming the fit from checkpoint %s: iteration %d, %d passes made",
-                        checkpoint.path, resumed_iteration, n_passes)
-        else:
-            counter = PassCounter(fan_out(verbose, callback))
-            resumed_iteration = 0
-            candidates = self._initial_candidates(fit_data, start, n_init, counter)
-        result = em.run_em(
-            fit_data, candidates, tol=self.tol, max_iter=self.max_iter,
-            reg_covar=self.reg_covar, split_every=self.split_every, counter=counter,
-            on_pass=None if checkpoint is None else checkpoint.saver(key, counter.count),
-        )
-        verbose.end()
-        best = em.best_candidate(result.candidates)
-        if not best.converged and self.max_iter > 0 and not result.stopped:
-            warnings.warn(
-                "Best performing initialization did not converge. Try different init "
-                "parameters, or increase max_iter, tol, or check for degenerate data.",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-        self.set_fitted(Mixture.from_params(best.params), FitSummary(
-            n_iter=best.n_iter, converged=best.converged,
-            lower_bound=best.lower_bound if self.max_iter > 0 else -np.inf,
-            lower_bounds=list(best.lower_bounds), n_samples=dataset.n_samples,
-            n_passes=counter.count, seconds=time.perf_counter() - t0,
-            resumed_iteration=resumed_iteration,
-        ))
-        logger.info(
-            "fitted %d components (%s) on %d x %d rows of %s: %d iterations, converged=%s, "
-            "lower bound %.6f, %d data passes, %.2fs",
-            self.n_components, self.covariance_type, dataset.n_samples, dataset.n_features,
-            dataset.description, self.n_iter_, self.converged_, self.lower_bound_,
-            self.n_passes_, self.fit_seconds_,
-        )
+        warm = self.warm_start and hasattr(self, "converged_")
+        mixture, summary = fitting.fit(
+            dataset, params, start=_mixture_of(self) if warm else None,
+            start_lower_bound=self.lower_bound_ if warm else -np.inf, callback=callback,
+            checkpoint=checkpoint)
+        self.set_fitted(mixture, summary)
         return dataset
-
-    def _initial_candidates(self, fit_data, start, n_init, counter):
-        if start is not None:  # warm start: the fitted model, in this data's coordinates
-            params = start.params(initialization.data_shift(fit_data))
-            return [em.Candidate(params, tag=0, lower_bound=self.lower_bound_)]
-        params = initialization.initial_params(
-            fit_data, n_components=self.n_components, covariance_type=self.covariance_type,
-            init_params=self.init_params, n_init=n_init,
-            random_state=check_random_state(self.random_state), reg_covar=self.reg_covar,
-            weights_init=self.weights_init, means_init=self.means_init,
-            precisions_init=self.precisions_init, init_sample_size=self.init_sample_size,
-            split_every=self.split_every, counter=counter,
-        )
-        return [em.Candidate(p, tag=i) for i, p in enumerate(params)]
 
     def set_fitted(self, mixture: Mixture, fit: FitSummary | None = None,
                    threshold: Threshold | None = None, *, feature_names=None):
@@ -294,19 +224,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.fit_n_samples_ = int(fit.n_samples)
         self.fit_seconds_ = float(fit.seconds)
         self.resumed_iteration_ = int(fit.resumed_iteration)
-        self._set_threshold(threshold)
+        anomaly.attach(self, threshold)
         return self
-
-    def _set_threshold(self, threshold: Threshold | None, n_passes=0):
-        for attribute, name in _THRESHOLD_ATTRIBUTES.items():
-            if threshold is not None:
-                setattr(self, attribute, getattr(threshold, name))
-            elif hasattr(self, attribute):
-                delattr(self, attribute)
-        if threshold is not None:
-            self.threshold_n_passes_ = n_passes
-        elif hasattr(self, "threshold_n_passes_"):
-            del self.threshold_n_passes_
 
     # ------------------------------------------------------------ prediction
 
@@ -357,24 +276,18 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Set the log-density threshold below which a row is flagged as an anomaly.
 
         By default the threshold is the ``contamination`` quantile of the log-density of
-        the rows of ``X`` (the training data), computed out-of-core in one pass: each
-        chunk's sorted log-densities are summarised at ``m`` evenly spaced ranks (its
-        share of 4,194,304 values, in proportion to its rows, and at least 2049), and the
-        summaries are gathered (:mod:`daskgmm.quantiles`). The quantile is exact
-        (numpy's ``quantile``) for up to 4,194,304 rows; beyond, the fraction of rows of
-        ``X`` at or below the threshold differs from ``contamination`` by less than
-        1/2048 of the rows (0.049 %) plus one row per chunk. The bounds reached are kept
-        in ``threshold_bounds_``.
-        With ``threshold=`` a fixed log-density is used instead (``X`` is then optional;
-        given, it only fills the training quantiles).
-
-        The threshold, the contamination and quantiles of the training log-density are
-        saved in the model file, so that tomorrow's data are flagged against the same
-        threshold.
+        the rows of ``X`` (the training data), computed out-of-core in one pass; it is
+        exact (numpy's ``quantile``) for up to 4,194,304 rows, and beyond that the
+        fraction of rows at or below it is within 1/2048 of the rows plus one row per
+        chunk of ``contamination`` (see :mod:`daskgmm.quantiles`); the bounds reached are
+        kept in ``threshold_bounds_``. With ``threshold=`` a fixed log-density is used
+        instead (``X`` is then optional; given, it only fills the training quantiles).
+        The threshold is saved in the model file, so that tomorrow's data are flagged
+        against the same threshold.
 
         Parameters
         ----------
-        X : data the model was fitted on (any input :meth:`fit` takes), optional with
+        X : the data the model was fitted on (any input :meth:`fit` takes); optional with
             ``threshold``.
         contamination : float in (0, 0.5], default=0.01
             Expected fraction of anomalies in ``X``.
@@ -385,29 +298,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
         Returns
         -------
-        self
-
-        Attributes set
-        --------------
-        threshold_ : float
-        contamination_ : float or None (None for a fixed threshold)
-        threshold_bounds_ : (float, float) or None
-            Lowest and highest possible fraction of the rows of ``X`` at or below
-            ``threshold_``.
-        score_quantile_levels_, score_quantiles_ : ndarray
-            Log-density quantiles of ``X`` at these levels (empty without ``X``).
-        training_log_likelihood_ : float
-            Mean log-density per row of ``X`` (nan without ``X``).
-        threshold_n_passes_ : int
-            Passes over the data this call made (1 with ``X``, else 0).
+        self, with ``threshold_``, ``contamination_`` (None for a fixed threshold),
+        ``threshold_bounds_`` (lowest and highest possible fraction of the rows of ``X``
+        at or below ``threshold_``, or None), ``score_quantile_levels_`` and
+        ``score_quantiles_`` (log-density quantiles of ``X``; empty without ``X``),
+        ``training_log_likelihood_`` (mean log-density of ``X``; NaN without ``X``) and
+        ``threshold_n_passes_`` (passes over the data this call made).
         """
         check_is_fitted(self)
         anomaly.check_rule(contamination, threshold)
         dataset = None if X is None else validation.predict_dataset(self, X)
         counter = PassCounter(callback)
-        self._set_threshold(anomaly.compute(
+        anomaly.attach(self, anomaly.compute(
             dataset, _mixture_of(self), contamination=contamination, threshold=threshold,
-            counter=counter), counter.count)
+            counter=counter), n_passes=counter.count)
         return self
 
     def anomaly_scores(self, X):
@@ -488,10 +392,6 @@ def _mixture_of(est: GaussianMixture) -> Mixture:
 
 def _record_of(est: GaussianMixture) -> model_file.ModelRecord:
     check_is_fitted(est)
-    threshold = None
-    if getattr(est, "threshold_", None) is not None:
-        threshold = Threshold(**{name: getattr(est, attribute)
-                                 for attribute, name in _THRESHOLD_ATTRIBUTES.items()})
     names = getattr(est, "feature_names_in_", None)
     return model_file.ModelRecord(
         params=model_file.portable_params(est.get_params(deep=False)),
@@ -500,5 +400,5 @@ def _record_of(est: GaussianMixture) -> model_file.ModelRecord:
                        getattr(est, "fit_n_samples_", -1), getattr(est, "n_passes_", 0)),
         n_features_in=est.n_features_in_,
         feature_names=None if names is None else [str(n) for n in names],
-        threshold=threshold,
+        threshold=anomaly.attached(est),
     )
