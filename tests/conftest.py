@@ -17,20 +17,66 @@ def make_blobs(n_samples=900, n_features=3, n_components=3, seed=0, spread=4.0, 
     return X
 
 
+def random_params(covariance_type, n_components=3, n_features=4, seed=0):
+    """Random engine parameters of a mixture (no shift), with their covariances."""
+    from daskgmm import covariance
+    from daskgmm.kernels import Params
+
+    rng = np.random.default_rng(seed)
+    if covariance_type == "full":
+        A = rng.normal(size=(n_components, n_features, n_features))
+        cov = A @ A.transpose(0, 2, 1) + np.eye(n_features)
+    elif covariance_type == "tied":
+        A = rng.normal(size=(n_features, n_features))
+        cov = A @ A.T + np.eye(n_features)
+    elif covariance_type == "diag":
+        cov = rng.uniform(0.5, 2.0, size=(n_components, n_features))
+    else:
+        cov = rng.uniform(0.5, 2.0, size=n_components)
+    weights = rng.dirichlet(np.ones(n_components))
+    means = rng.normal(0, 3, size=(n_components, n_features))
+    prec = covariance.get(covariance_type).precisions_cholesky(cov)
+    return Params(covariance_type, weights, means, prec, cov, np.zeros(n_features))
+
+
+def full_covariances(params, n_features):
+    """The covariances of ``params`` as (n_components, n_features, n_features) matrices."""
+    cov = params.covariances
+    k = params.n_components
+    return {
+        "full": lambda: cov,
+        "tied": lambda: np.repeat(cov[None], k, axis=0),
+        "diag": lambda: np.stack([np.diag(c) for c in cov]),
+        "spherical": lambda: np.stack([np.eye(n_features) * c for c in cov]),
+    }[params.covariance_type]()
+
+
 @pytest.fixture(scope="session")
 def blobs():
     return make_blobs()
 
 
-@pytest.fixture(scope="module")
-def cluster_client():
-    """A real distributed cluster: 2 worker processes, 1 thread each."""
-    from distributed import Client, LocalCluster
+@pytest.fixture(scope="session")
+def cluster():
+    """A real distributed cluster for the whole session: 2 worker processes, 1 thread
+    each. Tests reach it through ``cluster_client``."""
+    from distributed import LocalCluster
 
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
         memory_limit="2GiB",
-    ) as cluster, Client(cluster) as client:
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_client(cluster):
+    """A client of the session's cluster, current for this test only: other tests run
+    on dask's local scheduler."""
+    from distributed import Client
+
+    with Client(cluster) as client:
+        client.wait_for_workers(2, timeout=60)
         yield client
 
 
@@ -53,3 +99,44 @@ def s3():
     fs.mkdir("data")
     yield fs, options
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A temporary Prefect API (SQLite) for the flow runs of the tests that ask for it;
+    started once (it takes about 12 s on 2 cores). Yields its URL."""
+    import prefect.settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield prefect.settings.PREFECT_API_URL.value()
+
+
+def write_job_config(tmp_path, **changes):
+    """A job file for the demo data of :func:`write_demo`: a small grid, an embedded
+    cluster of in-process workers (process isolation is not what flow tests check)."""
+    import yaml
+
+    cfg = {
+        "name": "t",
+        "source": {"uri": str(tmp_path / "data" / "demo.zarr"), "array_name": "X"},
+        "model": {"n_components": [2, 3, 4], "covariance_types": ["full", "diag"],
+                  "seed": 0, "tol": 1e-4},
+        "anomaly": {"contamination": 0.01},
+        "outputs": {"model_store": str(tmp_path / "models")},
+        "cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB",
+                    "processes": False},
+        "nightly": {"checkpoint_every": 1},
+    }
+    for section, values in changes.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def write_demo(tmp_path, seed=0, rows=60_000, overwrite=False):
+    from daskgmm_pipelines.demo_data import write_demo_data
+
+    return write_demo_data(tmp_path / "data", n_samples=rows, n_features=4, n_components=3,
+                           seed=seed, anomaly_fraction=0.01, overwrite=overwrite)

@@ -11,7 +11,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 import daskgmm
 from daskgmm import GaussianMixture
 
-from .conftest import COVARIANCE_TYPES
+from .conftest import COVARIANCE_TYPES, make_blobs
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
@@ -112,3 +112,34 @@ def test_damaged_files_are_refused_with_the_piece_named(tmp_path, blobs):
         _rewrite(path, edit)
         with pytest.raises(daskgmm.model_file.ModelFileError, match=message):
             daskgmm.load(path)
+
+
+def test_model_file_keeps_the_threshold_and_quantiles(tmp_path):
+    X = make_blobs(4_000, 3, 3, seed=5)
+    ours = GaussianMixture(3, random_state=0, tol=1e-6).fit(X)
+    ours.set_threshold(X, contamination=0.03)
+    path = tmp_path / "m.daskgmm"
+    ours.save(path)
+    back = daskgmm.load(path)
+    for name in ("threshold_", "contamination_", "threshold_bounds_",
+                 "training_log_likelihood_"):
+        assert getattr(back, name) == pytest.approx(getattr(ours, name), rel=1e-15)
+    assert_array_equal(back.score_quantiles_, ours.score_quantiles_)
+    assert_array_equal(back.score_quantile_levels_, ours.score_quantile_levels_)
+    assert daskgmm.model_id(back) == daskgmm.model_id(ours)
+    assert_array_equal(back.anomaly_scores(X)["is_anomaly"], ours.anomaly_scores(X)["is_anomaly"])
+    before = daskgmm.model_id(ours)
+    ours.set_threshold(threshold=-1.0)
+    assert daskgmm.model_id(ours) != before  # the id covers the threshold
+
+    raw = zipfile.ZipFile(path)
+    meta = json.loads(raw.read("metadata.json"))
+    meta["anomaly"]["score_quantiles"] = [1.0]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in raw.namelist():
+            data = json.dumps(meta) if name == "metadata.json" else raw.read(name)
+            zf.writestr(name, data)
+    (tmp_path / "bad.daskgmm").write_bytes(buf.getvalue())
+    with pytest.raises(daskgmm.model_file.ModelFileError, match="score_quantiles differ in length"):
+        daskgmm.load(tmp_path / "bad.daskgmm")

@@ -1,4 +1,4 @@
-"""The model store: versions, the current pointer, checkpoints; progress events."""
+"""The model store: versions, the current pointer, retention, refusal (local and S3)."""
 
 import pytest
 from numpy.testing import assert_array_equal
@@ -49,18 +49,3 @@ def test_versions_pointer_and_refusal(tmp_path, s3):
         ModelStore(tmp_path / "mine").save(a, ModelStore(tmp_path).new_version(a), {})
     with pytest.raises(FileNotFoundError, match="has no current model yet"):
         ModelStore(tmp_path / "empty").load()
-
-
-def test_progress_events_from_em():
-    X = make_blobs(2_000, 2, 3, seed=2)
-    events = []
-    gm = GaussianMixture(3, n_init=2, random_state=0).fit(X, callback=events.append)
-    assert events[0].phase == "initialization" and events[0].n_passes == 1
-    passes = [e for e in events if e.phase == "em"]
-    assert [e.n_passes for e in events] == list(range(1, len(events) + 1))
-    assert len(events) == gm.n_passes_ == len(passes) + 1
-    assert passes[0].n_candidates == 2 and passes[0].max_iter == 100
-    assert passes[-1].active == 0
-    assert passes[-1].log_likelihood >= gm.lower_bound_ - 1e-12
-    GaussianMixture(3, random_state=0).fit(X)
-    assert len(events) == len(passes) + 1  # no events from a fit without the callback

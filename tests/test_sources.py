@@ -397,3 +397,11 @@ def test_path_types_are_equivalent(tmp_path, ref):
     for got in results:
         assert_array_equal(got, ref)
     assert isinstance(as_dataset(tmp_path / "x.zarr"), Dataset)
+
+
+def test_cache_auto_persists_small_data_and_streams_large(cluster_client):
+    small = as_dataset(da.zeros((1_000, 4), chunks=(100, 4)))
+    # 2 workers x 2 GiB: half of it is 2 GiB; this lazy array would take 8 GiB
+    large = as_dataset(da.zeros((2**28, 4), chunks=(2**22, 4)))
+    assert sources.fits_in_memory(small)
+    assert not sources.fits_in_memory(large)

@@ -1,4 +1,4 @@
-"""The Prefect flows, the CLI and the deployment file, on real files and a LocalCluster."""
+"""The Prefect flows and the deployment file, on real files and a real cluster."""
 
 import json
 import os
@@ -17,42 +17,12 @@ from numpy.testing import assert_allclose
 
 import daskgmm
 
+from .conftest import write_demo, write_job_config
+
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_harness():
-    """A temporary Prefect API (SQLite) for this module's flow runs only."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def _write_config(tmp_path, **changes):
-    cfg = {
-        "name": "t",
-        "source": {"uri": str(tmp_path / "data" / "demo.zarr"), "array_name": "X"},
-        "model": {"n_components": [2, 3, 4], "covariance_types": ["full", "diag"],
-                  "seed": 0, "tol": 1e-4},
-        "anomaly": {"contamination": 0.01},
-        "outputs": {"model_store": str(tmp_path / "models")},
-        "cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB"},
-        "nightly": {"checkpoint_every": 1},
-    }
-    for section, values in changes.items():
-        cfg[section] = {**cfg.get(section, {}), **values}
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
-
-
-def _demo(tmp_path, seed=0, rows=60_000, overwrite=False):
-    from daskgmm_pipelines.demo_data import write_demo_data
-
-    return write_demo_data(tmp_path / "data", n_samples=rows, n_features=4, n_components=3,
-                           seed=seed, anomaly_fraction=0.01, overwrite=overwrite)
+pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 def test_nightly_twice_then_drift(tmp_path):
@@ -60,9 +30,13 @@ def test_nightly_twice_then_drift(tmp_path):
 
     from daskgmm_pipelines.flows import nightly
 
-    _demo(tmp_path)
-    config = _write_config(tmp_path, nightly={"checkpoint_every": 1, "keep_versions": 2})
-    first = nightly(config_path=config, run_id="night-1")
+    write_demo(tmp_path)
+    config = write_job_config(tmp_path, nightly={"checkpoint_every": 1, "keep_versions": 2})
+    events = []
+    first = nightly(config_path=config, run_id="night-1", progress=events.append)
+    # the report counts every pass the night's library calls made, no pass by hand
+    assert first["n_passes"] == len(events)
+    assert [e.phase for e in events][-2:] == ["final", "publish"]
     assert first["mode_text"].startswith("Full BIC selection: no model in the store yet")
     assert first["n_components"] == 3 and first["n_rows"] == 60_000
     store = daskgmm.ModelStore(tmp_path / "models")
@@ -73,7 +47,12 @@ def test_nightly_twice_then_drift(tmp_path):
 
     assert store.info(first["model_version"])["selection_version"] == first["model_version"]
 
-    second = nightly(config_path=config, run_id="night-2")
+    events.clear()
+    second = nightly(config_path=config, run_id="night-2", progress=events.append)
+    # the warm start: its EM passes, the threshold pass, the publication
+    assert [e.phase for e in events][-2:] == ["threshold", "publish"]
+    assert "initialization" not in [e.phase for e in events]
+    assert second["n_passes"] == len(events)
     assert store.info(second["model_version"])["selection_version"] == first["model_version"]
     assert second["mode_text"].startswith("Warm start from model version "
                                           + first["model_version"])
@@ -97,8 +76,12 @@ def test_nightly_twice_then_drift(tmp_path):
     assert Artifact.get("t-fit-progress").data == 100.0
 
     # tonight's data come from another mixture: the drift check forces a new selection
-    _demo(tmp_path, seed=5, overwrite=True)
-    third = nightly(config_path=config, run_id="night-3")
+    write_demo(tmp_path, seed=5, overwrite=True)
+    events.clear()
+    third = nightly(config_path=config, run_id="night-3", progress=events.append)
+    # drift: one pass of the warm start, then the whole selection
+    assert [e.phase for e in events][:2] == ["em", "initialization"]
+    assert third["n_passes"] == len(events)
     assert third["drift"]["drifted"] is True
     assert third["mode_text"].startswith("Full BIC selection: drift: tonight's mean "
                                          "log-likelihood")
@@ -109,6 +92,7 @@ def test_nightly_twice_then_drift(tmp_path):
     assert store.versions() == [second["model_version"], third["model_version"]]
 
 
+
 _FIT = """
 import sys
 from daskgmm_pipelines.cli import main
@@ -117,13 +101,14 @@ sys.exit(main(["fit", sys.argv[1], "-k", "6", "-c", "full", "--run-id", "crash"]
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_fit_killed_mid_fit_resumes_to_the_same_model(tmp_path):
+def test_fit_killed_mid_fit_resumes_to_the_same_model(tmp_path, prefect_api):
     from daskgmm_pipelines.flows import fit
 
-    _demo(tmp_path, rows=200_000)
-    config = _write_config(tmp_path, model={"tol": 1e-9, "max_iter": 40})
+    write_demo(tmp_path, rows=120_000)
+    config = write_job_config(tmp_path, model={"tol": 1e-9, "max_iter": 25})
     checkpoint = tmp_path / "models" / "checkpoints" / "crash.ckpt"
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": prefect_api}  # the test server: no server of its own to start
     proc = subprocess.Popen([sys.executable, "-c", _FIT, config], cwd=ROOT, env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -144,60 +129,11 @@ def test_fit_killed_mid_fit_resumes_to_the_same_model(tmp_path):
     assert not checkpoint.exists()  # removed once the model is current
     model = daskgmm.ModelStore(tmp_path / "models").load()
     ref = daskgmm.GaussianMixture(6, covariance_type="full", random_state=0, tol=1e-9,
-                                  max_iter=40, array_name="X")
+                                  max_iter=25, array_name="X")
     ref.fit(str(tmp_path / "data" / "demo.zarr"))
     assert model.n_iter_ == ref.n_iter_ > result["resumed_from_iteration"]
     for name in ("weights_", "means_", "covariances_"):
         assert_allclose(getattr(model, name), getattr(ref, name), rtol=1e-12, atol=1e-14)
-
-
-def _cli(*args, cwd):
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    return subprocess.run([sys.executable, "-m", "daskgmm_pipelines.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-def test_cli_commands(tmp_path):
-    from daskgmm_pipelines.cli import main
-
-    assert main(["demo-data", "--out", str(tmp_path / "data"), "--rows", "40000",
-                 "--features", "3", "--components", "2"]) == 0
-    assert (tmp_path / "data" / "demo-parquet" / "part-00000.parquet").exists()
-    frame = pd.read_parquet(tmp_path / "data" / "demo-parquet")
-    assert list(frame.columns) == ["event_id", "f0", "f1", "f2", "label"] and len(frame) == 40_000
-    config = _write_config(tmp_path, source={
-        "uri": str(tmp_path / "data" / "demo-parquet"), "array_name": None,
-        "columns": ["f0", "f1", "f2"], "id_columns": ["event_id"]},
-        outputs={"scores": str(tmp_path / "scores")}, model={"n_components": [1, 2, 3]})
-    assert main(["select", config, "--run-id", "s1"]) == 0
-    store = daskgmm.ModelStore(tmp_path / "models")
-    k = store.load().n_components
-    assert k in (2, 3)  # the 2 true components (+ one for the planted anomalies)
-    assert main(["score", config, "--run-id", "sc1"]) == 0
-    scores = pd.read_parquet(daskgmm.latest_scores(tmp_path / "scores"))
-    assert list(scores.columns[:2]) == ["event_id", "log_density"] and len(scores) == 40_000
-    planted = set(frame.loc[frame["label"] == -1, "event_id"])
-    flagged = set(scores.loc[scores["is_anomaly"], "event_id"])
-    assert len(flagged) == 400 and len(planted & flagged) > 0.8 * len(planted)
-
-    out = _cli("inspect", str(tmp_path / "models"), cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    assert "model store" in out.stdout and f"{k} components, covariance_type=" in out.stdout
-    assert "threshold:" in out.stdout and "contamination 0.01" in out.stdout
-    model_file = Path(store.version_url(store.current()["version"])) / "model.daskgmm"
-    out = _cli("inspect", str(model_file), cwd=ROOT)
-    assert out.returncode == 0 and daskgmm.model_id(store.load()) in out.stdout
-
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("name: t\nsource:\n  uri: x.zarr\nmodel:\n  n_component: 3\n"
-                   "outputs:\n  model_store: m\n")
-    out = _cli("run", str(bad), cwd=ROOT)
-    assert out.returncode == 1
-    assert "model.n_component (line 5): unknown key" in out.stderr
-    assert "Traceback" not in out.stderr
-    for command in ("run", "fit", "select", "score", "demo-data", "inspect"):
-        out = _cli(command, "--help", cwd=ROOT)
-        assert out.returncode == 0 and "usage: daskgmm" in out.stdout
 
 
 def test_deployment_file_loads_and_entrypoints_import(monkeypatch):
@@ -221,9 +157,12 @@ def test_deployment_file_loads_and_entrypoints_import(monkeypatch):
     assert np.all([d["work_pool"]["name"] == "daskgmm" for d in spec["deployments"]])
 
 
+
 def test_parquet_features_default_to_numeric_columns_that_are_not_ids(tmp_path):
+    from prefect.logging import disable_run_logger
+
     from daskgmm_pipelines.config import load_config
-    from daskgmm_pipelines.flows import _feature_columns  # noqa: PLC2701
+    from daskgmm_pipelines.flows import check_source
 
     frame = pd.DataFrame({"event_id": [1, 2], "a": [0.1, 0.2], "name": ["x", "y"],
                           "b": [1, 2]})
@@ -233,16 +172,18 @@ def test_parquet_features_default_to_numeric_columns_that_are_not_ids(tmp_path):
     path.write_text(yaml.safe_dump({
         "name": "t", "source": {"uri": str(tmp_path / "pq"), "id_columns": ["event_id"]},
         "outputs": {"model_store": str(tmp_path / "m"), "scores": str(tmp_path / "s")}}))
-    assert _feature_columns(load_config(path)) == ["a", "b"]
+    with disable_run_logger():
+        cfg = check_source.fn(load_config(path))  # the flows' first task, as a function
+    assert cfg.source.columns == ["a", "b"]
 
 
 def test_bad_data_fails_the_flow_with_the_library_message(tmp_path):
     from daskgmm_pipelines.flows import nightly
 
-    _demo(tmp_path, rows=20_000)
+    write_demo(tmp_path, rows=20_000)
     X = zarr.open_group(str(tmp_path / "data" / "demo.zarr"), mode="a")["X"]
     X[15_003, 2] = np.nan
-    config = _write_config(tmp_path)
+    config = write_job_config(tmp_path)
     started = time.monotonic()
     with pytest.raises(ValueError, match=r"NaN or infinity: chunk 0 .* first at row 15003, "
                                          r"column 2"):
@@ -251,12 +192,13 @@ def test_bad_data_fails_the_flow_with_the_library_message(tmp_path):
     assert daskgmm.ModelStore(tmp_path / "models").current() is None
 
 
+
 def test_flow_on_an_external_scheduler(tmp_path, cluster_client):
     from daskgmm_pipelines.flows import fit
 
-    _demo(tmp_path, rows=20_000)
+    write_demo(tmp_path, rows=20_000)
     address = cluster_client.scheduler.address
-    config = _write_config(tmp_path, cluster={"address": address})
+    config = write_job_config(tmp_path, cluster={"address": address})
     result = fit(config_path=config, n_components=3, covariance_type="diag", run_id="ext")
     model = daskgmm.ModelStore(tmp_path / "models").load()
     ref = daskgmm.GaussianMixture(3, covariance_type="diag", random_state=0, tol=1e-4,

@@ -102,13 +102,3 @@ def test_fit_save_load_on_s3(s3, zarr_source):
         meta = json.loads(zf.read("metadata.json"))
     assert "storage_options" not in meta["params"]  # credentials are never written
     assert "testing" not in json.dumps(meta)
-
-
-def test_cache_auto_persists_small_data_and_streams_large(cluster_client):
-    from daskgmm.sources import as_dataset, fits_in_memory
-
-    small = as_dataset(da.zeros((1_000, 4), chunks=(100, 4)))
-    # 2 workers x 2 GiB: half of it is 2 GiB; this lazy array would take 8 GiB
-    large = as_dataset(da.zeros((2**28, 4), chunks=(2**22, 4)))
-    assert fits_in_memory(small)
-    assert not fits_in_memory(large)
