@@ -137,6 +137,55 @@ class CovarianceModel(abc.ABC):
         return f"<covariance type {self.name!r}>"
 
 
+class MatrixModel(CovarianceModel):
+    """The types whose covariances are matrices ('full', 'tied'): the statistic is the
+    responsibility-weighted outer products about each component's mean."""
+
+    def second_moment_shape(self, n_components, n_features):
+        return (n_components, n_features, n_features)
+
+    def second_moment(self, X, resp, means, ws, after_e_step=False):
+        return outer_products(X, resp, means, ws)
+
+    def covariances_from_precisions(self, precisions):
+        return np.linalg.inv(precisions)
+
+
+class VarianceModel(CovarianceModel):
+    """The types whose covariances are variances ('diag', 'spherical'): precisions are
+    1 / variance and their Cholesky factors the square roots; the statistic is the
+    responsibility-weighted squares about each mean, one per feature."""
+
+    def second_moment_shape(self, n_components, n_features):
+        return (n_components, n_features)
+
+    def second_moment(self, X, resp, means, ws, after_e_step=False):
+        return squares_statistic(X, resp, means, ws, after_e_step)
+
+    def precisions_cholesky(self, covariances):
+        return positive_variances(covariances, self.name)
+
+    def precisions_cholesky_from_precisions(self, precisions):
+        return np.sqrt(precisions)
+
+    def precisions(self, precisions_cholesky):
+        return precisions_cholesky**2
+
+    def covariances_from_precisions(self, precisions):
+        return 1.0 / precisions
+
+    def check_precisions(self, precisions, n_components, n_features):
+        self.check_shape(precisions, n_components, n_features)
+        check_positive(precisions, self.name)
+
+    def sample(self, rng, means, covariances, counts):
+        n_features = means.shape[1]
+        return np.vstack([
+            mean + rng.standard_normal(size=(n, n_features)) * np.sqrt(cov)
+            for mean, cov, n in zip(means, covariances, counts, strict=True)
+        ])
+
+
 def check_symmetric_positive_definite(mats, covariance_type):
     for i, mat in enumerate(mats):
         if not (np.allclose(mat, mat.T) and np.all(np.linalg.eigvalsh(mat) > 0.0)):

@@ -11,17 +11,16 @@ import numpy as np
 from scipy import linalg
 
 from ._base import (
-    CovarianceModel,
+    MatrixModel,
     add_to_diagonal,
     check_symmetric_positive_definite,
     cholesky_precisions,
     flip,
-    outer_products,
     scatter_matrices,
 )
 
 
-class Full(CovarianceModel):
+class Full(MatrixModel):
     name = "full"
 
     def shape(self, n_components, n_features):
@@ -47,12 +46,6 @@ class Full(CovarianceModel):
         return np.einsum("nkd,nkd->nk", Y3, Y3,
                          out=ws("mahalanobis", (X.shape[0], n_components)))
 
-    def second_moment_shape(self, n_components, n_features):
-        return (n_components, n_features, n_features)
-
-    def second_moment(self, X, resp, means, ws, after_e_step=False):
-        return outer_products(X, resp, means, ws)
-
     def covariances(self, stats, nk, means, current_means, reg_covar):
         cov = scatter_matrices(stats, means, current_means)
         cov /= nk[:, None, None]
@@ -66,9 +59,6 @@ class Full(CovarianceModel):
 
     def precisions(self, precisions_cholesky):
         return precisions_cholesky @ precisions_cholesky.transpose(0, 2, 1)
-
-    def covariances_from_precisions(self, precisions):
-        return np.linalg.inv(precisions)
 
     def check_precisions(self, precisions, n_components, n_features):
         self.check_shape(precisions, n_components, n_features)

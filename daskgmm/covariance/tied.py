@@ -11,17 +11,16 @@ import numpy as np
 from scipy import linalg
 
 from ._base import (
-    CovarianceModel,
+    MatrixModel,
     add_to_diagonal,
     check_symmetric_positive_definite,
     cholesky_precisions,
     flip,
-    outer_products,
     scatter_matrices,
 )
 
 
-class Tied(CovarianceModel):
+class Tied(MatrixModel):
     name = "tied"
 
     def shape(self, n_components, n_features):
@@ -41,12 +40,6 @@ class Tied(CovarianceModel):
         np.subtract(Y[:, None, :], mb[None, :, :], out=D)
         return np.einsum("nkd,nkd->nk", D, D, out=ws("mahalanobis", (X.shape[0], n_components)))
 
-    def second_moment_shape(self, n_components, n_features):
-        return (n_components, n_features, n_features)
-
-    def second_moment(self, X, resp, means, ws, after_e_step=False):
-        return outer_products(X, resp, means, ws)
-
     def covariances(self, stats, nk, means, current_means, reg_covar):
         cov = scatter_matrices(stats, means, current_means).sum(axis=0)
         cov /= nk.sum()
@@ -60,9 +53,6 @@ class Tied(CovarianceModel):
 
     def precisions(self, precisions_cholesky):
         return precisions_cholesky @ precisions_cholesky.T
-
-    def covariances_from_precisions(self, precisions):
-        return np.linalg.inv(precisions)
 
     def check_precisions(self, precisions, n_components, n_features):
         self.check_shape(precisions, n_components, n_features)
