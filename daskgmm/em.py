@@ -19,6 +19,7 @@ import numpy as np
 
 from . import kernels, passes
 from .kernels import Params
+from .mixture import FitSummary, Mixture
 from .progress import CandidateProgress, PassCounter
 from .sources import Dataset
 
@@ -147,3 +148,15 @@ def best_candidate(candidates: list[Candidate]) -> Candidate:
         elif c.lower_bound > max_lb or max_lb == -np.inf:
             best, max_lb = c, c.lower_bound
     return best
+
+
+def fitted(candidate: Candidate, *, n_samples: int, n_passes: int, seconds: float,
+           resumed_iteration: int = 0) -> tuple[Mixture, FitSummary]:
+    """The fitted model an EM candidate stands for: its mixture (user coordinates) and
+    what its fit reports (no iteration ran: a lower bound of -inf, as scikit-learn)."""
+    return Mixture.from_params(candidate.params), FitSummary(
+        n_iter=candidate.n_iter, converged=candidate.converged,
+        lower_bound=candidate.lower_bound if candidate.n_iter > 0 else -np.inf,
+        lower_bounds=list(candidate.lower_bounds), n_samples=n_samples,
+        n_passes=n_passes, seconds=seconds, resumed_iteration=resumed_iteration,
+    )

@@ -68,13 +68,9 @@ def fit(dataset: Dataset, params: dict, *, start: Mixture | None = None,
             ConvergenceWarning,
             stacklevel=4,
         )
-    summary = FitSummary(
-        n_iter=best.n_iter, converged=best.converged,
-        lower_bound=best.lower_bound if p["max_iter"] > 0 else -np.inf,
-        lower_bounds=list(best.lower_bounds), n_samples=dataset.n_samples,
-        n_passes=counter.count, seconds=time.perf_counter() - t0,
-        resumed_iteration=resumed_iteration,
-    )
+    mixture, summary = em.fitted(best, n_samples=dataset.n_samples, n_passes=counter.count,
+                                 seconds=time.perf_counter() - t0,
+                                 resumed_iteration=resumed_iteration)
     logger.info(
         "fitted %d components (%s) on %d x %d rows of %s: %d iterations, converged=%s, "
         "lower bound %.6f, %d data passes, %.2fs",
@@ -82,7 +78,7 @@ def fit(dataset: Dataset, params: dict, *, start: Mixture | None = None,
         dataset.description, summary.n_iter, summary.converged, summary.lower_bound,
         summary.n_passes, summary.seconds,
     )
-    return Mixture.from_params(best.params), summary
+    return mixture, summary
 
 
 def _initial_candidates(fit_data, p, start, start_lower_bound, n_init, counter):

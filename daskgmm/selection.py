@@ -12,7 +12,6 @@ import numpy as np
 from . import anomaly, covariance, em, initialization, kernels, passes, sources, validation
 from .covariance import COVARIANCE_TYPES
 from .estimator import GaussianMixture
-from .mixture import FitSummary, Mixture
 from .progress import PassCounter
 
 logger = logging.getLogger(__name__)
@@ -176,11 +175,10 @@ def select_model(
     k, covariance_type = grid[best_g]
     best = GaussianMixture(**{**template.get_params(), "n_components": k,
                               "covariance_type": covariance_type})
+    mixture, summary = em.fitted(chosen, n_samples=n, n_passes=counter.count,
+                                 seconds=time.perf_counter() - t0)
     best.set_fitted(
-        Mixture.from_params(chosen.params),
-        FitSummary(chosen.n_iter, chosen.converged, chosen.lower_bound,
-                   list(chosen.lower_bounds), n, counter.count, time.perf_counter() - t0),
-        anomaly.from_sketch(sketches[best_g], contamination, threshold),
+        mixture, summary, anomaly.from_sketch(sketches[best_g], contamination, threshold),
         feature_names=getattr(template, "feature_names_in_", None),
     )
     logger.info(
