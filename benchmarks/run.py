@@ -24,16 +24,10 @@ import time
 import warnings
 from pathlib import Path
 
-import zarr
-from distributed import Client, LocalCluster
-from distributed.diagnostics import MemorySampler
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture as SkGaussianMixture
-
-import daskgmm
-from daskgmm.synthetic import write_mixture_zarr
-
-warnings.simplefilter("ignore", ConvergenceWarning)
+# Only the standard library at the top: the workers of a LocalCluster are spawned
+# processes that re-import this script, and a module imported here would sit in every
+# worker's memory (scikit-learn and pandas alone take about 100 MiB) and distort the
+# memory measurements. The functions import what they use.
 
 
 def per_iteration(fit, iterations):
@@ -48,6 +42,12 @@ def per_iteration(fit, iterations):
 
 
 def speed_case(root, n_samples, n_features, n_components, covariance_type, iterations):
+    import zarr
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    import daskgmm
+    from daskgmm.synthetic import write_mixture_zarr
+
     path = root / f"speed-{n_samples}x{n_features}.zarr"
     if not path.exists():
         write_mixture_zarr(path, n_samples, n_features, n_components, chunk_rows=250_000, seed=1)
@@ -88,6 +88,12 @@ def speed_case(root, n_samples, n_features, n_components, covariance_type, itera
 def selection_case(root, n_samples, n_features, true_k, ks, covariance_type):
     """A grid of len(ks) candidates: select_model's shared passes against fitting the
     candidates one after another with daskgmm (streaming) and with scikit-learn."""
+    import zarr
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    import daskgmm
+    from daskgmm.synthetic import write_mixture_zarr
+
     path = root / f"select-{n_samples}x{n_features}.zarr"
     if not path.exists():
         write_mixture_zarr(path, n_samples, n_features, true_k, chunk_rows=250_000, seed=4)
@@ -124,6 +130,11 @@ def selection_case(root, n_samples, n_features, true_k, ks, covariance_type):
 
 
 def memory_case(root, n_samples, n_features, memory_limit, client):
+    from distributed.diagnostics import MemorySampler
+
+    import daskgmm
+    from daskgmm.synthetic import write_mixture_zarr
+
     path = root / f"memory-{n_samples}.zarr"
     t0 = time.perf_counter()
     write_mixture_zarr(path, n_samples, n_features, 4, chunk_rows=100_000, seed=2)
@@ -218,6 +229,12 @@ def write_report(results, path):
 
 
 def main(argv=None):
+    from distributed import Client, LocalCluster
+    from sklearn.exceptions import ConvergenceWarning
+
+    import daskgmm
+
+    warnings.simplefilter("ignore", ConvergenceWarning)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--only", choices=["speed", "memory", "selection"])

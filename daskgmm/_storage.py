@@ -76,3 +76,27 @@ def finite_or_none(value):
     """``float(value)``, or None for NaN and infinities (JSON has no such numbers)."""
     value = float(value)
     return value if np.isfinite(value) else None
+
+
+def jsonable(value):
+    """``value`` with numpy arrays and scalars, tuples and nested ones as JSON types."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def portable_params(params: dict) -> dict:
+    """Estimator parameters as they can be written: JSON values, no ``storage_options``
+    (they may hold credentials), a ``RandomState`` instance as None (not portable)."""
+    params = dict(params)
+    params.pop("storage_options", None)
+    rs = params.get("random_state")
+    if rs is not None and not isinstance(rs, (int, np.integer)):
+        params["random_state"] = None
+    return jsonable(params)

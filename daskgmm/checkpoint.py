@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from ._storage import finite_or_none, url_to_fs, write_atomic, write_npy
+from ._storage import finite_or_none, portable_params, url_to_fs, write_atomic, write_npy
 from .em import Candidate
 from .kernels import Params
 from .mixture import Mixture
@@ -62,7 +62,7 @@ class Checkpoint:
             for i, c in enumerate(candidates):
                 p = c.params
                 entries.append({
-                    "tag": c.tag, "covariance_type": p.covariance_type,
+                    "tag": c.tag, "label": c.label, "covariance_type": p.covariance_type,
                     "lower_bound": finite_or_none(c.lower_bound),
                     "lower_bounds": list(c.lower_bounds),
                     "n_iter": c.n_iter, "converged": c.converged, "done": c.done,
@@ -107,7 +107,8 @@ class Checkpoint:
             tag = _tuples(e["tag"])
             lower_bound = -np.inf if e["lower_bound"] is None else e["lower_bound"]
             candidates.append(Candidate(
-                params, tag=tag, lower_bound=lower_bound, lower_bounds=list(e["lower_bounds"]),
+                params, tag=tag, label=e.get("label", ""), lower_bound=lower_bound,
+                lower_bounds=list(e["lower_bounds"]),
                 n_iter=e["n_iter"], converged=e["converged"], done=e["done"],
                 seconds=e["seconds"], error=None if e["error"] is None else ValueError(e["error"]),
             ))
@@ -130,22 +131,23 @@ class Checkpoint:
             fs.rm(path)
 
 
-
 def _tuples(value):
     """JSON lists back to the tuples they were written from (candidate tags)."""
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def fingerprint(params: dict, dataset: Dataset, start: Mixture | None = None) -> str:
-    """What a checkpoint must match to be resumed: the estimator's parameters (JSON-able,
-    without ``verbose``), the data, and for a warm start the model it starts from.
+    """What a checkpoint must match to be resumed: the estimator's parameters
+    (``get_params()``; secrets and ``verbose`` left out), the data, and for a warm start
+    the model it starts from.
 
     The data are named by their files and versions for Zarr and Parquet (dask names of
     file sources change from process to process), else by the dask name (a content hash
     for numpy input). Listing the files is why a fit computes this only when it
     checkpoints.
     """
-    params = {k: v for k, v in params.items() if k not in ("verbose", "verbose_interval")}
+    params = {k: v for k, v in portable_params(params).items()
+              if k not in ("verbose", "verbose_interval")}
     data = (dataset.origin.data_version() if dataset.origin is not None
             else getattr(dataset.array, "name", ""))
     h = hashlib.sha256(json.dumps(

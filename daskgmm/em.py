@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 class Candidate:
     """One model being fitted: its parameters and EM history.
 
+    ``label`` names it in logs and progress events (default: 'init <tag>').
     ``lower_bound`` is the mean log-likelihood per row from the latest E-step; ``params``
     are the parameters after the latest M-step (as in scikit-learn). ``seconds``: its
     equal share of the time of the passes it took part in.
@@ -37,6 +38,7 @@ class Candidate:
 
     params: Params
     tag: object = None
+    label: str = ""
     lower_bound: float = -np.inf
     lower_bounds: list = field(default_factory=list)
     n_iter: int = 0
@@ -45,14 +47,8 @@ class Candidate:
     seconds: float = 0.0
     error: Exception | None = None
 
-    @property
-    def label(self) -> str:
-        """The tag as a short text for logs: 'init 1', 'k=3 full, init 0'."""
-        tag = self.tag
-        if isinstance(tag, tuple) and len(tag) == 2 and isinstance(tag[0], tuple):
-            (k, covariance_type), restart = tag
-            return f"k={k} {covariance_type}, init {restart}"
-        return f"init {tag}"
+    def __post_init__(self):
+        self.label = self.label or f"init {self.tag}"
 
 
 @dataclass
@@ -80,7 +76,7 @@ def run_em(
     (whose callback hears of each pass and may stop EM by returning True). A candidate
     whose M-step fails (a covariance that is not positive definite) raises, or with
     ``raise_errors=False`` leaves the batch with ``error`` set. ``on_pass(candidates,
-    n_passes)`` is called after each pass (for checkpoints).
+    n_passes)`` is called after each pass the callback let go on (for checkpoints).
     """
     counter = counter if counter is not None else PassCounter()
     n_passes, stopped = 0, False
@@ -112,11 +108,11 @@ def run_em(
                     raise
                 c.error, c.done = exc, True
                 continue
+            logger.debug("%s iteration %d: lower bound %.8f, change %.3g", c.label, c.n_iter,
+                         c.lower_bound, change)
             if abs(change) < tol:
                 c.converged = True
             c.done = c.converged or c.n_iter >= max_iter
-        if on_pass is not None:
-            on_pass(candidates, n_passes)
         best = max(zip(active, changes, strict=True), key=lambda a: a[0].lower_bound)
         stopped = counter.done(
             "em", n_iter=best[0].n_iter, max_iter=max_iter,
@@ -129,12 +125,14 @@ def run_em(
                                   c.seconds, None if c.error is None else str(c.error))
                 for c, ch in zip(active, changes, strict=True)),
         )
-        if stopped:
+        if stopped:  # not checkpointed: a retry must meet the same callback again
             logger.info("EM stopped by its progress callback after iteration %d",
                         best[0].n_iter)
             for c in candidates:
                 c.done = True
             break
+        if on_pass is not None:
+            on_pass(candidates, n_passes)
     return EMResult(candidates, n_passes, stopped)
 
 

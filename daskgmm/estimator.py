@@ -17,6 +17,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import anomaly, fitting, kernels, model_file, passes, validation
+from ._storage import portable_params
 from .anomaly import Threshold
 from .mixture import FitSummary, Mixture
 from .progress import PassCounter
@@ -185,7 +186,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _fit(self, X, callback=None, checkpoint=None):
         params = self.get_params(deep=False)
-        validation.check_params(params)
+        validation.check_params(params, type(self).__name__)
         dataset = validation.fit_dataset(self, X)
         validation.check_enough_rows(dataset.n_samples, self.n_components, dataset.description)
         validation.check_initial_parameters(
@@ -203,10 +204,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                    threshold: Threshold | None = None, *, feature_names=None):
         """Make this estimator the fitted model ``mixture``: what ``fit``,
         :func:`daskgmm.select_model` and :func:`daskgmm.load` do once they have the
-        parameters. Sets every fitted attribute from ``mixture``, ``fit`` (default: no
-        iteration ran) and ``threshold`` (default: none; an earlier one is removed), and
-        ``feature_names_in_`` when ``feature_names`` is given. Returns self.
+        parameters. Sets every fitted attribute from ``mixture`` (whose type and number of
+        components must be this estimator's), ``fit`` (default: no iteration ran) and
+        ``threshold`` (default: none; an earlier one is removed: a refit needs
+        :meth:`set_threshold` again), and ``feature_names_in_`` when ``feature_names`` is
+        given. Returns self.
         """
+        if (mixture.covariance_type, mixture.n_components) != (
+                self.covariance_type, self.n_components):
+            raise ValueError(
+                f"The mixture has {mixture.n_components} components of covariance_type "
+                f"{mixture.covariance_type!r}; this estimator has n_components="
+                f"{self.n_components}, covariance_type={self.covariance_type!r}. Set them "
+                "first: est.set_params(n_components=..., covariance_type=...)."
+            )
         fit = fit if fit is not None else FitSummary(0, False, -np.inf)
         self.weights_ = mixture.weights
         self.means_ = mixture.means
@@ -216,6 +227,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.n_features_in_ = mixture.n_features
         if feature_names is not None:
             self.feature_names_in_ = np.asarray([str(n) for n in feature_names], dtype=object)
+        elif len(getattr(self, "feature_names_in_", ())) not in (0, mixture.n_features):
+            del self.feature_names_in_  # names of other features: stale
         self.converged_ = bool(fit.converged)
         self.n_iter_ = int(fit.n_iter)
         self.lower_bound_ = fit.lower_bound
@@ -306,7 +319,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         ``threshold_n_passes_`` (passes over the data this call made).
         """
         check_is_fitted(self)
-        anomaly.check_rule(contamination, threshold)
+        anomaly.check_rule(contamination, threshold)  # before reading anything
         dataset = None if X is None else validation.predict_dataset(self, X)
         counter = PassCounter(callback)
         anomaly.attach(self, anomaly.compute(
@@ -394,10 +407,12 @@ def _record_of(est: GaussianMixture) -> model_file.ModelRecord:
     check_is_fitted(est)
     names = getattr(est, "feature_names_in_", None)
     return model_file.ModelRecord(
-        params=model_file.portable_params(est.get_params(deep=False)),
+        params=portable_params(est.get_params(deep=False)),
         mixture=_mixture_of(est),
-        fit=FitSummary(est.n_iter_, est.converged_, est.lower_bound_, est.lower_bounds_,
-                       getattr(est, "fit_n_samples_", -1), getattr(est, "n_passes_", 0)),
+        fit=FitSummary(n_iter=est.n_iter_, converged=est.converged_,
+                       lower_bound=est.lower_bound_, lower_bounds=est.lower_bounds_,
+                       n_samples=getattr(est, "fit_n_samples_", -1),
+                       n_passes=getattr(est, "n_passes_", 0)),
         n_features_in=est.n_features_in_,
         feature_names=None if names is None else [str(n) for n in names],
         threshold=anomaly.attached(est),

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 
-from . import em, initialization, model_file, sources
+from . import em, initialization, sources
 from .checkpoint import Checkpoint, fingerprint
 from .mixture import FitSummary, Mixture
 from .progress import PassCounter, VerbosePrinter, fan_out
@@ -41,7 +41,7 @@ def fit(dataset: Dataset, params: dict, *, start: Mixture | None = None,
     verbose = VerbosePrinter(p["verbose"], p["verbose_interval"], n_init)
     resumed = key = None
     if checkpoint is not None:  # the fingerprint lists the data's files: only then
-        key = fingerprint(model_file.portable_params(p), dataset, start)
+        key = fingerprint(p, dataset, start)
         resumed = checkpoint.load(key)
     if resumed is not None:
         candidates, n_passes = resumed
@@ -54,6 +54,7 @@ def fit(dataset: Dataset, params: dict, *, start: Mixture | None = None,
         resumed_iteration = 0
         candidates = _initial_candidates(fit_data, p, start, start_lower_bound, n_init,
                                          counter)
+    verbose.start()
     result = em.run_em(
         fit_data, candidates, tol=p["tol"], max_iter=p["max_iter"],
         reg_covar=p["reg_covar"], split_every=p["split_every"], counter=counter,

@@ -45,7 +45,8 @@ class ModelFileError(ValueError):
 class ModelRecord:
     """Everything a model file holds.
 
-    ``params`` are the estimator's parameters as written (:func:`portable_params`).
+    ``params`` are the estimator's parameters as written
+    (:func:`daskgmm._storage.portable_params`).
     """
 
     params: dict
@@ -54,29 +55,6 @@ class ModelRecord:
     n_features_in: int
     feature_names: list | None = None
     threshold: Threshold | None = None
-
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def portable_params(params: dict) -> dict:
-    """Estimator parameters as they can be written: JSON values, no ``storage_options``
-    (they may hold credentials), a ``RandomState`` instance as None (not portable)."""
-    params = dict(params)
-    params.pop("storage_options", None)
-    rs = params.get("random_state")
-    if rs is not None and not isinstance(rs, (int, np.integer)):
-        params["random_state"] = None
-    return _jsonable(params)
 
 
 def _anomaly_meta(threshold: Threshold | None):
@@ -191,7 +169,7 @@ def read_model(path, *, storage_options=None, known_params=None) -> ModelRecord:
         n_iter=meta["n_iter"], converged=meta["converged"],
         lower_bound=-np.inf if meta["lower_bound"] is None else meta["lower_bound"],
         lower_bounds=list(meta["lower_bounds"]), n_samples=meta["fit_data"]["n_samples"],
-        n_passes=meta.get("n_passes", 0),
+        n_passes=meta.get("n_passes", 0), seconds=float("nan"),  # not kept in the file
     )
     anomaly = meta.get("anomaly")
     return ModelRecord(

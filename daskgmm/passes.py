@@ -62,23 +62,19 @@ def locate_nonfinite(dataset: Dataset, row, col):
 
 
 class _Where:
-    """What a task needs to say where a chunk came from (small, picklable)."""
+    """What a task needs to say where its data came from (small, picklable); the chunk's
+    own label travels with each task."""
 
     def __init__(self, dataset: Dataset):
         self.description = dataset.description
         self.feature_names = dataset.feature_names
-        self.labels = list(dataset.chunk_labels)
 
-    def label(self, i):
-        return self.labels[i] if self.labels else f"chunk {i}"
-
-    def check_finite(self, block, i, start):
+    def check_finite(self, block, label, start):
         bad = kernels.find_nonfinite(block)
         if bad is not None:
             row, col = bad
-            raise nonfinite_error(self.description, self.label(i), start,
-                                  start + block.shape[0], start + row, col,
-                                  self.feature_names)
+            raise nonfinite_error(self.description, label, start, start + block.shape[0],
+                                  start + row, col, self.feature_names)
 
 
 class _ChunkTask:
@@ -87,14 +83,14 @@ class _ChunkTask:
     def __init__(self, fn, where: _Where):
         self.fn, self.where = fn, where
 
-    def __call__(self, block, args, i, start, extra=None):
+    def __call__(self, block, args, label, start, extra=None):
         with np.errstate(invalid="ignore", over="ignore"):
             out = self.fn(block, *args, start) if extra is None else self.fn(
                 block, *args, extra, start)
         if not all(_finite(s) for s in (out if isinstance(out, list) else [out])):
-            self.where.check_finite(block, i, start)
+            self.where.check_finite(block, label, start)
             raise ValueError(
-                f"Numerical overflow in {self.where.label(i)} of {self.where.description}, "
+                f"Numerical overflow in {label} of {self.where.description}, "
                 f"rows {start} to {start + block.shape[0] - 1}: the values are finite but "
                 f"too large for float64 arithmetic (largest magnitude "
                 f"{np.abs(block).max():.3g}). Scale the input data, e.g. "
@@ -124,7 +120,7 @@ def data_pass(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, spli
     task = _ChunkTask(fn, _Where(dataset))
     shared = dask.delayed(args, traverse=False)
     parts = [
-        dask.delayed(task, pure=True)(block, shared, i, int(offsets[i]),
+        dask.delayed(task, pure=True)(block, shared, dataset.chunk_label(i), int(offsets[i]),
                                       None if per_chunk is None else per_chunk[i])
         for i, block in enumerate(blocks)
     ]
@@ -174,16 +170,16 @@ def score_pass(dataset: Dataset, params: list[Params], split_every: int = 8):
     return [(s.log_likelihood, s.n_samples) for s in stats]
 
 
-def sketch_pass(dataset: Dataset, params: list[Params], budget: int | None = None):
+def sketch_pass(dataset: Dataset, params: list[Params]):
     """Per model, a :class:`RankSketch` of the log-densities of all rows (one pass).
 
     The sketches give the total log-likelihood and row count as :func:`score_pass`
     does, and quantiles of the log-density with a guaranteed rank error: each chunk
     keeps :func:`daskgmm.quantiles.sketch_points` values (decided here, on the client),
-    so the client receives about ``max(budget, 2049 * n_chunks)`` values per model.
+    so the client receives about ``max(SKETCH_BUDGET, 2049 * n_chunks)`` values per model.
     """
     n = dataset.n_samples
-    points = [quantiles.sketch_points(int(rows), n, budget) for rows in dataset.array.chunks[0]]
+    points = [quantiles.sketch_points(int(rows), n) for rows in dataset.array.chunks[0]]
     # Sketches combine by concatenation: gather them flat rather than through a tree.
     return data_pass(dataset, _sketch_chunk, (params,), combine=combine_sketches,
                      split_every=None, per_chunk=points)
@@ -196,21 +192,21 @@ def sketch_pass(dataset: Dataset, params: list[Params], budget: int | None = Non
 class _RowsTask:
     """Per-chunk prediction that reports NaN/inf rows with their location."""
 
-    def __init__(self, fn, where: _Where):
-        self.fn, self.where = fn, where
+    def __init__(self, fn, where: _Where, labels):
+        self.fn, self.where, self.labels = fn, where, labels
 
     def __call__(self, block, params, block_info=None):
         info = block_info[0] if block_info else {}
         i = info.get("chunk-location", (0,))[0]
         start = info.get("array-location", [(0, block.shape[0])])[0][0]
-        self.where.check_finite(block, i, start)
+        self.where.check_finite(block, self.labels[i] if self.labels else f"chunk {i}", start)
         return self.fn(np.asarray(block, dtype=np.float64), params)
 
 
 def map_rows(dataset: Dataset, fn, params: Params, dtype, n_columns=None):
     """``fn(chunk, params)`` over the row chunks: a lazy dask array chunked like the
     rows, 1-D (``n_columns=None``) or with ``n_columns`` columns."""
-    task = _RowsTask(fn, _Where(dataset))
+    task = _RowsTask(fn, _Where(dataset), list(dataset.chunk_labels))
     if n_columns is None:
         return dataset.array.map_blocks(
             task, params, dtype=dtype, drop_axis=1, block_info=True,

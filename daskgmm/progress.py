@@ -47,15 +47,16 @@ class ProgressEvent:
         candidate's final parameters), 'threshold' (the log-density sketch of
         ``set_threshold``), 'publish' (scoring and writing of ``write_scores``).
     n_passes : int
-        Passes over the data this call has made, this one included.
+        Passes over the data this call has made, this one included (a fit resumed from
+        a checkpoint counts the passes saved with it).
     n_iter, max_iter : int
         EM iteration just done by the active candidates (0 outside EM), and its bound.
     active, n_candidates : int
         Candidates still running after this pass, and in all.
     log_likelihood, change : float
         Best mean log-likelihood per row among the candidates that ran in this pass,
-        and its change since that candidate's previous iteration (inf on its first, as
-        scikit-learn reports it; NaN outside EM).
+        and its change since that candidate's previous iteration (inf on a fresh
+        candidate's first iteration, as scikit-learn reports it; NaN outside EM).
     seconds : float
         Since the call started.
     candidates : tuple of CandidateProgress
@@ -124,15 +125,16 @@ class VerbosePrinter:
     def __init__(self, verbose, interval, n_init):
         self.verbose, self.interval, self.n_init = verbose, interval, n_init
         self.last = {}
-        self.started = False
+
+    def start(self):
+        """Before EM: the initialisations (all advance together)."""
+        if self.verbose:
+            for i in range(self.n_init):
+                print(f"Initialization {i}")
 
     def __call__(self, event: ProgressEvent):
         if not self.verbose or event.phase != "em":
             return
-        if not self.started:
-            self.started = True
-            for i in range(self.n_init):
-                print(f"Initialization {i}")
         for c in event.candidates:
             self.last[c.label] = c
             if c.n_iter % self.interval:

@@ -126,8 +126,8 @@ def select_model(
         split_every=template.split_every, counter=counter,
     )
     candidates = [
-        em.Candidate(p, tag=(grid[g], r)) for g, entry in enumerate(params)
-        for r, p in enumerate(entry)
+        em.Candidate(p, tag=(grid[g], r), label=f"k={grid[g][0]} {grid[g][1]}, init {r}")
+        for g, entry in enumerate(params) for r, p in enumerate(entry)
     ]
     result = em.run_em(
         fit_data, candidates, tol=tol, max_iter=max_iter, reg_covar=reg_covar,

@@ -100,7 +100,8 @@ CONSTRAINTS = {
 
 
 def check_params(params: dict, owner="GaussianMixture"):
-    """Check the constrained parameters among ``params`` (``get_params()``)."""
+    """Check the constrained parameters among ``params`` (``get_params()``); messages
+    name ``owner``, the estimator's class."""
     for name, check in CONSTRAINTS.items():
         if name in params:
             check(owner, params[name])

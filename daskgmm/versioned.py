@@ -76,10 +76,20 @@ class JsonMetadata(Metadata):
 
     def _read(self, fs, path):
         try:
-            data = json.loads(fs.cat_file(path))
+            raw = fs.cat_file(path)
         except FileNotFoundError:
             return None
-        return data if isinstance(data, dict) else {}
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"{path} is damaged (not JSON: {exc}). It was written by daskgmm: restore "
+                "it from a backup, or remove it if it belongs to a version you can drop."
+            ) from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} is damaged (a JSON {type(data).__name__}, not an "
+                             "object): restore it from a backup.")
+        return data
 
     def read_marker(self, fs, root):
         return self._read(fs, f"{root}/{self.marker}")
@@ -121,14 +131,17 @@ class VersionedLocation:
         Path components of a version name (``run/attempt`` is 2).
     storage_options : dict
         fsspec options (never logged or saved).
+    manifest_format : str, default=None
+        When given, a manifest counts only if its ``format`` is this.
     """
 
     def __init__(self, url, *, what, format, metadata: Metadata, versions, depth=1,
-                 storage_options=None, refusal=None, writer="daskgmm"):
+                 storage_options=None, refusal=None, writer="daskgmm", manifest_format=None):
         self.url = str(url).rstrip("/")
         self.what, self.format, self.metadata = what, format, metadata
         self.refusal = refusal or f"Refusing to use {self.url!r} as a {what}"
         self.writer = writer
+        self.manifest_format = manifest_format
         self.versions_dir, self.depth = versions, depth
         self.storage_options = storage_options
         self.fs, self.root = url_to_fs(self.url, storage_options)
@@ -193,7 +206,11 @@ class VersionedLocation:
 
     def manifest(self, version: str) -> dict | None:
         """The manifest of a complete version, or None."""
-        return self.metadata.read_manifest(self.fs, self.root, self.version_path(version))
+        manifest = self.metadata.read_manifest(self.fs, self.root, self.version_path(version))
+        if manifest is None or (self.manifest_format is not None
+                                and manifest.get("format") != self.manifest_format):
+            return None
+        return manifest
 
     def complete(self, version: str, manifest: dict):
         """Write the version's manifest: from now on it is complete."""
@@ -217,24 +234,32 @@ class VersionedLocation:
         return sorted(p[len(base) + 1:] for p in names)
 
     def versions(self, valid: Callable | None = None) -> list[tuple[str, dict]]:
-        """Complete versions ``(name, manifest)`` (and with ``valid(name)``), by name."""
+        """Complete versions ``(name, manifest)`` (and with ``valid(name)``), by name; a
+        version whose manifest is damaged is left out with a warning."""
         out = []
         for version in self.entries():
             if valid is not None and not valid(version):
                 continue
-            manifest = self.manifest(version)
+            try:
+                manifest = self.manifest(version)
+            except ValueError as exc:
+                logger.warning("%s version %s left out: %s", self.what, version, exc)
+                continue
             if manifest is not None:
                 out.append((version, manifest))
         return out
 
-    def remove(self, version: str):
-        """Delete a version (best effort: a failure is logged, not raised)."""
+    def remove(self, version: str) -> bool:
+        """Delete a version; False when that failed (best effort: a failure is logged,
+        not raised, so that a cleanup never hides the error that caused it)."""
         path = self.version_path(version)
         try:
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
         except Exception:  # noqa: BLE001 - cleanup must not hide the original error
             logger.warning("could not remove %s", path, exc_info=True)
+            return False
+        return True
 
     # ----------------------------------------------------------------- pointer
 
@@ -254,7 +279,7 @@ class VersionedLocation:
               valid: Callable | None = None) -> list[str]:
         """Delete the complete versions of all but the ``keep`` newest groups (by
         ``order(version, manifest)``); ``current`` (a version name) is always kept, and
-        so are versions never completed. Returns the deleted versions."""
+        so are versions never completed. Returns the deleted versions, oldest first."""
         if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
             raise ValueError(f"keep must be an int >= 1; got {keep!r}.")
         complete = sorted(self.versions(valid), key=lambda vm: order(*vm), reverse=True)
@@ -263,9 +288,8 @@ class VersionedLocation:
             g = group(version)
             if version == current or (len(kept) < keep and g not in kept):
                 kept.add(g)
-                continue
-            self.remove(version)
-            deleted.append(version)
+            elif self.remove(version):
+                deleted.insert(0, version)
         if self.depth > 1:  # drop parents left without any version
             for parent in {v.rsplit("/", 1)[0] for v in deleted}:
                 if not self.entries(parent):

@@ -15,6 +15,8 @@ import json
 import os
 import sys
 
+from daskgmm.covariance import COVARIANCE_TYPES
+
 
 class _ProgressBar:
     """A terminal progress bar over the passes of a run (nothing when stderr is not a
@@ -26,10 +28,9 @@ class _ProgressBar:
         if sys.stderr.isatty():
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.bar = Progress(TextColumn("[bold]{task.fields[phase]}[/bold] "
-                                           "{task.description}"), BarColumn(),
-                                TextColumn("{task.completed}/{task.total}"),
-                                TimeElapsedColumn(), transient=True)
+            self.bar = Progress(TextColumn("[bold]{task.fields[phase]}[/bold]"), BarColumn(),
+                                TextColumn("{task.description}"), TimeElapsedColumn(),
+                                transient=True)
 
     def __enter__(self):
         if self.bar is not None:
@@ -49,11 +50,12 @@ class _ProgressBar:
             done = event.active == 0  # converged early: the bar ends full
             self.bar.update(self.task, total=event.max_iter, phase="EM",
                             completed=event.max_iter if done else event.n_iter,
-                            description=f"log-likelihood {event.log_likelihood:.5f}, "
-                                        f"{event.active} running")
+                            description=f"iteration {event.n_iter}/{event.max_iter}, "
+                                        f"log-likelihood {event.log_likelihood:.5f}, "
+                                        f"{event.active} of {event.n_candidates} running")
         else:
             self.bar.update(self.task, phase=event.phase, total=None, completed=0,
-                            description=f"pass {event.n_passes}")
+                            description=f"pass {event.n_passes} done")
 
 
 def _print_result(result: dict):
@@ -188,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", "--n-components", type=int, default=None,
                    help="number of components (default: the config's first)")
     p.add_argument("-c", "--covariance-type", default=None,
-                   choices=["full", "tied", "diag", "spherical"],
+                   choices=list(COVARIANCE_TYPES),
                    help="covariance type (default: the config's first)")
     p = with_config("score", "Score a source with a stored model and publish the scores.",
                     _score)

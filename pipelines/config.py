@@ -1,6 +1,6 @@
 """Configuration of one nightly job: a YAML file validated into a :class:`JobConfig`.
 
-    from pipelines.config import load_config, resolve_storage_options
+    from daskgmm_pipelines.config import load_config, resolve_storage_options
 
     config = load_config("configs/demo.yaml")
     config.model.n_components          # [1, 2, ..., 8]
@@ -54,6 +54,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from daskgmm.covariance import COVARIANCE_TYPES
+from daskgmm.validation import INIT_PARAMS
+
 __all__ = [
     "AnomalyConfig",
     "ClusterConfig",
@@ -105,7 +108,9 @@ def _no_bool(value):
 
 Int = Annotated[int, BeforeValidator(_no_bool)]
 Float = Annotated[float, BeforeValidator(_no_bool)]
-CovarianceType = Literal["full", "tied", "diag", "spherical"]
+# the library's names: a new covariance type or initialisation is accepted here too
+CovarianceType = Literal[COVARIANCE_TYPES]
+InitParams = Literal[INIT_PARAMS]
 
 
 # --- storage options and secrets ----------------------------------------------------------
@@ -363,7 +368,7 @@ class ModelConfig(_Section):
     max_iter: Int = Field(100, ge=1)
     reg_covar: Float = Field(1e-6, ge=0)
     seed: Int | None = Field(0, ge=0)
-    init: Literal["kmeans", "k-means++", "random", "random_from_data"] = "kmeans"
+    init: InitParams = "kmeans"
 
 
 class AnomalyConfig(_Section):

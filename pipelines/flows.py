@@ -1,9 +1,10 @@
 """Prefect flows: ``select``, ``fit``, ``score`` and the ``nightly`` job that chains them.
 
-Each flow loads a job file (:mod:`pipelines.config`), opens the Dask cluster it names,
-and wires tasks that each call one library function. Tasks that read or write storage
-retry with exponential backoff on transient I/O errors; any other error fails the task
-with the library's message.
+Each flow loads a job file (:mod:`daskgmm_pipelines.config`), opens the Dask cluster it
+names, and wires tasks that each call one library function; what the nightly job decides
+is in :mod:`daskgmm_pipelines.policy`. Tasks that read or write storage retry with
+exponential backoff on transient I/O errors; any other error fails the task with the
+library's message.
 
 Run ids. A run is named by ``run_id`` (default: the flow run's scheduled date, UTC,
 ``2026-11-24``). The run id names the score version (a re-run of the same run replaces
@@ -114,8 +115,7 @@ class _Progress:
 
     def __call__(self, event):
         if event.phase != "em":
-            self.log.info("%s: %s pass done (%d so far)", self.what, event.phase,
-                          event.n_passes)
+            self.log.info("%s: %s pass %d done", self.what, event.phase, event.n_passes)
             return
         change = event.change
         self.log.info(
@@ -231,7 +231,8 @@ def warm_fit_task(cfg: JobConfig, key: str, run_id: str, start,
     gm = copy.deepcopy(start)  # a retry must start from the same model again
     gm.set_params(warm_start=True, tol=m.tol, max_iter=m.max_iter, reg_covar=m.reg_covar,
                   **_read_kwargs(cfg))
-    guard = policy.DriftGuard(start.training_log_likelihood_, cfg.nightly.drift_margin)
+    guard = policy.DriftGuard(getattr(start, "training_log_likelihood_", math.nan),
+                              cfg.nightly.drift_margin)
     callback = _progress(_key(key, "fit-progress"), "fit", progress)
     _fit(cfg, run_id, gm, fan_out(callback, guard))
     drift = guard.verdict(gm)
@@ -257,11 +258,9 @@ def _fit(cfg: JobConfig, run_id: str, gm, callback):
 
 
 @task(name="save-model", **IO)
-def save_model(cfg: JobConfig, model, info: dict) -> str:
+def save_model(cfg: JobConfig, model, version: str, info: dict) -> str:
+    """Write ``model`` as ``version`` of the model store (not current yet)."""
     store = _store(cfg)
-    version = store.new_version(model)
-    if info.get("selection_version") == "this":
-        info = {**info, "selection_version": version}
     store.save(model, version, info)
     get_run_logger().info("saved model version %s to %s", version, store.version_url(version))
     return version
@@ -378,11 +377,10 @@ def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None,
             selection = select_task(cfg, key, progress)
             model = selection.best_
             n_passes += selection.n_passes_
-            selected_at = policy.utcnow().isoformat()
-        else:
-            selected_at = info.get("selected_at")
-        selection_version = "this" if selection is not None else info.get("selection_version")
-        version = save_model(cfg, model, policy.model_info(
+        version = _store(cfg).new_version(model)
+        selected_at, selection_version = policy.selection_of(
+            info, selected=selection is not None, version=version, now=policy.utcnow())
+        save_model(cfg, model, version, policy.model_info(
             _job(cfg), run_id, model, selected_at=selected_at,
             selection_version=selection_version, drift=drift, reasons=reasons,
             now=policy.utcnow()))
@@ -414,8 +412,9 @@ def select(config_path: str, run_id: str | None = None,
         selection = select_task(cfg, _key(cfg.name), progress)
         model = selection.best_
         now = policy.utcnow()
-        version = save_model(cfg, model, policy.model_info(
-            _job(cfg), run_id, model, selected_at=now.isoformat(), selection_version="this",
+        version = _store(cfg).new_version(model)
+        save_model(cfg, model, version, policy.model_info(
+            _job(cfg), run_id, model, selected_at=now.isoformat(), selection_version=version,
             drift=None, reasons=["select flow"], now=now))
         urls = write_plots(cfg, version, _plots(model, None, selection))
         promote(cfg, version, run_id)
@@ -440,7 +439,8 @@ def fit(config_path: str, n_components: int | None = None,
         model = fit_task(cfg, _key(cfg.name), run_id, n_components=n_components,
                          covariance_type=covariance_type, progress=progress)
         now = policy.utcnow()
-        version = save_model(cfg, model, policy.model_info(
+        version = _store(cfg).new_version(model)
+        save_model(cfg, model, version, policy.model_info(
             _job(cfg), run_id, model, selected_at=now.isoformat(), selection_version=None,
             drift=None, reasons=["fit flow"], now=now))
         urls = write_plots(cfg, version, _plots(model, None))

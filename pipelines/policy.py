@@ -92,6 +92,15 @@ def feature_columns(columns, id_columns, numeric_columns):
     return [c for c in numeric_columns or [] if c not in id_columns] or None
 
 
+def selection_of(current_info: dict | None, *, selected: bool, version: str,
+                 now: datetime) -> tuple:
+    """``(selected_at, selection_version)`` of tonight's model: itself when tonight ran
+    the selection, else those of the model it was warm-started from."""
+    if selected or current_info is None:
+        return now.isoformat(), version
+    return current_info.get("selected_at"), current_info.get("selection_version")
+
+
 def mode_text(reasons: list[str], warm_version: str | None) -> str:
     """The report's first line: what tonight did and why."""
     if reasons:

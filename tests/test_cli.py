@@ -68,3 +68,22 @@ def test_a_bad_job_file_is_one_line_naming_the_key(tmp_path, capsys):
 def test_every_command_has_help(capsys, command):
     code, out, _ = _run(capsys, command, "--help")
     assert code == 0 and "usage: daskgmm" in out
+
+
+def test_the_installed_command_runs_as_a_program(tmp_path):
+    """The console script the package installs (not only main() in this process)."""
+    import subprocess
+    import sys
+
+    command = Path(sys.executable).parent / "daskgmm"
+    store = tmp_path / "models"
+    store.mkdir()
+    out = subprocess.run([str(command), "inspect", str(store)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and f"model store {store}: 0 version(s)" in out.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: t\n")
+    out = subprocess.run([str(command), "run", str(bad)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("daskgmm run: error: ConfigError:")

@@ -1,6 +1,7 @@
 """Fits on a real distributed cluster (LocalCluster with worker processes)."""
 
 import os
+import threading
 
 import dask
 import dask.array as da
@@ -39,18 +40,26 @@ def test_worker_killed_mid_fit_gives_same_result(cluster_client, data):
     with pytest.warns(ConvergenceWarning):
         reference = GaussianMixture(**kw).fit(X)
 
-    workers = list(cluster_client.scheduler_info()["workers"])
-    pids = cluster_client.run(os.getpid)
-    killed = []
+    victim = list(cluster_client.scheduler_info()["workers"])[0]
+    pid = cluster_client.run(os.getpid)[victim]
+    fit_done, killed = threading.Event(), []
 
-    def kill_one_worker(event):  # after the third EM pass, one worker dies
+    def kill_during_the_next_pass():
+        while not fit_done.is_set():
+            busy = cluster_client.processing(workers=[victim]).get(victim)
+            if busy:  # the worker is computing chunks of a pass: kill it now
+                os.kill(pid, 9)
+                killed.append(busy)
+                return
+
+    def start_the_killer(event):  # once the third EM pass is done
         if event.phase == "em" and event.n_iter == 3:
-            os.kill(pids[workers[0]], 9)
-            killed.append(event.n_iter)
+            threading.Thread(target=kill_during_the_next_pass, daemon=True).start()
 
     with pytest.warns(ConvergenceWarning):
-        survived = GaussianMixture(**kw).fit(X, callback=kill_one_worker)
-    assert killed == [3]  # the worker died while the fit was running
+        survived = GaussianMixture(**kw).fit(X, callback=start_the_killer)
+    fit_done.set()
+    assert killed, "the worker was not killed while it computed a pass"
     assert survived.n_iter_ == reference.n_iter_ == 12
     for name in ("weights_", "means_", "covariances_"):
         assert_allclose(getattr(survived, name), getattr(reference, name), rtol=1e-9)

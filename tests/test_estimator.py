@@ -282,3 +282,22 @@ def test_verbose_reports_iterations_and_convergence(blobs, capsys):
     assert "Initialization 0" in out and "Initialization 1" in out
     assert "Iteration 1\t time lapse" in out and "ll change" in out
     assert "converged. time lapse" in out and "lower bound" in out
+
+
+def test_set_fitted_builds_the_model_fit_builds_and_a_refit_drops_the_old_threshold(blobs):
+    from daskgmm import FitSummary, Mixture
+
+    gm = GaussianMixture(3, random_state=0).fit(blobs).set_threshold(blobs)
+    mixture = Mixture("full", gm.weights_, gm.means_, gm.precisions_cholesky_, gm.covariances_)
+    built = GaussianMixture(3).set_fitted(mixture, FitSummary(gm.n_iter_, True, gm.lower_bound_))
+    assert_allclose(built.score_samples(blobs), gm.score_samples(blobs), rtol=1e-14)
+    assert_allclose(built.precisions_, gm.precisions_, rtol=1e-14)
+    assert built.n_features_in_ == 3 and built.n_iter_ == gm.n_iter_
+    with pytest.raises(ValueError, match=r"The mixture has 3 components of covariance_type "
+                                         r"'full'; this estimator has n_components=2"):
+        GaussianMixture(2).set_fitted(mixture)
+    assert gm.threshold_n_passes_ == 1
+    gm.set_params(n_components=2).fit(blobs)  # new parameters: the old threshold is gone
+    assert not hasattr(gm, "threshold_") and not hasattr(gm, "threshold_n_passes_")
+    with pytest.raises(ValueError, match="no anomaly threshold"):
+        gm.anomaly_scores(blobs)

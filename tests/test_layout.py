@@ -40,3 +40,20 @@ def test_no_module_imports_another_modules_private_names():
         for path in folder.rglob("*.py"):
             found += _private_imports(path, package)
     assert found == []
+
+
+def test_what_workers_run_imports_neither_the_estimator_nor_its_dependencies():
+    """Task functions live in modules that do not pull in scikit-learn or pandas: a Dask
+    worker that runs daskgmm's passes and writers stays about 100 MiB lighter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, daskgmm.passes, daskgmm.anomaly, daskgmm.sources, "
+        "daskgmm.scores.parquet_format, daskgmm.scores.zarr_format; "
+        "print(sorted(m for m in ('sklearn', 'pandas', 'daskgmm.estimator', 'prefect') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

@@ -108,3 +108,13 @@ def test_report_says_what_the_night_did():
     assert info["created"] == NOW.isoformat() and info["drift"]["drifted"] is False
     assert info["threshold"] == pytest.approx(-11.25) and info["config"] == {"k": 1}
     assert np.isfinite(info["training_log_likelihood"])
+
+
+def test_selection_of_tonights_model():
+    info = {"version": "v1", "selected_at": "2026-11-20T02:00:00+00:00",
+            "selection_version": "v0"}
+    assert policy.selection_of(info, selected=False, version="v2", now=NOW) == (
+        "2026-11-20T02:00:00+00:00", "v0")
+    assert policy.selection_of(info, selected=True, version="v2", now=NOW) == (
+        NOW.isoformat(), "v2")
+    assert policy.selection_of(None, selected=True, version="v2", now=NOW)[1] == "v2"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import abc
 
 import numpy as np
+from scipy import linalg
 
 
 class CovarianceError(ValueError):
@@ -286,8 +287,6 @@ def scatter_diagonals(stats, means, current_means):
 
 def cholesky_precisions(covs, covariance_type, per_component):
     """Upper Cholesky factors of the inverses of the matrices ``covs`` (k, d, d)."""
-    from scipy import linalg
-
     n_features = covs.shape[-1]
     out = np.empty_like(covs)
     eye = np.eye(n_features)

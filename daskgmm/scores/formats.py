@@ -2,7 +2,7 @@
 
 A format publishes one run's scores atomically, reads the current ones, and prunes old
 runs. :class:`ScoreFormat` is the interface :mod:`daskgmm.scores.publish` uses; a new
-format is one module with one subclass, registered in :data:`FORMATS`.
+format is one module with one subclass, registered in ``location.FORMATS``.
 :class:`VersionedScores` is the shared base of the formats that keep complete versions
 under ``_versions/<run_id>/<attempt>/`` with a pointer to the current one
 (:class:`daskgmm.versioned.VersionedLocation`): a subclass says where its marker,
@@ -15,9 +15,11 @@ import abc
 import secrets
 from datetime import UTC, datetime
 
+import numpy as np
 import pyarrow as pa
 
 from ..kernels import SCORE_DTYPE
+from ..quantiles import RankSketch, combine_sketches
 from ..versioned import Metadata, VersionedLocation
 
 FORMAT = "daskgmm-scores"
@@ -26,6 +28,13 @@ VERSIONS = "_versions"
 ROW_NUMBER = "row_number"
 # Score columns, in the order they are written, with their Arrow types.
 SCORE_FIELDS = [(name, pa.from_numpy_dtype(SCORE_DTYPE[name])) for name in SCORE_DTYPE.names]
+
+
+def summary(scores, n_points):
+    """What a written piece of scores reports: a sketch of its log-densities (for the
+    manifest, drift checks and histograms) and its number of anomalies."""
+    sketch = RankSketch.from_values(scores["log_density"], n_points)
+    return sketch, int(np.count_nonzero(scores["is_anomaly"]))
 
 
 class ScoreFormat(abc.ABC):
@@ -82,7 +91,7 @@ class VersionedScores(ScoreFormat):
             target, what="score location", format=FORMAT,
             metadata=self.metadata(storage_options), versions=VERSIONS, depth=2,
             storage_options=storage_options, writer="daskgmm.write_scores",
-            refusal=f"Refusing to write scores to {str(target)!r}",
+            refusal=f"Refusing to write scores to {str(target)!r}", manifest_format=FORMAT,
         )
 
     def marker(self, fs, root):
@@ -94,8 +103,6 @@ class VersionedScores(ScoreFormat):
 
     def publish(self, scores, dataset, target, *, run_id, info, id_columns,
                 storage_options):
-        from ..quantiles import combine_sketches
-
         location = self.location(target, storage_options)
         if not location.present():
             location.create({

@@ -7,7 +7,7 @@ import logging
 
 from .._storage import join, url_to_fs
 from .formats import FORMAT, ScoreFormat
-from .parquet_format import POINTER, ParquetScores
+from .parquet_format import ParquetScores
 from .zarr_format import ZarrScores
 
 logger = logging.getLogger(__name__)
@@ -18,7 +18,8 @@ FORMATS: dict[str, ScoreFormat] = {f.kind: f for f in (ParquetScores(), ZarrScor
 
 def get_format(kind) -> ScoreFormat:
     if kind not in FORMATS:
-        raise ValueError(f"format must be one of {sorted(FORMATS)}; got {kind!r}.")
+        names = " or ".join(repr(k) for k in sorted(FORMATS))
+        raise ValueError(f"format must be {names}; got {kind!r}.")
     return FORMATS[kind]
 
 
@@ -40,7 +41,7 @@ def read_pointer(target, *, storage_options=None) -> dict:
     pointer = None if fmt is None else fmt.pointer(target, storage_options)
     if pointer is None:
         raise FileNotFoundError(
-            f"No published scores at {str(target)!r} (no {POINTER} pointer). Publish with "
+            f"No published scores at {str(target)!r} (no pointer to a version). Publish with "
             "daskgmm.write_scores(model, source, target)."
         )
     if pointer.get("format") != FORMAT or "version" not in pointer:

@@ -24,19 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from ..quantiles import RankSketch, sketch_points
+from ..quantiles import sketch_points
 from ..versioned import JsonMetadata
-from .formats import ROW_NUMBER, SCORE_FIELDS, VersionedScores
+from .formats import ROW_NUMBER, SCORE_FIELDS, VersionedScores, summary
 
 MARKER = "_daskgmm_scores.json"
 POINTER = "_latest"
 MANIFEST = "_daskgmm_version.json"
-
-
-def summary(scores, n_points):
-    """What a written piece reports: a sketch of its log-densities and its anomalies."""
-    sketch = RankSketch.from_values(scores["log_density"], n_points)
-    return sketch, int(np.count_nonzero(scores["is_anomaly"]))
 
 
 class ParquetScores(VersionedScores):

@@ -27,6 +27,7 @@ from .. import anomaly, validation
 from .._storage import RUN_ID, join, url_to_fs
 from .._version import __version__
 from ..estimator import GaussianMixture, load, model_id
+from ..progress import PassCounter
 from ..quantiles import RankSketch
 from ..sources import as_dataset
 from .formats import ROW_NUMBER, SCORE_FIELDS
@@ -139,9 +140,8 @@ def write_scores(
     Zarr output: one 1-D array per score column in the version's group, chunked like the
     input rows, each with attributes naming the model and the run.
     """
-    from ..progress import PassCounter
-
     t0 = time.perf_counter()
+    counter = PassCounter(callback)
     if not isinstance(model, GaussianMixture):
         model = load(model, storage_options=target_storage_options or storage_options)
     check_is_fitted(model)
@@ -168,7 +168,6 @@ def write_scores(
     scores = scorer.anomaly_scores(dataclasses.replace(dataset, lazy=True))
     manifest = fmt.publish(scores, dataset, target, run_id=run_id, info=info,
                            id_columns=id_columns, storage_options=target_storage_options)
-    counter = PassCounter(callback)
     counter.done("publish")
     sketch = manifest.pop("sketch")
     publication = Publication(

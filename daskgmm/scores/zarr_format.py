@@ -20,8 +20,7 @@ from .._storage import is_local
 from ..kernels import SCORE_DTYPE
 from ..quantiles import sketch_points
 from ..versioned import Metadata
-from .formats import FORMAT, SCORE_FIELDS, VersionedScores
-from .parquet_format import summary
+from .formats import FORMAT, SCORE_FIELDS, VersionedScores, summary
 
 
 def open_group(fs, root, storage_options, mode, path=None):
