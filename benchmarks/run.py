@@ -1,6 +1,7 @@
 """Speed and memory of daskgmm against scikit-learn, measured side by side in one run.
 
-    python benchmarks/run.py [--quick] [--only speed|memory] [--out benchmarks/results.json]
+    python benchmarks/run.py [--quick] [--only speed|memory|selection|baseline]
+                             [--baseline REV] [--out benchmarks/results.json]
 
 Speed: seconds per EM iteration on the same data from the same initial parameters:
 scikit-learn in memory (its default threading, both cores) and daskgmm on a LocalCluster
@@ -11,12 +12,20 @@ start-up cancel out.
 
 Memory: peak RSS of the workers while fitting Zarr data 4x larger than the workers' total
 memory_limit, at two dataset sizes (the second 4x the first).
+
+Against an earlier revision (``--baseline REV``, e.g. the commit before a change): the
+same speed cases with the code of REV (a git worktree) and with this checkout, each in
+its own process, alternated three times; the report gives the fastest of each and their
+ratio (the least disturbed runs), so a
+change is judged on the same machine in the same hour. ``--only`` keeps the other
+sections of an existing ``--out`` file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -162,6 +171,86 @@ def memory_case(root, n_samples, n_features, memory_limit, client):
     return row
 
 
+def measure_one(path, covariance_type, n_components, iterations):
+    """Seconds per iteration of the daskgmm on ``sys.path``, on data persisted once in the
+    workers' memory (a dask array) and streamed from Zarr (run in a subprocess by
+    :func:`baseline_case`); prints one JSON line."""
+    import dask
+    import dask.array as da
+    import zarr
+    from distributed import Client, LocalCluster, wait
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    import daskgmm
+
+    X = zarr.open_array(str(Path(path) / "X"), mode="r")[:]
+    start = SkGaussianMixture(n_components, covariance_type=covariance_type, max_iter=1,
+                              init_params="random_from_data", random_state=0).fit(X)
+    init = dict(weights_init=start.weights_, means_init=start.means_,
+                precisions_init=start.precisions_)
+    del X
+
+    def ours(data, chunk_rows):
+        def fit(m):
+            daskgmm.GaussianMixture(
+                n_components, covariance_type=covariance_type, max_iter=m, tol=0.0,
+                cache=False, array_name="X", chunk_rows=chunk_rows, **init,
+            ).fit(data)
+        return fit
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit="6GiB",
+                      dashboard_address=None) as cluster, Client(cluster):
+        persisted = dask.persist(da.from_zarr(str(Path(path) / "X")))[0]
+        wait(persisted)
+        ours(persisted, None)(1)  # warm-up: the workers import and compile what tasks need
+        row = {"persisted": per_iteration(ours(persisted, None), iterations),
+               "zarr": per_iteration(ours(str(path), None), iterations),
+               "daskgmm": str(Path(daskgmm.__file__).parent)}
+    print(json.dumps(row), flush=True)
+
+
+def baseline_case(root, revision, n_samples, n_features, n_components, covariance_type,
+                  iterations, repeats=3):
+    """This checkout against ``revision`` on the same data, alternated in one run."""
+    import subprocess
+    import sys
+
+    from daskgmm.synthetic import write_mixture_zarr
+
+    repo = Path(__file__).resolve().parents[1]
+    tree = root / f"baseline-{revision}"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree),
+                        revision], check=True, capture_output=True)
+    path = root / f"baseline-{n_samples}x{n_features}.zarr"
+    if not path.exists():
+        write_mixture_zarr(path, n_samples, n_features, n_components, chunk_rows=250_000,
+                           seed=1)
+    runs = {"baseline": [], "current": []}
+    sides = [("baseline", tree), ("current", repo)]
+    for i in range(repeats):  # which side runs first alternates: no side always comes second
+        for who, code in (sides if i % 2 == 0 else sides[::-1]):
+            out = subprocess.run(
+                [sys.executable, __file__, "--measure", str(path), covariance_type,
+                 str(n_components), str(iterations)],
+                env={**os.environ, "PYTHONPATH": str(code)},
+                capture_output=True, text=True, check=True)
+            measured = json.loads(out.stdout.strip().splitlines()[-1])
+            assert measured["daskgmm"] == str(code / "daskgmm"), measured
+            runs[who].append(measured)
+    row = {"rows": n_samples, "features": n_features, "components": n_components,
+           "covariance_type": covariance_type, "revision": revision}
+    for mode in ("persisted", "zarr"):
+        base = min(r[mode] for r in runs["baseline"])  # the least disturbed run of each
+        current = min(r[mode] for r in runs["current"])
+        row.update({f"baseline_{mode}_s": round(base, 3), f"current_{mode}_s": round(current, 3),
+                    f"{mode}_ratio": round(current / base, 3)})
+    print(json.dumps(row), flush=True)
+    subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],
+                   capture_output=True)
+    return row
+
+
 TARGETS = {"full": (0.25, 0.35), "diag": (0.5, 0.75)}
 
 
@@ -207,6 +296,27 @@ def write_report(results, path):
                 f"| {r['sequential_passes']}, {r['sequential_s']} "
                 f"| {r['sklearn_sequential_s']} |"
             )
+    if results.get("baseline"):
+        revision = results["baseline"][0]["revision"]
+        lines += [
+            "",
+            f"Against the code of `{revision}` (the same cases, each side in its own process, "
+            "alternated three times in one run; the fastest of each; ratio = this checkout over "
+            f"`{revision}`, 1.0 = no change; on this shared 2-core machine the same code "
+            "measures up to 25% apart from one run to the next, so ratios inside 0.8 to 1.25 "
+            "are no change):",
+            "",
+            "| rows x features, k, covariance | in memory s/iter: before, now (ratio) "
+            "| Zarr s/iter: before, now (ratio) |",
+            "|---|---|---|",
+        ]
+        for r in results["baseline"]:
+            lines.append(
+                f"| {r['rows']:,} x {r['features']}, k={r['components']}, "
+                f"{r['covariance_type']} | {r['baseline_persisted_s']}, "
+                f"{r['current_persisted_s']} ({r['persisted_ratio']}) "
+                f"| {r['baseline_zarr_s']}, {r['current_zarr_s']} ({r['zarr_ratio']}) |"
+            )
     if "memory" in results:
         lines += [
             "",
@@ -237,20 +347,31 @@ def main(argv=None):
     warnings.simplefilter("ignore", ConvergenceWarning)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--only", choices=["speed", "memory", "selection"])
+    parser.add_argument("--only", choices=["speed", "memory", "selection", "baseline"])
+    parser.add_argument("--baseline", metavar="REV", default=None,
+                        help="also compare the speed cases with the code of git revision REV")
+    parser.add_argument("--measure", nargs=4, metavar=("PATH", "COV", "K", "ITER"),
+                        help=argparse.SUPPRESS)  # one side of --baseline, in a subprocess
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
     parser.add_argument("--data", type=Path, default=None, help="scratch folder for data")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite RESULTS.md from the --out JSON without measuring")
     args = parser.parse_args(argv)
+    if args.measure:
+        path, cov, k, iterations = args.measure
+        measure_one(path, cov, int(k), int(iterations))
+        return
     report = args.out.with_name("RESULTS.md")
     if args.report_only:
         write_report(json.loads(args.out.read_text()), report)
         return
     root = args.data or Path(tempfile.mkdtemp(prefix="daskgmm-bench-"))
     root.mkdir(parents=True, exist_ok=True)
-    results = {"machine": {"python": platform.python_version(), "cpus": 2,
-                           "daskgmm": daskgmm.__version__}}
+    results = {}
+    if args.only and args.out.exists():  # keep the sections this run does not measure
+        results = json.loads(args.out.read_text())
+    results["machine"] = {"python": platform.python_version(), "cpus": 2,
+                          "daskgmm": daskgmm.__version__}
     scale = 10 if args.quick else 1
     if args.only in (None, "speed"):
         cases = [
@@ -277,6 +398,9 @@ def main(argv=None):
             ]
             low, high = (r["peak_worker_rss_MiB"] for r in results["memory"])
             results["memory_growth_ratio"] = round(high / low, 3)
+    if args.baseline and args.only in (None, "baseline"):
+        cases = [(1_000_000 // scale, 16, 8, "full", 8), (1_000_000 // scale, 16, 8, "diag", 8)]
+        results["baseline"] = [baseline_case(root, args.baseline, *case) for case in cases]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     write_report(results, report)
