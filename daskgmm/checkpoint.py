@@ -15,9 +15,11 @@ import io
 import json
 import logging
 import zipfile
+import zlib
 
 import numpy as np
 
+from . import covariance
 from ._storage import finite_or_none, portable_params, url_to_fs, write_atomic, write_npy
 from .em import Candidate
 from .kernels import Params
@@ -81,38 +83,39 @@ class Checkpoint:
         logger.debug("checkpoint saved to %s after %d passes", self.path, n_passes)
 
     def load(self, fingerprint: str):
-        """``(candidates, n_passes)`` of a checkpoint of this fit, or None."""
+        """``(candidates, n_passes)`` of a checkpoint of this fit, or None.
+
+        A checkpoint of another fit is ignored with a warning. So is a damaged one (not
+        a zip, a damaged member, missing or ill-typed state, arrays of the wrong shape or
+        not finite), naming the member: the fit then starts afresh, so a re-run is never
+        blocked by a file someone must delete by hand.
+        """
         fs, path = self._fs()
         if not fs.exists(path):
             return None
+        raw = fs.cat_file(path)
         try:
-            zf = zipfile.ZipFile(io.BytesIO(fs.cat_file(path)))
-            state = json.loads(zf.read("state.json"))
-        except (zipfile.BadZipFile, KeyError, ValueError) as exc:
-            logger.warning("ignoring unreadable checkpoint %s (%s)", self.path, exc)
+            zf = zipfile.ZipFile(io.BytesIO(raw))
+            state = json.loads(_member(zf, "state.json"))
+            if state.get("format") != FORMAT or state.get("fingerprint") != fingerprint:
+                logger.warning(
+                    "ignoring checkpoint %s: it belongs to another fit (other data, "
+                    "parameters or starting model)", self.path,
+                )
+                return None
+            candidates = [_candidate(zf, i, e) for i, e in enumerate(state["candidates"])]
+            n_passes = state["n_passes"]
+            if not candidates or not isinstance(n_passes, int) or n_passes < 0:
+                raise _Damaged("state.json", "no candidates or a bad pass count")
+        except _Damaged as exc:
+            logger.warning("ignoring damaged checkpoint %s (%s); the fit starts afresh",
+                           self.path, exc)
             return None
-        if state.get("format") != FORMAT or state.get("fingerprint") != fingerprint:
-            logger.warning(
-                "ignoring checkpoint %s: it belongs to another fit (other data, parameters "
-                "or starting model)", self.path,
-            )
+        except (zipfile.BadZipFile, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("ignoring damaged checkpoint %s (%s: %s); the fit starts afresh",
+                           self.path, type(exc).__name__, exc)
             return None
-        candidates = []
-        for i, e in enumerate(state["candidates"]):
-            arrays = {name: np.load(io.BytesIO(zf.read(f"c{i}/{name}.npy")),
-                                    allow_pickle=False) for name in e["arrays"]}
-            params = Params(e["covariance_type"], arrays["weights"], arrays["means"],
-                            arrays["precisions_cholesky"], arrays.get("covariances"),
-                            arrays["shift"])
-            tag = _tuples(e["tag"])
-            lower_bound = -np.inf if e["lower_bound"] is None else e["lower_bound"]
-            candidates.append(Candidate(
-                params, tag=tag, label=e.get("label", ""), lower_bound=lower_bound,
-                lower_bounds=list(e["lower_bounds"]),
-                n_iter=e["n_iter"], converged=e["converged"], done=e["done"],
-                seconds=e["seconds"], error=None if e["error"] is None else ValueError(e["error"]),
-            ))
-        return candidates, int(state["n_passes"])
+        return candidates, n_passes
 
     def saver(self, fingerprint: str, passes_before: int):
         """The ``on_pass`` hook of :func:`daskgmm.em.run_em` that saves the batch every
@@ -129,6 +132,50 @@ class Checkpoint:
         fs, path = self._fs()
         if fs.exists(path):
             fs.rm(path)
+
+
+class _Damaged(Exception):
+    def __init__(self, member, what):
+        super().__init__(f"member {member}: {what}")
+
+
+def _member(zf, name) -> bytes:
+    try:
+        return zf.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError) as exc:
+        raise _Damaged(name, f"{type(exc).__name__}: {exc}") from None
+
+
+def _array(zf, name) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(_member(zf, name)), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise _Damaged(name, f"not a float array ({exc})") from None
+    if array.dtype.kind != "f" or not np.isfinite(array).all():
+        raise _Damaged(name, "not finite float64 values")
+    return array
+
+
+def _candidate(zf, i, e) -> Candidate:
+    """Candidate ``i`` of a checkpoint, its arrays checked against its covariance type."""
+    arrays = {name: _array(zf, f"c{i}/{name}.npy") for name in e["arrays"]}
+    model = covariance.get(e["covariance_type"])
+    k, d = arrays["means"].shape
+    expected = {"weights": (k,), "means": (k, d), "shift": (d,),
+                "precisions_cholesky": model.shape(k, d), "covariances": model.shape(k, d)}
+    for name, array in arrays.items():
+        if array.shape != expected[name]:
+            raise _Damaged(f"c{i}/{name}.npy", f"shape {array.shape}, expected "
+                                               f"{expected[name]}")
+    params = Params(e["covariance_type"], arrays["weights"], arrays["means"],
+                    arrays["precisions_cholesky"], arrays.get("covariances"), arrays["shift"])
+    lower_bound = -np.inf if e["lower_bound"] is None else float(e["lower_bound"])
+    return Candidate(
+        params, tag=_tuples(e["tag"]), label=e.get("label", ""), lower_bound=lower_bound,
+        lower_bounds=[float(v) for v in e["lower_bounds"]], n_iter=int(e["n_iter"]),
+        converged=bool(e["converged"]), done=bool(e["done"]), seconds=float(e["seconds"]),
+        error=None if e["error"] is None else ValueError(str(e["error"])),
+    )
 
 
 def _tuples(value):

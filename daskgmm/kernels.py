@@ -383,19 +383,44 @@ def estimate_gaussian_parameters(stats: Stats, current_means, covariance_type, r
     return nk, means, covariances
 
 
+# A variance below (this many float64 epsilons x the data's magnitude)**2 is rounding
+# noise: the component's rows coincide (in some direction) to machine precision.
+_RESOLUTION = 64 * np.finfo(np.float64).eps
+
+
 def params_from_stats(stats: Stats, params: Params, reg_covar: float,
                       n_samples: float | None = None) -> Params:
     """New parameters from the statistics gathered under ``params`` (whose means the
     second moments are centred on). Weights are nk / n_samples, by default nk / sum(nk)
-    (the M-step); initialisation divides by the number of rows, as scikit-learn does."""
+    (the M-step); initialisation divides by the number of rows, as scikit-learn does.
+
+    A covariance that is not positive definite, or whose variance in some direction is
+    at the rounding level of the data (collapsed or repeated rows with ``reg_covar=0``),
+    raises :class:`CovarianceError` naming the component, as scikit-learn does.
+    """
     nk, means, covariances = estimate_gaussian_parameters(
         stats, params.means, params.covariance_type, reg_covar
     )
+    model = params.model
+    precisions_cholesky = model.precisions_cholesky(covariances)
+    # the rounding level of each component's rows: their magnitude in the user's
+    # coordinates, plus the shift they were centred with
+    scale = np.abs(means + params.shift).max(axis=1) + np.abs(params.shift).max()
+    floor = (_RESOLUTION * scale) ** 2
+    variances = model.conditional_variances(precisions_cholesky)
+    if len(variances) == 1:  # one covariance for all components ('tied')
+        collapsed = [None] if np.any(variances <= floor.max()) else []
+    else:
+        collapsed = np.flatnonzero(np.any(variances <= floor[:, None], axis=1))
+    if len(collapsed):
+        c = collapsed[0]
+        raise CovarianceError(covariance.ill_defined_message(
+            None if c is None else int(c), params.covariance_type))
     return Params(
         params.covariance_type,
         nk / (nk.sum() if n_samples is None else n_samples),
         means,
-        params.model.precisions_cholesky(covariances),
+        precisions_cholesky,
         covariances,
         params.shift,
     )

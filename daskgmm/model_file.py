@@ -15,7 +15,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import numbers
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +36,10 @@ _REQUIRED_ARRAYS = ("weights_", "means_", "precisions_cholesky_")
 _REQUIRED_META = (
     "format", "format_version", "library_version", "params", "covariance_type",
     "n_features_in", "n_iter", "converged", "lower_bound", "lower_bounds",
-    "fit_data", "arrays",
+    "fit_data", "arrays", "model_id",
 )
+# Errors a damaged zip member raises when it is read.
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError)
 
 
 class ModelFileError(ValueError):
@@ -128,7 +133,15 @@ def write_model(path, record: ModelRecord, *, storage_options=None):
 
 def read_model(path, *, storage_options=None, known_params=None) -> ModelRecord:
     """Read and check a model file. ``known_params``: the parameter names this daskgmm
-    accepts (a file with others was written by a newer version)."""
+    accepts (a file with others was written by a newer version).
+
+    Nothing is trusted because daskgmm wrote it: every member is read with its errors
+    named, every metadata field is type-checked, the arrays must have the shapes of
+    their covariance type and hold finite values, the weights must be positive and sum
+    to 1, the precision factors must be triangular with a positive diagonal, and the
+    stored model id must be the hash of what was read (a file changed by hand is
+    refused). Any failure is a :class:`ModelFileError` naming the file and the piece.
+    """
     shown = str(path)
     fs, fspath = url_to_fs(path, storage_options)
     if not fs.exists(fspath):
@@ -144,10 +157,8 @@ def read_model(path, *, storage_options=None, known_params=None) -> ModelRecord:
         ) from None
     with zf:
         meta = _read_meta(shown, zf)
-        arrays = {
-            a: np.load(io.BytesIO(zf.read(f"arrays/{a}.npy")), allow_pickle=False)
-            for a in meta["arrays"]
-        }
+        _check_meta_types(shown, meta)
+        arrays = {a: _read_array(shown, zf, f"arrays/{a}.npy") for a in meta["arrays"]}
     unknown = sorted(set(meta["params"]) - set(known_params or meta["params"]))
     if unknown:
         raise ModelFileError(
@@ -158,6 +169,7 @@ def read_model(path, *, storage_options=None, known_params=None) -> ModelRecord:
     covariance_type = meta["covariance_type"]
     n_components = meta["params"].get("n_components", len(arrays["weights_"]))
     _check_shapes(shown, arrays, meta, n_components)
+    _check_values(shown, arrays, covariance_type)
     model = covariance.get(covariance_type)
     covariances = arrays.get("covariances_")
     if covariances is None:
@@ -172,11 +184,133 @@ def read_model(path, *, storage_options=None, known_params=None) -> ModelRecord:
         n_passes=meta.get("n_passes", 0), seconds=float("nan"),  # not kept in the file
     )
     anomaly = meta.get("anomaly")
-    return ModelRecord(
+    record = ModelRecord(
         params=meta["params"], mixture=mixture, fit=fit,
         n_features_in=meta["n_features_in"], feature_names=meta.get("feature_names"),
         threshold=None if anomaly is None else _threshold(shown, anomaly),
     )
+    if content_id(record) != meta["model_id"]:
+        raise ModelFileError(
+            f"{shown!r} was changed after it was written: its content does not hash to "
+            f"its model id {meta['model_id']!r} (metadata.json or an array was edited, or "
+            "the file is damaged). Refit the model, or load the copy you trust."
+        )
+    return record
+
+
+def _read_member(shown, zf, name) -> bytes:
+    try:
+        return zf.read(name)
+    except _DAMAGED as exc:
+        raise ModelFileError(
+            f"{shown!r}: member {name} is damaged ({type(exc).__name__}: {exc}); the file "
+            "cannot be trusted. Re-save the model, or load a copy you trust."
+        ) from None
+
+
+def _read_array(shown, zf, name) -> np.ndarray:
+    data = _read_member(shown, zf, name)
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        what = ("holds Python objects, which are never unpickled"
+                if data.startswith(b"\x93NUMPY") and "allow_pickle" in str(exc)
+                else f"is not a .npy array ({exc})")
+        raise ModelFileError(
+            f"{shown!r}: member {name} {what}. Model files hold float64 arrays only; "
+            "re-save the model with GaussianMixture.save."
+        ) from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+        raise ModelFileError(
+            f"{shown!r}: member {name} has dtype {getattr(array, 'dtype', type(array))}, "
+            "not floating point. Re-save the model with GaussianMixture.save."
+        )
+    return array.astype(np.float64, copy=False)
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+_FIELD_TYPES = {
+    "params": (dict, "an object"),
+    "covariance_type": (str, "a string"),
+    "n_features_in": (_is_int, "an int"),
+    "n_iter": (_is_int, "an int"),
+    "converged": (bool, "true or false"),
+    "lower_bound": (lambda v: v is None or _is_number(v), "a number or null"),
+    "lower_bounds": (lambda v: isinstance(v, list) and all(_is_number(x) for x in v),
+                     "a list of numbers"),
+    "fit_data": (lambda v: isinstance(v, dict) and all(_is_int(v.get(k))
+                                                       for k in ("n_samples", "n_features")),
+                 "an object of ints n_samples and n_features"),
+    "arrays": (lambda v: isinstance(v, list) and set(v) <= set(_ARRAYS),
+               f"a list among {list(_ARRAYS)}"),
+    "model_id": (str, "a string"),
+    "feature_names": (lambda v: v is None or (isinstance(v, list)
+                                              and all(isinstance(x, str) for x in v)),
+                      "a list of strings or null"),
+    "n_passes": (_is_int, "an int"),
+    "anomaly": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+}
+
+
+def _check_meta_types(shown, meta):
+    for key, (check, what) in _FIELD_TYPES.items():
+        if key not in meta:
+            continue
+        value = meta[key]
+        ok = isinstance(value, check) if isinstance(check, type) else check(value)
+        if not ok:
+            raise ModelFileError(
+                f"{shown!r}: metadata.json field {key!r} should be {what}, got "
+                f"{json.dumps(value)[:80]}. The file is damaged; re-save the model."
+            )
+    names = meta.get("feature_names")
+    if names is not None and len(names) != meta["n_features_in"]:
+        raise ModelFileError(
+            f"{shown!r}: metadata.json lists {len(names)} feature names for "
+            f"{meta['n_features_in']} features. The file is damaged; re-save the model."
+        )
+
+
+def _check_values(shown, arrays, covariance_type):
+    """Finite arrays, weights positive summing to 1, triangular precision factors with a
+    positive diagonal."""
+    for name, array in arrays.items():
+        if not np.isfinite(array).all():
+            index = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+            raise ModelFileError(
+                f"{shown!r}: arrays/{name}.npy holds {array[index]} at {index}; a model "
+                "holds finite numbers only. The file is damaged; refit the model."
+            )
+    weights = arrays["weights_"]
+    if np.any(weights <= 0) or abs(weights.sum() - 1.0) > 1e-6:
+        raise ModelFileError(
+            f"{shown!r}: arrays/weights_.npy must be positive and sum to 1; got minimum "
+            f"{weights.min():.6g} and sum {weights.sum():.10g}. The file is damaged; refit "
+            "the model."
+        )
+    factors = arrays["precisions_cholesky_"]
+    if covariance_type in ("full", "tied"):
+        mats = factors if covariance_type == "full" else factors[None]
+        scale = np.abs(mats).max(axis=(1, 2))
+        lower = np.abs(np.tril(mats, -1)).max(axis=(1, 2))
+        diag = np.diagonal(mats, axis1=1, axis2=2)
+        bad = np.flatnonzero((lower > 1e-12 * scale) | np.any(diag <= 0, axis=1))
+        what = "upper triangular with a positive diagonal"
+    else:
+        bad = np.flatnonzero(np.reshape(factors <= 0, (len(factors), -1)).any(axis=1))
+        what = "positive"
+    if bad.size:
+        raise ModelFileError(
+            f"{shown!r}: arrays/precisions_cholesky_.npy is not {what} (component "
+            f"{int(bad[0])}). The file is damaged; refit the model."
+        )
 
 
 def _read_meta(shown, zf):
@@ -184,7 +318,7 @@ def _read_meta(shown, zf):
     if "metadata.json" not in names:
         raise ModelFileError(f"{shown!r} has no metadata.json: not a daskgmm model file.")
     try:
-        meta = json.loads(zf.read("metadata.json"))
+        meta = json.loads(_read_member(shown, zf, "metadata.json"))
     except ValueError as exc:
         raise ModelFileError(
             f"{shown!r} has an unreadable metadata.json ({exc}); re-save the model."
@@ -221,18 +355,27 @@ def _read_meta(shown, zf):
 
 
 def _threshold(shown, anomaly) -> Threshold:
+    def number(value):
+        if not _is_number(value):
+            raise TypeError(f"{value!r} is not a number")
+        return float(value)
+
     try:
         c = anomaly["contamination"]
         b = anomaly.get("threshold_bounds")
         ll = anomaly.get("training_log_likelihood")
         out = Threshold(
-            threshold=float(anomaly["threshold"]),
-            contamination=None if c is None else float(c),
-            bounds=None if b is None else (float(b[0]), float(b[1])),
-            training_log_likelihood=float("nan") if ll is None else float(ll),
-            quantile_levels=np.asarray(anomaly["score_quantile_levels"], dtype=float),
-            quantiles=np.asarray(anomaly["score_quantiles"], dtype=float),
+            threshold=number(anomaly["threshold"]),
+            contamination=None if c is None else number(c),
+            bounds=None if b is None else (number(b[0]), number(b[1])),
+            training_log_likelihood=float("nan") if ll is None else number(ll),
+            quantile_levels=np.asarray([number(v) for v in anomaly["score_quantile_levels"]]),
+            quantiles=np.asarray([number(v) for v in anomaly["score_quantiles"]]),
         )
+        if not math.isfinite(out.threshold) or not np.isfinite(out.quantiles).all():
+            raise ValueError("non-finite threshold or quantiles")
+        if out.contamination is not None and not 0 < out.contamination <= 0.5:
+            raise ValueError(f"contamination {out.contamination} outside (0, 0.5]")
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ModelFileError(
             f"{shown!r}: the 'anomaly' entry of metadata.json is damaged ({exc!r}); "

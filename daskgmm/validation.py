@@ -109,8 +109,28 @@ def check_params(params: dict, owner="GaussianMixture"):
 
 def check_initial_parameters(covariance_type, n_components, n_features, weights_init=None,
                              means_init=None, precisions_init=None):
-    """scikit-learn's checks of user-given initial weights, means and precisions."""
+    """scikit-learn's checks of user-given initial weights, means and precisions, and
+    that they are finite (named, not blamed on the data later)."""
     k = n_components
+    for name, value in (("weights_init", weights_init), ("means_init", means_init),
+                        ("precisions_init", precisions_init)):
+        if value is None:
+            continue
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"The parameter {name!r} must be an array of numbers; got "
+                f"{type(value).__name__} {value!r:.80}."
+            ) from None
+        bad = np.argwhere(~np.isfinite(array))
+        if len(bad):
+            where = tuple(int(i) for i in bad[0])
+            raise ValueError(
+                f"The parameter {name!r} holds {array[where]} at index {where}: initial "
+                "parameters must be finite. Fix or drop it (None lets the initialisation "
+                "choose)."
+            )
     if weights_init is not None:
         w = np.asarray(weights_init, dtype=np.float64)
         if w.shape != (k,):

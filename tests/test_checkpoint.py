@@ -129,3 +129,54 @@ def test_zarr_rewritten_in_place_is_not_resumed(tmp_path):
     assert not np.allclose(again.means_, first.means_)
     same = GaussianMixture(3, random_state=0, array_name="X").fit(path, checkpoint=ckpt)
     assert same.resumed_iteration_ == same.n_iter_  # unchanged data: the finished state
+
+
+def test_a_damaged_checkpoint_of_the_same_fit_is_reported_and_the_fit_starts_afresh(
+        tmp_path, caplog):
+    import io
+    import json
+    import zipfile
+
+    X = make_blobs(2_000, 3, 3, seed=10)
+    kw = dict(n_components=3, random_state=0, tol=1e-8, max_iter=30)
+    ref = GaussianMixture(**kw).fit(X)
+    path = tmp_path / "ckpt"
+    with pytest.raises(Crash):
+        GaussianMixture(**kw).fit(X, checkpoint=Checkpoint(path, every=2),
+                                  callback=_crash_at(3))
+    original = path.read_bytes()
+
+    def rewrite(edit):
+        with zipfile.ZipFile(io.BytesIO(original)) as zf:
+            members = {n: zf.read(n) for n in zf.namelist()}
+        edit(members)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+        path.write_bytes(buf.getvalue())
+
+    def nan_means(members):
+        buf = io.BytesIO()
+        np.save(buf, np.full((3, 3), np.nan))
+        members["c0/means.npy"] = buf.getvalue()
+
+    def bad_state(members):
+        state = json.loads(members["state.json"])
+        state["candidates"][0]["n_iter"] = "two"
+        members["state.json"] = json.dumps(state).encode()
+
+    damages = [
+        (lambda: path.write_bytes(original[: len(original) // 2]), "BadZipFile"),
+        (lambda: rewrite(lambda m: m.update({"state.json": b"{half"})), "JSONDecodeError"),
+        (lambda: rewrite(nan_means), "member c0/means.npy: not finite float64 values"),
+        (lambda: rewrite(lambda m: m.pop("c0/weights.npy")), "member c0/weights.npy"),
+        (lambda: rewrite(bad_state), "ValueError"),
+    ]
+    for damage, named in damages:
+        damage()
+        caplog.clear()
+        again = GaussianMixture(**kw).fit(X, checkpoint=Checkpoint(path, every=2))
+        assert f"ignoring damaged checkpoint {path}" in caplog.text and named in caplog.text
+        assert again.resumed_iteration_ == 0  # started afresh, to the same model
+        assert_array_equal(again.means_, ref.means_)

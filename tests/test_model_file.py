@@ -143,3 +143,85 @@ def test_model_file_keeps_the_threshold_and_quantiles(tmp_path):
     (tmp_path / "bad.daskgmm").write_bytes(buf.getvalue())
     with pytest.raises(daskgmm.model_file.ModelFileError, match="score_quantiles differ in length"):
         daskgmm.load(tmp_path / "bad.daskgmm")
+
+
+def _npy(array, allow_pickle=False):
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.update({"arrays/weights_.npy": _npy(np.array([np.nan, 0.5]))}),
+     r"arrays/weights_.npy holds nan at \(0,\)"),
+    (lambda m: m.update({"arrays/weights_.npy": _npy(np.array([2.5, 2.5]))}),
+     r"weights_.npy must be positive and sum to 1; got minimum 2.5 and sum 5"),
+    (lambda m: m.update({"arrays/weights_.npy": _npy(np.array([1.5, -0.5]))}),
+     "must be positive and sum to 1"),
+    (lambda m: m.update({"arrays/precisions_cholesky_.npy": _npy(
+        np.full((2, 3, 3), np.nan))}), r"precisions_cholesky_.npy holds nan"),
+    (lambda m: m.update({"arrays/precisions_cholesky_.npy": _npy(np.ones((2, 3, 3)))}),
+     r"precisions_cholesky_.npy is not upper triangular with a positive diagonal "
+     r"\(component 0\)"),
+    (lambda m: m.update({"arrays/means_.npy": _npy(np.array([["a"] * 3] * 2,
+                                                            dtype=object), True)}),
+     r"member arrays/means_.npy holds Python objects, which are never unpickled"),
+    (lambda m: m.update({"arrays/means_.npy": b"not an array"}),
+     r"member arrays/means_.npy is not a .npy array"),
+    (lambda m: m.update({"arrays/means_.npy": _npy(np.zeros((2, 3), dtype=np.int64))}),
+     r"member arrays/means_.npy has dtype int64, not floating point"),
+])
+def test_damaged_arrays_are_refused_with_the_member_named(tmp_path, blobs, edit, message):
+    path = tmp_path / "gm.daskgmm"
+    GaussianMixture(2, random_state=0).fit(blobs).save(path)
+    _rewrite(path, edit)
+    with pytest.raises(daskgmm.model_file.ModelFileError, match=message):
+        daskgmm.load(path)
+
+
+def test_edited_or_corrupted_files_are_refused(tmp_path, blobs):
+    path = tmp_path / "gm.daskgmm"
+    gm = GaussianMixture(2, random_state=0).fit(blobs).set_threshold(blobs)
+    gm.save(path)
+    original = path.read_bytes()
+
+    def meta_edit(fn):
+        def edit(members):
+            meta = json.loads(members["metadata.json"])
+            fn(meta)
+            members["metadata.json"] = json.dumps(meta).encode()
+        return edit
+
+    cases = [
+        # a plausible edit: a lower threshold flags fewer rows, and nothing else says so
+        (meta_edit(lambda m: m["anomaly"].update(threshold=m["anomaly"]["threshold"] - 5)),
+         r"was changed after it was written: its content does not hash to its model id"),
+        (lambda m: m.update({"arrays/means_.npy": _npy(gm.means_ + 1e-3)}),
+         "was changed after it was written"),
+        (meta_edit(lambda m: m.update(n_iter="many")),
+         r"metadata.json field 'n_iter' should be an int, got \"many\""),
+        (meta_edit(lambda m: m.update(feature_names=["a"])),
+         "lists 1 feature names for 3 features"),
+        (meta_edit(lambda m: m["anomaly"].update(threshold="low")),
+         r"the 'anomaly' entry of metadata.json is damaged"),
+        (meta_edit(lambda m: m["anomaly"].update(contamination=3)),
+         r"the 'anomaly' entry of metadata.json is damaged"),
+        (meta_edit(lambda m: m.pop("model_id")), "missing model_id"),
+        (lambda m: m.update({"metadata.json": b"\xff\xfe{"}), "unreadable metadata.json"),
+    ]
+    for edit, message in cases:
+        path.write_bytes(original)
+        _rewrite(path, edit)
+        with pytest.raises(daskgmm.model_file.ModelFileError, match=message):
+            daskgmm.load(path)
+    # a flipped byte inside a compressed member: the zip's CRC names the member
+    path.write_bytes(original)
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("arrays/means_.npy")
+    raw = bytearray(original)
+    at = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size // 2
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(daskgmm.model_file.ModelFileError,
+                       match=r"member arrays/means_.npy is damaged"):
+        daskgmm.load(path)

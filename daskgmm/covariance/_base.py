@@ -99,6 +99,12 @@ class CovarianceModel(abc.ABC):
         component when a covariance is not positive definite."""
 
     @abc.abstractmethod
+    def conditional_variances(self, precisions_cholesky):
+        """Per component (rows; one row for 'tied') the variance of each feature given
+        the features before it: 1 / (diagonal of the precision factor)**2. A covariance
+        is ill-defined when one of them is at the rounding level of the data."""
+
+    @abc.abstractmethod
     def precisions_cholesky_from_precisions(self, precisions):
         """Upper-triangular U with precision = U U^T (scikit-learn's convention)."""
 
@@ -151,6 +157,10 @@ class MatrixModel(CovarianceModel):
     def covariances_from_precisions(self, precisions):
         return np.linalg.inv(precisions)
 
+    def conditional_variances(self, precisions_cholesky):
+        mats = precisions_cholesky if precisions_cholesky.ndim == 3 else precisions_cholesky[None]
+        return 1.0 / np.diagonal(mats, axis1=1, axis2=2) ** 2
+
 
 class VarianceModel(CovarianceModel):
     """The types whose covariances are variances ('diag', 'spherical'): precisions are
@@ -174,6 +184,10 @@ class VarianceModel(CovarianceModel):
 
     def covariances_from_precisions(self, precisions):
         return 1.0 / precisions
+
+    def conditional_variances(self, precisions_cholesky):
+        pc = precisions_cholesky.reshape(len(precisions_cholesky), -1)
+        return 1.0 / pc**2
 
     def check_precisions(self, precisions, n_components, n_features):
         self.check_shape(precisions, n_components, n_features)
