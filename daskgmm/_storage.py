@@ -16,6 +16,40 @@ import numpy as np
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]{0,127}")
 
 
+class MaskedOptions(dict):
+    """fsspec options whose representations hide every value: ``repr``, ``str`` and so
+    the reprs of estimators, pipelines and notebooks that hold them show ``'***'``. The
+    values themselves are untouched (``**options`` passes them on)."""
+
+    def __repr__(self):
+        return repr({k: (v if isinstance(v, MaskedOptions) else "***") for k, v in self.items()})
+
+    __str__ = __repr__
+
+    def _repr_html_(self):
+        return repr(self)
+
+    def __reduce__(self):  # pickles (to workers, in deep copies) as itself
+        return (MaskedOptions, (dict(self),))
+
+
+def masked(options):
+    """``options`` (a dict of fsspec options, or None) as :class:`MaskedOptions`."""
+    if options is None or isinstance(options, MaskedOptions) or not isinstance(options, dict):
+        return options
+    return MaskedOptions({k: masked(v) if isinstance(v, dict) else v
+                          for k, v in options.items()})
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the credentials of any ``scheme://user:password@host`` replaced by
+    ``***``: paths and URLs shown in messages, logs and manifests never carry them."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
 def expand(path) -> str:
     """A path or URL as text, with ``~`` expanded for local paths."""
     path = os.fspath(path)

@@ -8,7 +8,6 @@ The estimator holds parameters and fitted attributes and delegates the work:
 
 from __future__ import annotations
 
-import copy
 from functools import partial
 
 import numpy as np
@@ -17,7 +16,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from . import anomaly, fitting, kernels, model_file, passes, validation
-from ._storage import portable_params
+from ._storage import masked, portable_params
 from .anomaly import Threshold
 from .mixture import FitSummary, Mixture
 from .progress import PassCounter
@@ -140,14 +139,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.init_sample_size = init_sample_size
         self.columns = columns
         self.array_name = array_name
-        self.storage_options = storage_options
-
-    def __repr__(self, N_CHAR_MAX=700):
-        if not self.storage_options:
-            return super().__repr__(N_CHAR_MAX)
-        masked = copy.copy(self)
-        masked.storage_options = {k: "***" for k in self.storage_options}
-        return BaseEstimator.__repr__(masked, N_CHAR_MAX)
+        # the same options, with every value hidden from reprs (this estimator's, a
+        # Pipeline's, a notebook's HTML): they may hold credentials
+        self.storage_options = masked(storage_options)
 
     # -------------------------------------------------------------------- fit
 

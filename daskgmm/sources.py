@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import zarr
 from dask.base import tokenize
 
-from ._storage import expand, url_to_fs
+from ._storage import expand, redact_url, url_to_fs
 
 logger = logging.getLogger(__name__)
 
@@ -447,15 +447,16 @@ def _from_dask(X, chunk_rows):
 
 
 def _from_path(X, columns, array_name, storage_options, chunk_rows):
-    shown = os.fspath(X)
-    if not isinstance(shown, str):
-        shown = os.fsdecode(shown)
+    raw = os.fspath(X)
+    if not isinstance(raw, str):
+        raw = os.fsdecode(raw)
+    shown = redact_url(raw)  # what messages and manifests show
     if storage_options is not None and not isinstance(storage_options, dict):
         raise TypeError(
             f"storage_options must be a dict or None, got {type(storage_options).__name__}: "
             f"{storage_options!r:.80}. E.g. storage_options={{'anon': True}}."
         )
-    url = expand(shown)
+    url = expand(raw)
     options = dict(storage_options or {})
     fs, root = url_to_fs(url, options)
     fs.invalidate_cache(root)  # a listing cached before the data was written is stale

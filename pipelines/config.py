@@ -107,7 +107,24 @@ def _no_bool(value):
 
 
 Int = Annotated[int, BeforeValidator(_no_bool)]
-Float = Annotated[float, BeforeValidator(_no_bool)]
+# YAML reads .inf and .nan as numbers: no setting of a job takes them
+Float = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
+
+_URL_CREDENTIALS = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]+@")
+
+
+def _no_credentials(value):
+    """A path or URL without ``user:password@`` (it would reach logs and model info)."""
+    if isinstance(value, str) and _URL_CREDENTIALS.match(value):
+        raise ValueError(
+            "credentials inside a URL are refused (they would reach logs, reports and the "
+            "model's info.json); put them in storage_options as {env: VARIABLE} references "
+            "and give the URL without them"
+        )
+    return value
+
+
+Location = Annotated[str, Field(min_length=1), AfterValidator(_no_credentials)]
 # the library's names: a new covariance type or initialisation is accepted here too
 CovarianceType = Literal[COVARIANCE_TYPES]
 InitParams = Literal[INIT_PARAMS]
@@ -147,6 +164,9 @@ def _storage_option_problems(value, path=(), secret_like=False) -> list:
         for i, item in enumerate(value):
             problems += _storage_option_problems(item, (*path, i), secret_like)
         return problems
+    if isinstance(value, str) and _URL_CREDENTIALS.match(value):
+        return [(path, "credentials inside a URL; give the URL without them and the "
+                       "credentials as {env: VARIABLE} references")]
     if secret_like and isinstance(value, str):
         # never quote the value: this message ends up in logs
         leaf = next(str(part) for part in reversed(path) if isinstance(part, str))
@@ -292,7 +312,7 @@ class _Section(BaseModel):
 class SourceConfig(_Section):
     """The data to fit and score: a Zarr array or group, or a Parquet dataset."""
 
-    uri: str = Field(min_length=1)
+    uri: Location
     format: Literal["auto", "zarr", "parquet"] = "auto"
     array_name: str | None = None
     columns: Annotated[list[str], AfterValidator(_unique)] | None = Field(None, min_length=1)
@@ -402,8 +422,8 @@ class OutputsConfig(_Section):
     ``storage_options`` defaults to the source's (filled in by :class:`JobConfig`).
     """
 
-    scores: str | None = Field(None, min_length=1)
-    model_store: str = Field(min_length=1)
+    scores: Location | None = None
+    model_store: Location
     storage_options: StorageOptions | None = None
 
 
@@ -422,6 +442,7 @@ def _check_memory_limit(value):
 
 
 def _check_address(value):
+    _no_credentials(value)
     if value is not None and not re.fullmatch(r"(tcp|tls|ucx|inproc|ws|wss)://\S+", value):
         raise ValueError(
             f"a Dask scheduler address looks like 'tcp://dask-scheduler:8786', got {value!r} "
@@ -515,6 +536,10 @@ def load_config(path: str | os.PathLike) -> JobConfig:
     """
     shown = os.fspath(path)
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(f"{shown}: a job file is at most {MAX_FILE_BYTES:,} bytes; this "
+                              f"one has {size:,}. Is it the right file?")
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"job file {shown!r} not found (working directory "
@@ -525,6 +550,7 @@ def load_config(path: str | os.PathLike) -> JobConfig:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
+        _check_expanded_size(shown, node)  # before anything walks the aliases' expansion
         lines, problems = _key_lines(node)
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
@@ -550,6 +576,32 @@ def load_config(path: str | os.PathLike) -> JobConfig:
         raise ConfigError("\n".join([f"{shown}: invalid job configuration ({count}):",
                                      *(f"{shown}: {text}" for _, text in problems)])) from None
     return config
+
+
+# A job file is small: these bounds refuse a hostile one quickly, in bounded memory.
+MAX_FILE_BYTES = 256 * 1024
+MAX_VALUES = 10_000
+
+
+def _check_expanded_size(shown, node):
+    """Refuse a document that expands, through its aliases, to more than ``MAX_VALUES``
+    values (a "billion laughs" file of a few hundred bytes expands to billions). The walk
+    stops at the bound, so it takes bounded time however the aliases nest."""
+    count, stack = 0, [node] if node is not None else []
+    while stack:
+        current = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(
+                f"{shown}: the YAML expands to more than {MAX_VALUES:,} values through its "
+                "aliases (&name / *name); a job file needs a few dozen. Write the values "
+                "out, or remove the aliases."
+            )
+        if isinstance(current, yaml.MappingNode):
+            for key, value in current.value:
+                stack += (key, value)
+        elif isinstance(current, yaml.SequenceNode):
+            stack += current.value
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:

@@ -466,3 +466,56 @@ def test_missing_file(tmp_path):
 def test_top_level_not_a_mapping(tmp_path, text, got):
     with pytest.raises(ConfigError, match=rf"a job file is a mapping of keys .*got {got}$"):
         load(tmp_path, text)
+
+
+@pytest.mark.parametrize(("where", "text"), [
+    ("source.uri", "source:\n  uri: https://KEY:SECRET@host/data.zarr\n"
+                   "outputs:\n  model_store: m\n"),
+    ("outputs.model_store", "source:\n  uri: x.zarr\n"
+                            "outputs:\n  model_store: s3://AK:SECRET@bucket/models\n"),
+    ("source.storage_options.client_kwargs.endpoint_url",
+     "source:\n  uri: x.zarr\n  storage_options:\n    client_kwargs:\n"
+     "      endpoint_url: http://user:SECRET@minio:9000\noutputs:\n  model_store: m\n"),
+])
+def test_credentials_inside_urls_are_refused_without_being_shown(tmp_path, where, text):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: t\n" + text)
+    with pytest.raises(ConfigError, match=rf"{where} \(line \d+\): credentials inside a "
+                                          r"URL") as err:
+        load_config(path)
+    assert "SECRET" not in str(err.value)
+
+
+def test_alias_bombs_are_refused_quickly_in_bounded_memory(tmp_path):
+    import resource
+    import time
+
+    lines = ["name: t", 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(lines) + "\n")  # 9**9 = 387 million strings once expanded
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="expands to more than 10,000 values through its "
+                                          "aliases"):
+        load_config(path)
+    assert time.monotonic() - started < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # KiB
+    path.write_text("name: t\npad: '" + "x" * 300_000 + "'\n")
+    with pytest.raises(ConfigError, match=r"a job file is at most 262,144 bytes"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("nightly:\n  drift_margin", ".inf"), ("anomaly:\n  threshold", ".nan"),
+    ("model:\n  tol", ".inf"), ("model:\n  reg_covar", ".nan"),
+])
+def test_non_finite_numbers_are_refused(tmp_path, key, value):
+    path = tmp_path / "job.yaml"
+    path.write_text(f"name: t\nsource:\n  uri: x.zarr\noutputs:\n  model_store: m\n"
+                    f"{key}: {value}\n")
+    dotted = key.replace(":\n  ", ".")
+    with pytest.raises(ConfigError, match=rf"{dotted} \(line 7\): Input should be (a finite "
+                                          rf"number|greater than or equal to 0), got"):
+        load_config(path)

@@ -31,3 +31,26 @@ def test_repr_hides_storage_secrets():
     gm = GaussianMixture(storage_options={"key": "AKIA-SECRET", "secret": "hunter2"})
     assert "hunter2" not in repr(gm) and "AKIA-SECRET" not in repr(gm)
     assert "storage_options" in repr(gm)
+
+
+def test_every_representation_hides_storage_secrets():
+    import pickle
+
+    from daskgmm._storage import redact_url
+
+    options = {"key": "AKIA-SECRET", "secret": "hunter2",
+               "client_kwargs": {"endpoint_url": "http://minio:9000", "token": "tok-42"}}
+    gm = GaussianMixture(2, storage_options=options)
+    pipe = make_pipeline(StandardScaler(), gm)
+    shown = [repr(gm), str(gm), gm._repr_html_(), repr(pipe), pipe._repr_html_(),
+             str(gm.get_params()), str(pipe.get_params()), repr(clone(gm)),
+             repr(pickle.loads(pickle.dumps(gm)))]
+    for text in shown:
+        for secret in ("AKIA-SECRET", "hunter2", "tok-42"):
+            assert secret not in text
+    # the values themselves are intact where they are used
+    for copy in (clone(gm), pickle.loads(pickle.dumps(gm))):
+        assert copy.storage_options["secret"] == "hunter2"
+        assert dict(**copy.storage_options)["client_kwargs"]["token"] == "tok-42"
+    assert redact_url("https://KEY:SECRET@host/x.zarr, s3://b/k") == (
+        "https://***@host/x.zarr, s3://b/k")

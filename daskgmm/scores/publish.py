@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from sklearn.utils.validation import check_is_fitted
 
 from .. import anomaly, validation
-from .._storage import RUN_ID, join, url_to_fs
+from .._storage import RUN_ID, join, redact_url, url_to_fs
 from .._version import __version__
 from ..estimator import GaussianMixture, load, model_id
 from ..progress import PassCounter
@@ -180,7 +180,7 @@ def write_scores(
     logger.info(
         "published scores of %d rows (%d anomalies, %.3f%%) of %s to %s, version %s",
         publication.n_rows, publication.n_anomalies, 100 * publication.anomaly_rate,
-        dataset.description, target, publication.version,
+        dataset.description, redact_url(str(target)), publication.version,
     )
     return publication
 
@@ -296,7 +296,8 @@ def _check_not_inside_source(target, storage_options, origin):
     src = origin.root.rstrip("/")
     if fs.protocol == origin.fs.protocol and (root == src or root.startswith(f"{src}/")):
         raise ValueError(
-            f"Refusing to write scores to {str(target)!r}: it is inside the Parquet source "
-            f"{origin.url!r}, whose readers would pick up the score files. Choose a location "
+            f"Refusing to write scores to {redact_url(str(target))!r}: it is inside the "
+            f"Parquet source {redact_url(origin.url)!r}, whose readers would pick up the "
+            "score files. Choose a location "
             "outside the source, e.g. a sibling directory."
         )
