@@ -11,6 +11,8 @@ Layout (a local directory or an fsspec URL; a :class:`daskgmm.versioned.Versione
             ...                           the run's report and plots
         checkpoints/<run id>.ckpt         EM state of a running fit (see daskgmm.Checkpoint)
         runs/<run id>/                    plots of scoring runs that made no model
+        promotions/<time>-<version>.json  every change of the current model, and why
+        lock                              the run holding the job (see JobLock)
 
 A version is complete (its ``info.json`` written) before ``current`` names it;
 ``current`` is replaced in one step, so readers of the pointer always find a complete
@@ -19,14 +21,20 @@ model. Versions are never modified once the pointer has named them.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import re
-from datetime import UTC, datetime
+import socket
+from datetime import UTC, datetime, timedelta
 
-from ._storage import RUN_ID, write_atomic
+from ._storage import RUN_ID, is_local, put_json, write_atomic
 from ._version import __version__
 from .checkpoint import Checkpoint
 from .estimator import load, model_id
 from .versioned import JsonMetadata, VersionedLocation
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "daskgmm-model-store"
 _VERSION = re.compile(r"\d{8}T\d{6}\d{6}Z-[0-9a-f]{8}")
@@ -92,11 +100,45 @@ class ModelStore:
         write_atomic(self.location.fs, f"{self.location.root}/{relative}", data)
         return f"{self.url}/{relative}"
 
-    def promote(self, version: str) -> dict:
-        """Make ``version`` the current model (the pointer is written last, atomically)."""
+    def promote(self, version: str, *, reason: str, actor: str = "daskgmm") -> dict:
+        """Make ``version`` the current model, and record why.
+
+        The pointer (written last, in one atomic step) holds the version's info with
+        ``promoted_at``, ``promoted_by``, ``promotion_reason`` and the ``previous``
+        version; the same record is kept under ``promotions/`` (see :meth:`promotions`),
+        so that every change of the production model, rollbacks included, can be traced.
+        """
         info = self.info(version)
-        self.location.point_to(info)
-        return info
+        previous = (self.current() or {}).get("version")
+        now = datetime.now(UTC)
+        record = {**info, "promoted_at": now.isoformat(), "promoted_by": actor,
+                  "promotion_reason": reason, "previous": previous}
+        self.location.point_to(record)
+        put_json(self.location.fs, f"{self.location.root}/promotions/"
+                 f"{now.strftime('%Y%m%dT%H%M%S%fZ')}-{version}.json", record)
+        return record
+
+    def promotions(self) -> list[dict]:
+        """Every promotion recorded, oldest first."""
+        fs, base = self.location.fs, f"{self.location.root}/promotions"
+        fs.invalidate_cache(base)
+        if not fs.isdir(base):
+            return []
+        out = []
+        for path in sorted(p for p in fs.ls(base, detail=False) if p.endswith(".json")):
+            try:
+                out.append(json.loads(fs.cat_file(path)))
+            except (ValueError, UnicodeDecodeError) as exc:
+                logger.warning("promotion record %s left out: damaged (%s)", path, exc)
+        return out
+
+    # -------------------------------------------------------------------- lock
+
+    def lock(self, run_id: str, hours: float = 24.0) -> JobLock:
+        """The job's lock for run ``run_id`` (see :class:`JobLock`): ``with store.lock(
+        run_id): ...`` runs the block only while no other run of the job holds it."""
+        self._ensure()
+        return JobLock(self.location.fs, f"{self.location.root}/lock", run_id, hours)
 
     def current(self) -> dict | None:
         """The info of the current version (with its ``version``), or None."""
@@ -140,3 +182,102 @@ class ModelStore:
         self._ensure()
         return Checkpoint(f"{self.url}/checkpoints/{run_id}.ckpt", every=every,
                           storage_options=self.storage_options)
+
+
+def _expired(expires, now) -> bool:
+    """A lock's expiry is past, missing or unreadable (a damaged lock is stale)."""
+    try:
+        return datetime.fromisoformat(expires) < now
+    except (TypeError, ValueError):
+        return True
+
+
+def _dead_here(holder) -> bool:
+    """The lock's process ran on this host and is gone."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+class LockedError(RuntimeError):
+    """Another run of the same job holds its lock."""
+
+
+class JobLock:
+    """One run at a time per job: a ``lock`` file created atomically (exclusive create on
+    local disks, a conditional PUT on object stores) naming the run, the host and the
+    process, removed when the run ends. A lock whose process is gone (same host), or
+    older than ``hours``, belongs to a dead run: it is replaced, with a warning.
+    """
+
+    def __init__(self, fs, path, run_id, hours):
+        self.fs, self.path, self.run_id, self.hours = fs, path, run_id, hours
+        self.held = False
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def _create(self, data: bytes):
+        if is_local(self.fs):
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        else:
+            self.fs.pipe_file(self.path, data, mode="create")
+
+    def acquire(self):
+        now = datetime.now(UTC)
+        record = {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
+                  "started": now.isoformat(),
+                  "expires": (now + timedelta(hours=self.hours)).isoformat()}
+        for attempt in range(2):
+            try:
+                self._create(json.dumps(record).encode())
+                self.held = True
+                return
+            except FileExistsError:
+                holder = self._holder()
+                expires = holder.get("expires")
+                stale = _expired(expires, now) or _dead_here(holder)
+                if attempt == 0 and stale:
+                    logger.warning("replacing the stale lock %s of run %s (started %s)",
+                                   self.path, holder.get("run_id"), holder.get("started"))
+                    try:
+                        self.fs.rm(self.path)
+                    except FileNotFoundError:
+                        pass
+                    continue
+                raise LockedError(
+                    f"Another run of this job is running: run {holder.get('run_id')!r} "
+                    f"started at {holder.get('started')} on host {holder.get('host')} "
+                    f"(process {holder.get('pid')}) and holds {self.path} until "
+                    f"{expires}. Wait for it to finish; if that run is dead, delete the "
+                    "lock file."
+                ) from None
+
+    def _holder(self) -> dict:
+        try:
+            holder = json.loads(self.fs.cat_file(self.path))
+            return holder if isinstance(holder, dict) else {}
+        except FileNotFoundError:
+            return {"expires": None}
+        except (ValueError, UnicodeDecodeError):
+            return {}  # damaged: no expiry, so it is stale
+
+    def release(self):
+        if self.held:
+            try:
+                if self._holder().get("run_id") == self.run_id:
+                    self.fs.rm(self.path)
+            finally:
+                self.held = False

@@ -1,9 +1,10 @@
-"""The ``daskgmm`` command: run the nightly job, fit, select, score, demo data, inspect.
+"""The ``daskgmm`` command: run the nightly job, fit, select, score, promote, inspect.
 
     daskgmm demo-data                       # demo Zarr + Parquet data in demo-data/
     daskgmm run configs/demo.yaml           # the nightly flow (Prefect, no server needed)
-    daskgmm select configs/demo.yaml        # the BIC grid, saved as the current model
-    daskgmm fit configs/demo.yaml -k 5 -c full
+    daskgmm select configs/demo.yaml        # the BIC grid, saved as a new version
+    daskgmm fit configs/demo.yaml -k 5 -c full [--promote]
+    daskgmm promote configs/demo.yaml VERSION   # make a version current (or roll back)
     daskgmm score configs/demo.yaml [--source URI] [--model-version V]
     daskgmm inspect demo-data/models        # a model store, a version or a model file
 """
@@ -77,7 +78,8 @@ def _select(args):
     from daskgmm_pipelines.flows import select
 
     with _ProgressBar() as bar:
-        _print_result(select(config_path=args.config, run_id=args.run_id, progress=bar))
+        _print_result(select(config_path=args.config, run_id=args.run_id,
+                             promote_model=args.promote, progress=bar))
 
 
 def _fit(args):
@@ -86,7 +88,7 @@ def _fit(args):
     with _ProgressBar() as bar:
         _print_result(fit(config_path=args.config, n_components=args.n_components,
                           covariance_type=args.covariance_type, run_id=args.run_id,
-                          progress=bar))
+                          promote_model=args.promote, progress=bar))
 
 
 def _score(args):
@@ -95,6 +97,33 @@ def _score(args):
     with _ProgressBar() as bar:
         _print_result(score(config_path=args.config, model_version=args.model_version,
                             source=args.source, run_id=args.run_id, progress=bar))
+
+
+def _promote(args):
+    import daskgmm
+    from daskgmm_pipelines.config import load_config, resolve_storage_options
+
+    cfg = load_config(args.config)
+    options = resolve_storage_options(cfg.outputs.storage_options or {},
+                                      "outputs.storage_options")
+    store = daskgmm.ModelStore(cfg.outputs.model_store, storage_options=options or None)
+    store.info(args.version)  # names the versions there when it is not one of them
+    store.load(args.version)  # a version that does not load is never made current
+    record = store.promote(args.version, reason=args.reason or "promoted from the command line",
+                           actor=f"daskgmm promote ({os.environ.get('USER', 'unknown user')})")
+    print(f"model version {args.version} is now current in {store.url} (it replaced "
+          f"{record['previous'] or 'no model'}); recorded under {store.url}/promotions/")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") \
+            from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def _demo_data(args):
@@ -124,6 +153,12 @@ def _inspect(args):
             info = store.info(v)
             print(f" {mark} {v}  k={info.get('n_components')} {info.get('covariance_type')} "
                   f"run={info.get('run_id')}")
+        promotions = store.promotions()
+        if promotions:
+            print(f"\nlast promotions ({len(promotions)} in all):")
+            for p in promotions[-5:]:
+                print(f"  {p['promoted_at']}  {p['version']}  by {p['promoted_by']}: "
+                      f"{p['promotion_reason']}")
         version = args.version or (current or {}).get("version")
         if version is None:
             return
@@ -184,11 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config("run", "Run the nightly flow: warm-start or re-select, save the model, "
                        "score every row, publish, report.", _run)
-    with_config("select", "Fit the config's BIC grid in shared passes and make the best "
-                          "model current.", _select)
-    p = with_config("fit", "Fit one configuration (checkpointed) and make it current.", _fit)
-    p.add_argument("-k", "--n-components", type=int, default=None,
-                   help="number of components (default: the config's first)")
+    p = with_config("select", "Fit the config's BIC grid in shared passes and save the "
+                              "best model as a new version (current only with --promote).",
+                    _select)
+    p.add_argument("--promote", action="store_true",
+                   help="make the new version the current model (default: saved only)")
+    p = with_config("fit", "Fit one configuration (checkpointed) and save it as a new version "
+                           "(current only with --promote).", _fit)
+    p.add_argument("--promote", action="store_true",
+                   help="make the new version the current model (default: saved only)")
+    p.add_argument("-k", "--n-components", type=_positive_int, default=None,
+                   help="number of components, a whole number >= 1 (default: the config's "
+                        "first)")
     p.add_argument("-c", "--covariance-type", default=None,
                    choices=list(COVARIANCE_TYPES),
                    help="covariance type (default: the config's first)")
@@ -197,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="data to score (default: the config's)")
     p.add_argument("--model-version", default=None,
                    help="model store version (default: the current model)")
+
+    p = with_config("promote", "Make a saved model version the current one (a rollback is "
+                               "the promotion of an older version); recorded in the store.",
+                    _promote, run_id=False)
+    p.add_argument("version", help="the version to make current (see daskgmm inspect)")
+    p.add_argument("--reason", default=None, help="why, kept in the promotion record")
 
     p = sub.add_parser("demo-data", help="Write a demo Zarr group and Parquet dataset with "
                                          "planted anomalies.",

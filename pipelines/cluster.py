@@ -27,14 +27,20 @@ def dask_client(cluster, log=None):
         log.info("connected to the Dask scheduler at %s (%d workers)", cluster.address,
                  len(client.scheduler_info().get("workers", {})))
     else:
+        # in-process workers share the job's own process: a per-worker limit would be
+        # checked against the whole process (Prefect, the client, every worker) and
+        # pause them all for memory that is not theirs, so it is not applied
+        limit = (cluster.memory_limit or 0) if cluster.processes else 0
         local = LocalCluster(
             n_workers=cluster.n_workers, threads_per_worker=cluster.threads_per_worker,
-            memory_limit=cluster.memory_limit or 0, processes=cluster.processes,
+            memory_limit=limit, processes=cluster.processes,
             dashboard_address=":0" if _has_bokeh() else None,
         )
         client = Client(local)
-        log.info("started a local Dask cluster: %d workers x %d threads, memory limit %s",
-                 cluster.n_workers, cluster.threads_per_worker, cluster.memory_limit or "none")
+        log.info("started a local Dask cluster: %d worker %s x %d threads, memory limit %s",
+                 cluster.n_workers, "processes" if cluster.processes else "threads (in-process)",
+                 cluster.threads_per_worker,
+                 limit or ("none (in-process workers)" if cluster.memory_limit else "none"))
     try:
         if _has_bokeh():
             log.info("Dask dashboard: %s", client.dashboard_link)

@@ -484,8 +484,10 @@ class NightlyConfig(_Section):
     warm_start: bool = True
     reselect_every_days: Int | None = Field(7, ge=1)
     drift_margin: Float = Field(0.5, ge=0)
+    promotion_margin: Float = Field(0.05, ge=0)
     checkpoint_every: Int = Field(5, ge=1)
     keep_versions: Int | None = Field(30, ge=1)
+    lock_hours: Float = Field(24.0, gt=0)
 
 
 class JobConfig(_Section):

@@ -6,10 +6,17 @@ is in :mod:`daskgmm_pipelines.policy`. Tasks that read or write storage retry wi
 exponential backoff on transient I/O errors; any other error fails the task with the
 library's message.
 
-Run ids. A run is named by ``run_id`` (default: the flow run's scheduled date, UTC,
-``2026-11-24``). The run id names the score version (a re-run of the same run replaces
-its own scores and nothing else) and the fit's checkpoint (a re-run or a retry of the
-same run resumes its fit from the last checkpoint and reaches the same model).
+Run ids. A run is named ``<job>-<flow>-<run_id>`` (``run_id`` defaults to the flow run's
+scheduled date, UTC: ``demo-nightly-2026-11-24``), so that runs of different flows never
+replace each other's outputs. The run id names the score version (a re-run of the same
+run replaces its own scores and nothing else) and the fit's checkpoint (a re-run or a
+retry of the same run resumes its fit from the last checkpoint and reaches the same
+model). One run of a job at a time: every flow holds the job's lock in the model store.
+
+Promotion. The nightly run promotes its model only when :func:`policy.promotion_verdict`
+says so, and publishes tonight's scores with the model that is current after that
+decision. ``fit`` and ``select`` save a version without making it current unless asked
+(``promote=True``; the CLI's ``--promote``, or ``daskgmm promote``).
 """
 
 from __future__ import annotations
@@ -62,11 +69,11 @@ def _key(*parts) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
 
 
-def _default_run_id() -> str:
+def _run_id(cfg: JobConfig, flow: str, given: str | None) -> str:
     from prefect.runtime import flow_run
 
     when = flow_run.scheduled_start_time or datetime.now(UTC)
-    return when.astimezone(UTC).strftime("%Y-%m-%d")
+    return policy.run_id(cfg.name, flow, given, when)
 
 
 def _source_options(cfg: JobConfig) -> dict:
@@ -306,11 +313,31 @@ def write_report(cfg: JobConfig, version: str, summary: dict, plots: dict, key: 
 
 
 @task(name="promote-model", **IO)
-def promote(cfg: JobConfig, version: str, run_id: str):
+def promote(cfg: JobConfig, version: str, run_id: str, reason: str):
     store = _store(cfg)
-    store.promote(version)
-    store.checkpoint(run_id).remove()  # the run is complete: nothing to resume
-    get_run_logger().info("model version %s is now current in %s", version, store.url)
+    store.promote(version, reason=reason, actor=f"run {run_id}")
+    get_run_logger().info("model version %s is now current in %s: %s", version, store.url,
+                          reason)
+
+
+@task(name="end-fit", **IO)
+def end_fit(cfg: JobConfig, run_id: str):
+    """The run's model is saved: its checkpoint has nothing left to resume."""
+    _store(cfg).checkpoint(run_id).remove()
+
+
+@task(name="lock-job", **IO)
+def lock_job(cfg: JobConfig, run_id: str):
+    """The job's lock for this run (:class:`daskgmm.model_store.JobLock`), held until
+    :func:`unlock_job`; another run of the job fails here, before any work."""
+    lock = _store(cfg).lock(run_id, hours=cfg.nightly.lock_hours)
+    lock.acquire()
+    return lock
+
+
+@task(name="unlock-job", **IO)
+def unlock_job(lock):
+    lock.release()
 
 
 @task(name="prune-old-versions", **IO)
@@ -351,105 +378,150 @@ def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None,
             progress: Callable | None = None) -> dict:
     """The nightly job: warm-start EM on tonight's data from the current model (or re-run
     the BIC selection when due, on drift, or with no model yet), save the model version,
-    score every row, publish, report. ``progress``: a callback receiving every pass's
-    ``daskgmm.ProgressEvent`` (in-process callers such as the CLI's progress bar)."""
+    promote it if it passes the checks, score every row with the current model, publish,
+    report. ``progress``: a callback receiving every pass's ``daskgmm.ProgressEvent``
+    (in-process callers such as the CLI's progress bar)."""
     t0 = time.perf_counter()
     cfg = load_job(config_path)
-    run_id = run_id or _default_run_id()
+    run_id = _run_id(cfg, "nightly", run_id)
     key = _key(cfg.name)
     log = get_run_logger()
-    with dask_client(cfg.cluster, log):
-        cfg = check_source(cfg)
-        info, current = current_model(cfg)
-        reasons = policy.reselect_reasons(
-            info, warm_start=cfg.nightly.warm_start,
-            reselect_every_days=cfg.nightly.reselect_every_days, now=policy.utcnow())
-        drift, n_passes, warm_version = None, 0, None
-        if not reasons:
-            warm_version = info["version"]
-            log.info("warm start from model version %s", warm_version)
-            model, drift, n_passes = warm_fit_task(cfg, key, run_id, current, progress)
-            if drift.drifted:
-                reasons.append(drift.reason())
-        selection = None
-        if reasons:
-            log.info("full model selection: %s", "; ".join(reasons))
-            selection = select_task(cfg, key, progress)
-            model = selection.best_
-            n_passes += selection.n_passes_
-        version = _store(cfg).new_version(model)
-        selected_at, selection_version = policy.selection_of(
-            info, selected=selection is not None, version=version, now=policy.utcnow())
-        save_model(cfg, model, version, policy.model_info(
-            _job(cfg), run_id, model, selected_at=selected_at,
-            selection_version=selection_version, drift=drift, reasons=reasons,
-            now=policy.utcnow()))
-        pub = publish_scores(cfg, model, run_id, version, progress)
-        summary = policy.run_summary(
-            job=cfg.name, run_id=run_id, model=model, model_id=daskgmm.model_id(model),
-            version=version, model_url=_store(cfg).version_url(version), publication=pub,
-            seconds=time.perf_counter() - t0, n_passes=n_passes + pub.n_passes,
-            reasons=reasons, warm_version=warm_version, drift=drift,
-            selection_table=None if selection is None else
-            _table(selection).round(4).to_dict(orient="records"))
-        summary = write_report(cfg, version, summary, _plots(model, pub, selection), key)
-        promote(cfg, version, run_id)
-        prune(cfg, pub.target)
-    log.info("run %s done in %.1fs: model %s, scores %s, report %s", run_id,
-             time.perf_counter() - t0, summary["model_url"], pub.location,
-             summary["report_url"])
+    lock = lock_job(cfg, run_id)
+    try:
+        with dask_client(cfg.cluster, log):
+            summary, pub = _night(cfg, run_id, key, log, t0, progress)
+    finally:
+        unlock_job(lock)
+    log.info("run %s done in %.1fs: model %s (%s), scores %s, report %s", run_id,
+             time.perf_counter() - t0, summary["model_url"],
+             "current" if summary["promotion"]["promote"] else "not promoted",
+             pub.location, summary["report_url"])
     return summary
 
 
+def _night(cfg, run_id, key, log, t0, progress):
+    cfg = check_source(cfg)
+    info, current = current_model(cfg)
+    reasons = policy.reselect_reasons(
+        info, warm_start=cfg.nightly.warm_start,
+        reselect_every_days=cfg.nightly.reselect_every_days, now=policy.utcnow())
+    drift, n_passes, warm_version = None, 0, None
+    if not reasons:
+        warm_version = info["version"]
+        log.info("warm start from model version %s", warm_version)
+        model, drift, n_passes = warm_fit_task(cfg, key, run_id, current, progress)
+        if drift.drifted:
+            reasons.append(drift.reason())
+    selection = None
+    if reasons:
+        log.info("full model selection: %s", "; ".join(reasons))
+        selection = select_task(cfg, key, progress)
+        model = selection.best_
+        n_passes += selection.n_passes_
+    version = _store(cfg).new_version(model)
+    verdict = policy.promotion_verdict(
+        model, has_current=current is not None,
+        current_tonight=None if drift is None else drift.tonight,
+        margin=cfg.nightly.promotion_margin, reasons=reasons)  # reasons: selection ran
+    selected_at, selection_version = policy.selection_of(
+        info, selected=selection is not None, version=version, now=policy.utcnow())
+    save_model(cfg, model, version, policy.model_info(
+        _job(cfg), run_id, model, selected_at=selected_at,
+        selection_version=selection_version, drift=drift, reasons=reasons,
+        now=policy.utcnow(), promotion=verdict))
+    if verdict.promote:
+        promote(cfg, version, run_id, verdict.reason)
+        scoring, scored_with = model, version
+    elif current is not None:
+        log.warning("model version %s not promoted (%s); tonight's scores come from the "
+                    "current version %s", version, verdict.reason, info["version"])
+        scoring, scored_with = current, info["version"]
+    else:
+        raise ValueError(f"Tonight's model (version {version}, kept in the store for "
+                         f"inspection) was {verdict.reason}, and the store has no current "
+                         "model to score with.")
+    end_fit(cfg, run_id)
+    pub = publish_scores(cfg, scoring, run_id, scored_with, progress)
+    summary = policy.run_summary(
+        job=cfg.name, run_id=run_id, model=model, model_id=daskgmm.model_id(model),
+        version=version, model_url=_store(cfg).version_url(version), publication=pub,
+        seconds=time.perf_counter() - t0, n_passes=n_passes + pub.n_passes,
+        reasons=reasons, warm_version=warm_version, drift=drift, promotion=verdict,
+        scored_with=scored_with,
+        selection_table=None if selection is None else
+        _table(selection).round(4).to_dict(orient="records"))
+    summary = write_report(cfg, version, summary, _plots(model, pub, selection), key)
+    prune(cfg, pub.target)
+    return summary, pub
+
+
 @flow(name="daskgmm-select")
-def select(config_path: str, run_id: str | None = None,
+def select(config_path: str, run_id: str | None = None, promote_model: bool = False,
            progress: Callable | None = None) -> dict:
-    """Run the BIC grid of the config, save the chosen model as the current version."""
+    """Run the BIC grid of the config and save the chosen model as a new version; it
+    becomes current only with ``promote_model=True``."""
     t0 = time.perf_counter()
     cfg = load_job(config_path)
-    run_id = run_id or _default_run_id()
-    with dask_client(cfg.cluster, get_run_logger()):
-        selection = select_task(cfg, _key(cfg.name), progress)
-        model = selection.best_
-        now = policy.utcnow()
-        version = _store(cfg).new_version(model)
-        save_model(cfg, model, version, policy.model_info(
-            _job(cfg), run_id, model, selected_at=now.isoformat(), selection_version=version,
-            drift=None, reasons=["select flow"], now=now))
-        urls = write_plots(cfg, version, _plots(model, None, selection))
-        promote(cfg, version, run_id)
-        store = _store(cfg)
+    run_id = _run_id(cfg, "select", run_id)
+    lock = lock_job(cfg, run_id)
+    try:
+        with dask_client(cfg.cluster, get_run_logger()):
+            selection = select_task(cfg, _key(cfg.name), progress)
+            model = selection.best_
+            now = policy.utcnow()
+            version = _store(cfg).new_version(model)
+            save_model(cfg, model, version, policy.model_info(
+                _job(cfg), run_id, model, selected_at=now.isoformat(),
+                selection_version=version, drift=None, reasons=["select flow"], now=now))
+            urls = write_plots(cfg, version, _plots(model, None, selection))
+            _promote_if_asked(cfg, version, run_id, promote_model, "select flow")
+    finally:
+        unlock_job(lock)
     return {"job": cfg.name, "run_id": run_id, "model_version": version,
-            "model_url": store.version_url(version), "n_components": model.n_components,
-            "covariance_type": model.covariance_type, "n_passes": selection.n_passes_,
-            "seconds": time.perf_counter() - t0, "plots": urls,
-            "selection_table": _table(selection).to_dict(orient="records")}
+            "model_url": _store(cfg).version_url(version), "promoted": promote_model,
+            "n_components": model.n_components, "covariance_type": model.covariance_type,
+            "n_passes": selection.n_passes_, "seconds": time.perf_counter() - t0,
+            "plots": urls, "selection_table": _table(selection).to_dict(orient="records")}
+
+
+def _promote_if_asked(cfg, version, run_id, asked, what):
+    if asked:
+        promote(cfg, version, run_id, f"{what} run {run_id}, promoted on request")
+    else:
+        get_run_logger().info(
+            "saved model version %s; it is not current. Make it current with: daskgmm "
+            "promote <config> %s", version, version)
 
 
 @flow(name="daskgmm-fit")
 def fit(config_path: str, n_components: int | None = None,
         covariance_type: str | None = None, run_id: str | None = None,
-        progress: Callable | None = None) -> dict:
+        promote_model: bool = False, progress: Callable | None = None) -> dict:
     """Fit one configuration (default: the config's first k and covariance type) from
-    the config's seed, checkpointed; save it as the current version."""
+    the config's seed, checkpointed, and save it as a new version; it becomes current
+    only with ``promote_model=True``."""
     t0 = time.perf_counter()
     cfg = load_job(config_path)
-    run_id = run_id or _default_run_id()
-    with dask_client(cfg.cluster, get_run_logger()):
-        model = fit_task(cfg, _key(cfg.name), run_id, n_components=n_components,
-                         covariance_type=covariance_type, progress=progress)
-        now = policy.utcnow()
-        version = _store(cfg).new_version(model)
-        save_model(cfg, model, version, policy.model_info(
-            _job(cfg), run_id, model, selected_at=now.isoformat(), selection_version=None,
-            drift=None, reasons=["fit flow"], now=now))
-        urls = write_plots(cfg, version, _plots(model, None))
-        promote(cfg, version, run_id)
-        store = _store(cfg)
+    run_id = _run_id(cfg, "fit", run_id)
+    lock = lock_job(cfg, run_id)
+    try:
+        with dask_client(cfg.cluster, get_run_logger()):
+            model = fit_task(cfg, _key(cfg.name), run_id, n_components=n_components,
+                             covariance_type=covariance_type, progress=progress)
+            now = policy.utcnow()
+            version = _store(cfg).new_version(model)
+            save_model(cfg, model, version, policy.model_info(
+                _job(cfg), run_id, model, selected_at=now.isoformat(),
+                selection_version=None, drift=None, reasons=["fit flow"], now=now))
+            urls = write_plots(cfg, version, _plots(model, None))
+            end_fit(cfg, run_id)
+            _promote_if_asked(cfg, version, run_id, promote_model, "fit flow")
+    finally:
+        unlock_job(lock)
     return {"job": cfg.name, "run_id": run_id, "model_version": version,
-            "model_url": store.version_url(version), "n_components": model.n_components,
-            "covariance_type": model.covariance_type, "n_iter": model.n_iter_,
-            "converged": model.converged_,
+            "model_url": _store(cfg).version_url(version), "promoted": promote_model,
+            "n_components": model.n_components, "covariance_type": model.covariance_type,
+            "n_iter": model.n_iter_, "converged": model.converged_,
             "n_passes": model.n_passes_ + model.threshold_n_passes_,
             "resumed_from_iteration": model.resumed_iteration_,
             "seconds": time.perf_counter() - t0, "plots": urls}
@@ -464,17 +536,22 @@ def score(config_path: str, model_version: str | None = None, source: str | None
     cfg = load_job(config_path)
     if source is not None:
         cfg = cfg.model_copy(update={"source": cfg.source.model_copy(update={"uri": source})})
-    run_id = run_id or _default_run_id()
-    with dask_client(cfg.cluster, get_run_logger()):
-        info, model = current_model(cfg, model_version)
-        if info is None:
-            raise FileNotFoundError(
-                f"The model store {cfg.outputs.model_store!r} has no current model: run the "
-                "nightly or select flow first, or pass model_version.")
-        store = _store(cfg)
-        pub = publish_scores(cfg, model, run_id, info["version"], progress)
-        url = store.write_run_file(run_id, "scores.png",
-                                   report.score_histogram(pub.sketch, model.threshold_))
+    run_id = _run_id(cfg, "score", run_id)
+    lock = lock_job(cfg, run_id)
+    try:
+        with dask_client(cfg.cluster, get_run_logger()):
+            info, model = current_model(cfg, model_version)
+            if info is None:
+                raise FileNotFoundError(
+                    f"The model store {cfg.outputs.model_store!r} has no current model: run "
+                    "the nightly flow, or promote a version (daskgmm promote), or pass "
+                    "model_version.")
+            store = _store(cfg)
+            pub = publish_scores(cfg, model, run_id, info["version"], progress)
+            url = store.write_run_file(run_id, "scores.png",
+                                       report.score_histogram(pub.sketch, model.threshold_))
+    finally:
+        unlock_job(lock)
     return {"job": cfg.name, "run_id": run_id, "model_version": info["version"],
             "n_rows": pub.n_rows, "n_anomalies": pub.n_anomalies,
             "anomaly_rate": pub.anomaly_rate, "scores_url": pub.location,

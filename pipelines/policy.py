@@ -12,6 +12,8 @@ import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
+import numpy as np
+
 
 def reselect_reasons(current_info: dict | None, *, warm_start: bool,
                      reselect_every_days: int | None, now: datetime) -> list[str]:
@@ -83,6 +85,56 @@ class DriftGuard:
         return drift_check(self.training, model.lower_bounds_[0], self.margin)
 
 
+@dataclass(frozen=True)
+class Promotion:
+    """Whether tonight's model becomes the current one, and why (for the report, the
+    version's info and the store's promotion record)."""
+
+    promote: bool
+    reason: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def promotion_verdict(model, *, has_current: bool, current_tonight: float | None,
+                      margin: float, reasons: list[str]) -> Promotion:
+    """Whether tonight's ``model`` becomes current.
+
+    Never with a parameter or the threshold not finite. A warm-started model
+    (``reasons`` empty) only when its mean log-likelihood on tonight's data
+    (``model.training_log_likelihood_``, from its threshold pass) is not below the
+    current model's on the same data (``current_tonight``, the drift check's first pass)
+    by more than ``margin``. A model of a full selection (``reasons``: why it ran) is
+    promoted with those reasons recorded: a model chosen by BIC may have fewer
+    components and a lower likelihood than the one it replaces.
+    """
+    arrays = {name: getattr(model, name) for name in
+              ("weights_", "means_", "covariances_", "precisions_cholesky_")}
+    broken = [name for name, value in arrays.items() if not np.isfinite(value).all()]
+    threshold = getattr(model, "threshold_", math.nan)
+    if not math.isfinite(threshold):
+        broken.append("threshold_")
+    if broken:
+        return Promotion(False, f"refused: {', '.join(broken)} not finite")
+    if not has_current:
+        return Promotion(True, "the store had no current model")
+    if reasons:
+        return Promotion(True, "the selection replaced the model: " + "; ".join(reasons))
+    tonight = float(model.training_log_likelihood_)
+    compared = (f"tonight's mean log-likelihood {tonight:.4f} under the new model, "
+                f"{current_tonight:.4f} under the current one (margin {margin})")
+    if not math.isfinite(tonight) or tonight < current_tonight - margin:
+        return Promotion(False, "refused: " + compared)
+    return Promotion(True, compared)
+
+
+def run_id(job: str, flow: str, given: str | None, now: datetime) -> str:
+    """A run's id, namespaced by job and flow so that runs of different flows never
+    replace each other's outputs: ``<job>-<flow>-<given or UTC date>``."""
+    return f"{job}-{flow}-{given or now.astimezone(UTC).strftime('%Y-%m-%d')}"
+
+
 def feature_columns(columns, id_columns, numeric_columns):
     """The feature columns of a Parquet source: the config's ``columns``; without them
     every numeric column that is not an id column; None (the library's default) when
@@ -109,7 +161,7 @@ def mode_text(reasons: list[str], warm_version: str | None) -> str:
 
 
 def model_info(job: dict, run_id, model, *, selected_at, selection_version, drift,
-               reasons, now: datetime) -> dict:
+               reasons, now: datetime, promotion: Promotion | None = None) -> dict:
     """The ``info.json`` of a model version: what produced it. ``job``: the config's
     name, source uri and summary (secrets stay ``{env: NAME}`` references)."""
     return {
@@ -120,6 +172,7 @@ def model_info(job: dict, run_id, model, *, selected_at, selection_version, drif
         "threshold": float(model.threshold_), "selected_at": selected_at,
         "selection_version": selection_version,
         "drift": None if drift is None else drift.as_dict(), "reselect_reasons": reasons,
+        "promotion": None if promotion is None else promotion.as_dict(),
         "source": job["source"], "config": job["config"],
     }
 
@@ -127,9 +180,10 @@ def model_info(job: dict, run_id, model, *, selected_at, selection_version, drif
 def run_summary(*, job: str, run_id: str, model, model_id: str, version: str,
                 model_url: str, publication, seconds: float, n_passes: int,
                 reasons: list[str], warm_version: str | None, drift: DriftCheck | None,
-                selection_table=None) -> dict:
+                promotion: Promotion, scored_with: str, selection_table=None) -> dict:
     """What the nightly run's report says (the markdown summary renders this)."""
     return {
+        "promotion": promotion.as_dict(), "scored_with": scored_with,
         "job": job, "run_id": run_id, "mode_text": mode_text(reasons, warm_version),
         "drift_note": "; ".join(reasons),
         "n_components": int(model.n_components), "covariance_type": model.covariance_type,

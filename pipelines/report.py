@@ -86,6 +86,17 @@ def _table(rows):
     return "\n".join(lines)
 
 
+def _promotion_line(s: dict) -> str:
+    promotion = s.get("promotion")
+    if promotion is None:
+        return "not decided"
+    if promotion["promote"]:
+        return f"**promoted**, now the current model: {promotion['reason']}"
+    return (f"**not promoted** ({promotion['reason']}); it stays in the store for "
+            f"inspection, tonight's scores come from the current version "
+            f"`{s.get('scored_with')}`")
+
+
 def summary_markdown(s: dict) -> str:
     """The run's markdown summary from the dict the nightly flow assembles."""
     drift = s.get("drift")
@@ -113,6 +124,7 @@ def summary_markdown(s: dict) -> str:
              "value": f"{s['n_anomalies']:,} ({100 * s['anomaly_rate']:.3f}%)"},
             {"what": "threshold (log-density)", "value": f"{s['threshold']:.6g}"},
             {"what": "drift check", "value": drift_line},
+            {"what": "promotion", "value": _promotion_line(s)},
             {"what": "model", "value": f"`{s['model_url']}`"},
             {"what": "scores", "value": f"`{s['scores_url']}`"},
         ]),

@@ -124,7 +124,7 @@ def write_job_config(tmp_path, **changes):
                   "seed": 0, "tol": 1e-4},
         "anomaly": {"contamination": 0.01},
         "outputs": {"model_store": str(tmp_path / "models")},
-        "cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB",
+        "cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": None,
                     "processes": False},
         "nightly": {"checkpoint_every": 1},
     }

@@ -33,7 +33,7 @@ def test_cli_commands(tmp_path, capsys):
         "uri": str(tmp_path / "data" / "demo-parquet"), "array_name": None,
         "columns": ["f0", "f1", "f2"], "id_columns": ["event_id"]},
         outputs={"scores": str(tmp_path / "scores")}, model={"n_components": [1, 2, 3]})
-    assert main(["select", config, "--run-id", "s1"]) == 0
+    assert main(["select", config, "--run-id", "s1", "--promote"]) == 0
     store = daskgmm.ModelStore(tmp_path / "models")
     k = store.load().n_components
     assert k in (2, 3)  # the 2 true components (+ one for the planted anomalies)
@@ -53,6 +53,24 @@ def test_cli_commands(tmp_path, capsys):
     code, out, _ = _run(capsys, "inspect", str(model_file))
     assert code == 0 and daskgmm.model_id(store.load()) in out
 
+    # a manual fit is saved, not made current; promoting it, and rolling back, is one
+    # command each, recorded in the store
+    selected = store.current()["version"]
+    assert main(["fit", config, "-k", "1", "--run-id", "f1"]) == 0
+    fitted = store.versions()[-1]
+    assert store.current()["version"] == selected and fitted != selected
+    capsys.readouterr()
+    code, out, _ = _run(capsys, "promote", config, fitted, "--reason", "try k=1")
+    assert code == 0 and f"model version {fitted} is now current" in out
+    assert store.load().n_components == 1
+    code, out, _ = _run(capsys, "promote", config, selected, "--reason", "rollback")
+    assert code == 0 and store.current()["version"] == selected
+    assert [p["promotion_reason"] for p in store.promotions()][-2:] == ["try k=1", "rollback"]
+    code, out, _ = _run(capsys, "inspect", str(tmp_path / "models"))
+    assert "last promotions (3 in all)" in out and "rollback" in out
+    code, _, err = _run(capsys, "promote", config, "20990101T000000000000Z-deadbeef")
+    assert code == 1 and "No model version '20990101T000000000000Z-deadbeef'" in err
+
 
 def test_a_bad_job_file_is_one_line_naming_the_key(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
@@ -64,7 +82,15 @@ def test_a_bad_job_file_is_one_line_naming_the_key(tmp_path, capsys):
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("command", ["run", "fit", "select", "score", "demo-data", "inspect"])
+@pytest.mark.parametrize("value", ["0", "-3", "2.5", "many"])
+def test_invalid_component_counts_are_errors(tmp_path, capsys, value):
+    config = write_job_config(tmp_path)
+    code, _, err = _run(capsys, "fit", config, "-k", value)
+    assert code == 2 and "argument -k/--n-components: expected a whole number >= 1" in err
+
+
+@pytest.mark.parametrize("command", ["run", "fit", "select", "score", "promote", "demo-data",
+                                     "inspect"])
 def test_every_command_has_help(capsys, command):
     code, out, _ = _run(capsys, command, "--help")
     assert code == 0 and "usage: daskgmm" in out

@@ -43,9 +43,11 @@ def test_nightly_twice_then_drift(tmp_path):
     assert store.current()["version"] == first["model_version"]
     table = Artifact.get("t-bic-table")
     assert table is not None and len(json.loads(table.data)) == 6
-    assert "daskgmm run `night-1`" in Artifact.get("t-summary").data
-
+    assert first["run_id"] == "t-nightly-night-1"  # runs are namespaced by job and flow
+    assert "daskgmm run `t-nightly-night-1`" in Artifact.get("t-summary").data
+    assert first["promotion"] == {"promote": True, "reason": "the store had no current model"}
     assert store.info(first["model_version"])["selection_version"] == first["model_version"]
+    assert not (tmp_path / "models" / "lock").exists()  # released
 
     events.clear()
     second = nightly(config_path=config, run_id="night-2", progress=events.append)
@@ -60,6 +62,13 @@ def test_nightly_twice_then_drift(tmp_path):
     assert second["model_version"] != first["model_version"]
     assert store.versions() == sorted([first["model_version"], second["model_version"]])
     assert store.current()["version"] == second["model_version"]
+    # promoted after the check: tonight's log-likelihood under both models, recorded
+    assert second["promotion"]["promote"] and second["scored_with"] == second["model_version"]
+    assert "under the new model" in second["promotion"]["reason"]
+    records = store.promotions()
+    assert [r["version"] for r in records] == [first["model_version"], second["model_version"]]
+    assert records[-1]["previous"] == first["model_version"]
+    assert records[-1]["promoted_by"] == "run t-nightly-night-2"
     # the first model and its scores stay readable; the scores name their model version
     first_model = store.load(first["model_version"])
     scores_1 = zarr.open_group(first["scores_url"], mode="r")
@@ -73,6 +82,7 @@ def test_nightly_twice_then_drift(tmp_path):
     assert (report_dir / "scores.png").read_bytes().startswith(PNG)
     summary = (report_dir / "summary.md").read_text()
     assert "Warm start" in summary and "](scores.png)" in summary
+    assert "| promotion | **promoted**, now the current model: tonight's mean" in summary
     assert Artifact.get("t-fit-progress").data == 100.0
 
     # tonight's data come from another mixture: the drift check forces a new selection
@@ -88,6 +98,7 @@ def test_nightly_twice_then_drift(tmp_path):
     assert third["drift"]["tonight"] < third["drift"]["training"] - 0.5
     assert {p.name for p in Path(third["report_url"]).parent.iterdir()} == {
         "summary.md", "bic.png", "loglik.png", "scores.png"}
+    assert third["promotion"]["reason"].startswith("the selection replaced the model: drift")
     # keep_versions: 2 -- the oldest model version is gone (score runs: test_publish)
     assert store.versions() == [second["model_version"], third["model_version"]]
 
@@ -96,7 +107,8 @@ def test_nightly_twice_then_drift(tmp_path):
 _FIT = """
 import sys
 from daskgmm_pipelines.cli import main
-sys.exit(main(["fit", sys.argv[1], "-k", "6", "-c", "full", "--run-id", "crash"]))
+sys.exit(main(["fit", sys.argv[1], "-k", "6", "-c", "full", "--run-id", "crash",
+               "--promote"]))
 """
 
 
@@ -106,7 +118,7 @@ def test_fit_killed_mid_fit_resumes_to_the_same_model(tmp_path, prefect_api):
 
     write_demo(tmp_path, rows=120_000)
     config = write_job_config(tmp_path, model={"tol": 1e-9, "max_iter": 25})
-    checkpoint = tmp_path / "models" / "checkpoints" / "crash.ckpt"
+    checkpoint = tmp_path / "models" / "checkpoints" / "t-fit-crash.ckpt"
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": prefect_api}  # the test server: no server of its own to start
     proc = subprocess.Popen([sys.executable, "-c", _FIT, config], cwd=ROOT, env=env,
@@ -124,7 +136,10 @@ def test_fit_killed_mid_fit_resumes_to_the_same_model(tmp_path, prefect_api):
     assert checkpoint.exists()
     assert daskgmm.ModelStore(tmp_path / "models").current() is None  # nothing published
 
-    result = fit(config_path=config, n_components=6, covariance_type="full", run_id="crash")
+    # the killed run left its lock: its process is gone, so the lock is replaced
+    assert json.loads((tmp_path / "models" / "lock").read_text())["pid"] != os.getpid()
+    result = fit(config_path=config, n_components=6, covariance_type="full", run_id="crash",
+                 promote_model=True)
     assert result["resumed_from_iteration"] >= 1
     assert not checkpoint.exists()  # removed once the model is current
     model = daskgmm.ModelStore(tmp_path / "models").load()
@@ -155,6 +170,11 @@ def test_deployment_file_loads_and_entrypoints_import(monkeypatch):
             assert (schedule["cron"], schedule["timezone"]) == (cfg.schedule.cron,
                                                                 cfg.schedule.timezone)
     assert np.all([d["work_pool"]["name"] == "daskgmm" for d in spec["deployments"]])
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    for deployment in spec["deployments"]:  # one run at a time, as Prefect reads the limit
+        limit = ConcurrencyLimitConfig(**deployment["concurrency_limit"])
+        assert (limit.limit, limit.collision_strategy.value) == (1, "ENQUEUE")
 
 
 
@@ -200,9 +220,35 @@ def test_flow_on_an_external_scheduler(tmp_path, cluster_client):
     address = cluster_client.scheduler.address
     config = write_job_config(tmp_path, cluster={"address": address})
     result = fit(config_path=config, n_components=3, covariance_type="diag", run_id="ext")
-    model = daskgmm.ModelStore(tmp_path / "models").load()
+    store = daskgmm.ModelStore(tmp_path / "models")
+    assert store.current() is None and result["promoted"] is False  # saved, not current
+    model = store.load(result["model_version"])
     ref = daskgmm.GaussianMixture(3, covariance_type="diag", random_state=0, tol=1e-4,
                                   array_name="X").fit(str(tmp_path / "data" / "demo.zarr"))
     assert result["n_iter"] == ref.n_iter_
     assert_allclose(model.means_, ref.means_, rtol=1e-12)
     assert cluster_client.status == "running"  # the flow closed its client, not the cluster
+
+
+def test_runs_of_different_flows_keep_their_outputs_and_a_held_lock_stops_a_run(tmp_path):
+    from daskgmm.model_store import LockedError
+    from daskgmm_pipelines.flows import nightly, score
+
+    write_demo(tmp_path, rows=20_000)
+    config = write_job_config(tmp_path, model={"n_components": [2, 3],
+                                               "covariance_types": ["full"]})
+    night = nightly(config_path=config)  # default run ids: the date, per job and flow
+    scored = score(config_path=config)
+    assert night["run_id"].startswith("t-nightly-") and scored["run_id"].startswith("t-score-")
+    target = tmp_path / "data" / "demo.zarr" / "scores"
+    versions = {p.name for p in (target / "_versions").iterdir() if p.is_dir()}
+    assert versions == {night["run_id"], scored["run_id"]}  # the score run deleted nothing
+    assert zarr.open_group(night["scores_url"], mode="r")["log_density"].shape == (20_000,)
+
+    store = daskgmm.ModelStore(tmp_path / "models")
+    with store.lock("someone-else"):
+        started = time.monotonic()
+        with pytest.raises(LockedError, match="run 'someone-else'"):
+            nightly(config_path=config, run_id="blocked")
+        assert time.monotonic() - started < 30  # failed before any work, not retried
+    assert store.current()["version"] == night["model_version"]

@@ -20,11 +20,11 @@ def test_versions_pointer_and_refusal(tmp_path, s3):
         va = store.new_version(a)
         store.save(a, va, {"run_id": "r1"})
         assert store.current() is None  # saved, not current yet
-        store.promote(va)
+        store.promote(va, reason="first")
         vb = store.new_version(b)
         store.save(b, vb, {"run_id": "r2"})
         assert store.versions() == [va, vb] and store.current()["version"] == va
-        store.promote(vb)
+        store.promote(vb, reason="second")
         info = store.current()
         assert info["version"] == vb and info["run_id"] == "r2"
         assert info["model_id"] == daskgmm.model_id(b)
@@ -49,3 +49,69 @@ def test_versions_pointer_and_refusal(tmp_path, s3):
         ModelStore(tmp_path / "mine").save(a, ModelStore(tmp_path).new_version(a), {})
     with pytest.raises(FileNotFoundError, match="has no current model yet"):
         ModelStore(tmp_path / "empty").load()
+
+
+def test_promotions_are_recorded_and_a_rollback_is_one_promotion(tmp_path):
+    X = make_blobs(1_000, 2, 2, seed=1)
+    store = ModelStore(tmp_path / "store")
+    a = GaussianMixture(2, random_state=0).fit(X).set_threshold(X)
+    b = GaussianMixture(3, random_state=0).fit(X).set_threshold(X)
+    va, vb = store.new_version(a), store.new_version(b)
+    store.save(a, va, {})
+    store.save(b, vb, {})
+    store.promote(va, reason="first", actor="tester")
+    store.promote(vb, reason="better", actor="tester")
+    back = store.promote(va, reason="rollback: b flags too much", actor="tester")
+    assert back["previous"] == vb and store.current()["version"] == va
+    assert store.current()["promotion_reason"] == "rollback: b flags too much"
+    history = store.promotions()
+    assert [(h["version"], h["previous"], h["promotion_reason"]) for h in history] == [
+        (va, None, "first"), (vb, va, "better"), (va, vb, "rollback: b flags too much")]
+    assert store.load().n_components == 2
+
+
+def test_one_run_of_a_job_at_a_time(tmp_path, s3):
+    import json
+    import os
+    import subprocess
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    from daskgmm.model_store import LockedError
+
+    fs, options = s3
+    for store in (ModelStore(tmp_path / "store"),
+                  ModelStore("s3://data/lockstore", storage_options=options)):
+        with store.lock("job-nightly-1"):
+            with pytest.raises(LockedError, match=r"Another run of this job is running: run "
+                                                  r"'job-nightly-1' started at .* \(process "
+                                                  rf"{os.getpid()}\)"):
+                store.lock("job-score-1").acquire()
+        with store.lock("job-score-1"):  # released: the next run takes it
+            pass
+        lock_path = f"{store.location.root}/lock"
+        assert not store.location.fs.exists(lock_path)
+        # an expired lock of another host is replaced
+        old = datetime.now(UTC) - timedelta(hours=30)
+        store.location.fs.pipe_file(lock_path, json.dumps({
+            "run_id": "old", "host": "elsewhere", "pid": 1, "started": old.isoformat(),
+            "expires": (old + timedelta(hours=24)).isoformat()}).encode())
+        with store.lock("job-nightly-2"):
+            assert json.loads(store.location.fs.cat_file(lock_path))["run_id"] == "job-nightly-2"
+    # a lock whose process is gone on this host is replaced at once
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    store = ModelStore(tmp_path / "store")
+    (tmp_path / "store" / "lock").write_text(json.dumps({
+        "run_id": "killed", "host": __import__("socket").gethostname(), "pid": int(dead),
+        "started": datetime.now(UTC).isoformat(),
+        "expires": (datetime.now(UTC) + timedelta(hours=24)).isoformat()}))
+    with store.lock("job-nightly-3"):
+        pass
+    # a damaged lock file (not JSON, or an unreadable expiry) is stale, not a crash
+    for damaged in ("{not json", json.dumps({"run_id": "x", "expires": "yesterday"})):
+        (tmp_path / "store" / "lock").write_text(damaged)
+        with store.lock("job-nightly-4"):
+            assert json.loads((tmp_path / "store" / "lock").read_text())["run_id"] == \
+                "job-nightly-4"
+    assert not (tmp_path / "store" / "lock").exists()

@@ -91,7 +91,8 @@ def test_report_says_what_the_night_did():
     summary = policy.run_summary(
         job="demo", run_id="r", model=_Model(), model_id="abc", version="v2",
         model_url="store/versions/v2", publication=_Publication(), seconds=1.5, n_passes=7,
-        reasons=[], warm_version="v1", drift=drift)
+        reasons=[], warm_version="v1", drift=drift,
+        promotion=policy.Promotion(True, "checks passed"), scored_with="v2")
     assert summary["mode_text"] == ("Warm start from model version v1; drift check within "
                                     "the margin")
     assert summary["drift"] == {"tonight": -4.5, "training": -4.4, "margin": 0.5,
@@ -100,8 +101,11 @@ def test_report_says_what_the_night_did():
     reselected = policy.run_summary(
         job="demo", run_id="r", model=_Model(), model_id="abc", version="v2",
         model_url="u", publication=_Publication(), seconds=1.0, n_passes=20,
-        reasons=["no model in the store yet"], warm_version=None, drift=None)
+        reasons=["no model in the store yet"], warm_version=None, drift=None,
+        promotion=policy.Promotion(False, "refused: means_ not finite"), scored_with="v1")
     assert reselected["mode_text"] == "Full BIC selection: no model in the store yet"
+    assert reselected["promotion"] == {"promote": False, "reason": "refused: means_ not finite"}
+    assert reselected["scored_with"] == "v1"
     info = policy.model_info({"name": "demo", "source": "s.zarr", "config": {"k": 1}}, "r",
                              _Model(), selected_at=None, selection_version="v1", drift=drift,
                              reasons=[], now=NOW)
@@ -118,3 +122,45 @@ def test_selection_of_tonights_model():
     assert policy.selection_of(info, selected=True, version="v2", now=NOW) == (
         NOW.isoformat(), "v2")
     assert policy.selection_of(None, selected=True, version="v2", now=NOW)[1] == "v2"
+
+
+class _Fitted:
+    def __init__(self, tonight=-4.0, **changes):
+        self.weights_ = np.array([0.5, 0.5])
+        self.means_ = np.zeros((2, 2))
+        self.covariances_ = np.stack([np.eye(2)] * 2)
+        self.precisions_cholesky_ = np.stack([np.eye(2)] * 2)
+        self.threshold_ = -10.0
+        self.training_log_likelihood_ = tonight
+        self.__dict__.update(changes)
+
+
+def test_promotion_verdict():
+    def verdict(model, current_tonight=-4.0, reasons=(), has_current=True):
+        return policy.promotion_verdict(model, has_current=has_current,
+                                        current_tonight=current_tonight, margin=0.05,
+                                        reasons=list(reasons))
+
+    ok = verdict(_Fitted(tonight=-4.04))
+    assert ok.promote and ok.reason == ("tonight's mean log-likelihood -4.0400 under the new "
+                                        "model, -4.0000 under the current one (margin 0.05)")
+    worse = verdict(_Fitted(tonight=-4.2))
+    assert not worse.promote and worse.reason.startswith("refused: tonight's mean")
+    nan = _Fitted(means_=np.array([[0.0, np.nan], [0.0, 0.0]]))
+    assert verdict(nan) == policy.Promotion(False, "refused: means_ not finite")
+    assert not verdict(_Fitted(threshold_=np.nan)).promote
+    assert not verdict(nan, has_current=False).promote  # never a broken model, even first
+    first = verdict(_Fitted(), current_tonight=None, has_current=False)
+    assert first == policy.Promotion(True, "the store had no current model")
+    # a BIC selection may keep fewer components and a lower likelihood: reasons recorded
+    drift = policy.drift_check(-4.0, -9.0, 0.5)
+    selected = verdict(_Fitted(tonight=-6.0), current_tonight=-9.0, reasons=[drift.reason()])
+    assert selected.promote and selected.reason.startswith(
+        "the selection replaced the model: drift: tonight's mean log-likelihood -9.0000")
+    assert not verdict(_Fitted(tonight=np.nan)).promote
+
+
+def test_run_ids_are_namespaced_by_job_and_flow():
+    assert policy.run_id("demo", "nightly", None, NOW) == "demo-nightly-2026-11-29"
+    assert policy.run_id("demo", "score", None, NOW) == "demo-score-2026-11-29"
+    assert policy.run_id("demo", "fit", "again", NOW) == "demo-fit-again"
