@@ -14,6 +14,10 @@ from ._version import __version__
 _NAMES = {
     "Checkpoint": "checkpoint",
     "Dataset": "sources",
+    "DamagedSourceError": "sources",
+    "MissingChunksError": "sources",
+    "SourceChangedError": "sources",
+    "SourceFingerprint": "sources",
     "FitSummary": "mixture",
     "GaussianMixture": "estimator",
     "Mixture": "mixture",
@@ -31,6 +35,7 @@ _NAMES = {
     "read_pointer": "scores",
     "read_scores": "scores",
     "select_model": "selection",
+    "source_fingerprint": "sources",
     "write_scores": "scores",
 }
 

@@ -77,6 +77,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Array to read when ``X`` is a Zarr group.
     storage_options : dict, default=None
         fsspec options for URLs (for example ``{"anon": True}``); never logged or saved.
+    missing_chunks : {'raise', 'fill'}, default='raise'
+        Zarr input: chunks missing from the store are an error naming them ('raise'),
+        or are read as the array's fill value ('fill'; see :func:`daskgmm.as_dataset`).
 
     Attributes
     ----------
@@ -118,6 +121,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         columns=None,
         array_name=None,
         storage_options=None,
+        missing_chunks="raise",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -142,6 +146,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         # the same options, with every value hidden from reprs (this estimator's, a
         # Pipeline's, a notebook's HTML): they may hold credentials
         self.storage_options = masked(storage_options)
+        self.missing_chunks = missing_chunks
 
     # -------------------------------------------------------------------- fit
 

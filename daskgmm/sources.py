@@ -11,10 +11,12 @@ cluster.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import numbers
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 
 import dask.array as da
@@ -37,6 +39,20 @@ _TINY_CHUNK_BYTES = 4 * 2**20
 _PARQUET_PIECE_BYTES = 64 * 2**20
 _PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+MISSING_CHUNKS = ("raise", "fill")
+
+
+class DamagedSourceError(ValueError):
+    """Stored data that cannot be read back: a Parquet file or a Zarr chunk that does
+    not decode (truncated, corrupted, not what its metadata says)."""
+
+
+class MissingChunksError(ValueError):
+    """Chunks of a Zarr array that its metadata promises are not in the store."""
+
+
+class SourceChangedError(ValueError):
+    """A source's files changed while a job was using them."""
 
 
 @dataclass
@@ -118,6 +134,20 @@ class Origin:
     versions: list = field(default_factory=list)
     schemas: list = field(default_factory=list)
 
+    def listing(self) -> dict[str, str]:
+        """Every object of the data as listed now (no cache): its name relative to the
+        source and its size with its ETag or modification time."""
+        if self.kind == "parquet":
+            self.fs.invalidate_cache(self.root)
+            if self.fs.isfile(self.root):
+                return {os.path.basename(self.root): _version_text(self.fs.info(self.root))}
+            return {rel: _version_text(info) for _, rel, info in _parquet_files(self.fs,
+                                                                                self.root)}
+        root = f"{self.root}/{self.array}" if self.array else self.root
+        self.fs.invalidate_cache(root)
+        return {path[len(root) + 1:]: _version_text(info)
+                for path, info in self.fs.find(root, detail=True).items()}
+
     def data_version(self) -> list:
         """What changes when the data change: Parquet files' sizes and times or ETags,
         the Zarr array's objects (metadata and chunks) with theirs."""
@@ -133,6 +163,83 @@ class Origin:
         )
 
 
+def _version_text(info) -> str:
+    """A listed object's size and ETag (object stores) or modification time."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return f"{info.get('size')} bytes, ETag {str(etag).strip(chr(34))}"
+    when = info.get("mtime") or info.get("LastModified") or info.get("created")
+    if isinstance(when, (int, float)):
+        from datetime import UTC, datetime
+
+        when = datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds")
+    return f"{info.get('size')} bytes, modified {when}"
+
+
+@dataclass(frozen=True)
+class SourceFingerprint:
+    """What a Zarr or Parquet source held when a job started: every file (Parquet) or
+    stored object of the array (Zarr) with its size and ETag or modification time.
+    :meth:`check` raises :class:`SourceChangedError` naming what differs now.
+
+    Take it with :func:`source_fingerprint` before the first pass, and pass it to
+    :func:`daskgmm.write_scores` (``fingerprint=``), which checks it before its pass and
+    again before the new scores become current.
+    """
+
+    description: str
+    entries: dict
+    taken_at: str
+
+    def changes(self, origin: Origin) -> list[str]:
+        """What differs between this fingerprint and ``origin`` as listed now."""
+        now = origin.listing()
+        what = "file" if origin.kind == "parquet" else "object"
+        out = []
+        for name in sorted(self.entries.keys() | now.keys()):
+            before, after = self.entries.get(name), now.get(name)
+            if before == after:
+                continue
+            if before is None:
+                out.append(f"{what} {name!r} was added ({after})")
+            elif after is None:
+                out.append(f"{what} {name!r} was removed (it was {before})")
+            else:
+                out.append(f"{what} {name!r} was {before}, now {after}")
+        return out
+
+    def check(self, origin: Origin, *, when: str):
+        """Raise :class:`SourceChangedError` when ``origin`` differs; ``when`` says what
+        the check guards (for the message)."""
+        changes = self.changes(origin)
+        if not changes:
+            return
+        shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more changes"
+                                           if len(changes) > 5 else "")
+        raise SourceChangedError(
+            f"The {self.description} changed since the job started (fingerprint taken at "
+            f"{self.taken_at}): {shown}. {when} Run the job again once the source is "
+            "complete and no longer being written."
+        )
+
+
+def source_fingerprint(source, *, columns=None, array_name=None, storage_options=None,
+                       missing_chunks="raise") -> SourceFingerprint:
+    """The :class:`SourceFingerprint` of a Zarr or Parquet path or URL (or a
+    :class:`Dataset` read from one): one listing, no data read."""
+    from datetime import UTC, datetime
+
+    dataset = as_dataset(source, columns=columns, array_name=array_name,
+                         storage_options=storage_options, missing_chunks=missing_chunks)
+    if dataset.origin is None:
+        raise ValueError(
+            f"A {dataset.description} has no files to fingerprint; only Zarr and Parquet "
+            "paths or URLs have one."
+        )
+    return SourceFingerprint(dataset.description, dataset.origin.listing(),
+                             datetime.now(UTC).isoformat(timespec="seconds"))
+
+
 def as_dataset(
     X,
     *,
@@ -141,6 +248,7 @@ def as_dataset(
     storage_options=None,
     chunk_rows="auto",
     feature_names=None,
+    missing_chunks="raise",
 ) -> Dataset:
     """``X`` as a :class:`Dataset`: a 2-D float64 dask array chunked by rows only.
 
@@ -179,6 +287,13 @@ def as_dataset(
         None: the input's own row chunks (as 'auto' for in-memory and Parquet input).
     feature_names : list of str, default=None
         Column names, overriding those of the input.
+    missing_chunks : {'raise', 'fill'}, default='raise'
+        Zarr only: what to do when chunks of the array are not in the store. 'raise':
+        a :class:`MissingChunksError` naming the array and the chunks (Zarr would read
+        them as the fill value, silently). 'fill': read them as the array's fill value,
+        for arrays written with ``write_empty_chunks=False`` on purpose. The stored
+        chunks are listed once, on the client; a dask array built by ``da.from_zarr`` is
+        not checked (pass the path or the Zarr array instead).
 
     Returns
     -------
@@ -197,18 +312,23 @@ def as_dataset(
     NaN. Empty files are skipped.
     """
     _check_chunk_rows(chunk_rows)
+    if missing_chunks not in MISSING_CHUNKS:
+        raise ValueError(f"missing_chunks must be 'raise' or 'fill', got {missing_chunks!r}.")
     if isinstance(X, Dataset):
         dataset = _from_dataset(X)
     elif isinstance(X, (str, os.PathLike)):
-        dataset = _from_path(X, columns, array_name, storage_options, chunk_rows)
+        dataset = _from_path(X, columns, array_name, storage_options, chunk_rows,
+                             missing_chunks)
     elif isinstance(X, da.Array):
         dataset = _from_dask(X, chunk_rows)
     elif isinstance(X, zarr.Array):
-        dataset = _from_zarr_array(X, chunk_rows, _zarr_description(X))
+        dataset = _from_zarr_array(X, chunk_rows, _zarr_description(X),
+                                   missing_chunks=missing_chunks)
     elif isinstance(X, zarr.Group):
         shown = str(X.store_path)
         z, name = _array_in_group(X, array_name, shown)
-        dataset = _from_zarr_array(z, chunk_rows, f"Zarr array {shown!r} (array {name!r})")
+        dataset = _from_zarr_array(z, chunk_rows, f"Zarr array {shown!r} (array {name!r})",
+                                   missing_chunks=missing_chunks)
     else:
         dataset = _from_memory(X, chunk_rows)
     if feature_names is not None:
@@ -446,7 +566,7 @@ def _from_dask(X, chunk_rows):
 # Paths and URLs: dispatch on what is stored there
 
 
-def _from_path(X, columns, array_name, storage_options, chunk_rows):
+def _from_path(X, columns, array_name, storage_options, chunk_rows, missing_chunks):
     raw = os.fspath(X)
     if not isinstance(raw, str):
         raw = os.fsdecode(raw)
@@ -460,9 +580,10 @@ def _from_path(X, columns, array_name, storage_options, chunk_rows):
     options = dict(storage_options or {})
     fs, root = url_to_fs(url, options)
     fs.invalidate_cache(root)  # a listing cached before the data was written is stale
+    _check_readable(fs, root, shown)
     if any(fs.exists(f"{root}/{marker}") for marker in _ZARR_MARKERS):
         dataset, group, name = _from_zarr_path(url, fs, root, shown, array_name, options,
-                                               chunk_rows)
+                                               chunk_rows, missing_chunks)
         dataset.origin = Origin("zarr", url, fs, root, group=group, array=name)
         return dataset
     if fs.isfile(root):
@@ -500,6 +621,36 @@ def _has_parquet_magic(fs, path):
         return f.read(4) == b"PAR1"
 
 
+def _check_readable(fs, root, shown):
+    """A local path this process may not read is a PermissionError saying so (the
+    existence checks that follow would report it as missing)."""
+    if "file" not in _protocols(fs):
+        return
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return  # reported as missing by the caller
+    except PermissionError as exc:
+        raise _permission_error(shown, "a directory on its path", exc) from None
+    need = os.R_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
+    if not os.access(root, need, effective_ids=os.access in os.supports_effective_ids):
+        what = "the directory" if stat.S_ISDIR(st.st_mode) else "the file"
+        raise _permission_error(shown, what, None)
+
+
+def _permission_error(shown, what, exc):
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    return PermissionError(
+        f"Permission denied reading {shown!r}: {what} cannot be read by this process "
+        f"(user {user}){f' ({exc.strerror})' if exc is not None else ''}. It exists; "
+        "grant read access (and execute on directories) to that user, or run the job as "
+        "a user who can read it."
+    )
+
+
 ###############################################################################
 # Zarr
 
@@ -509,7 +660,7 @@ def _zarr_description(z):
     return source + (f" (array {z.path!r})" if z.path else "")
 
 
-def _from_zarr_path(url, fs, root, shown, array_name, options, chunk_rows):
+def _from_zarr_path(url, fs, root, shown, array_name, options, chunk_rows, missing_chunks):
     if "file" in _protocols(fs):
         node = zarr.open(store=root, mode="r")  # a local path: zarr's LocalStore
     else:
@@ -522,7 +673,8 @@ def _from_zarr_path(url, fs, root, shown, array_name, options, chunk_rows):
     else:
         z, description = node, f"Zarr array {shown!r}"
     hint = f"da.from_zarr({shown!r})"
-    return _from_zarr_array(z, chunk_rows, description, reshape_hint=hint), group, name
+    return _from_zarr_array(z, chunk_rows, description, reshape_hint=hint,
+                            missing_chunks=missing_chunks), group, name
 
 
 def _protocols(fs):
@@ -562,10 +714,12 @@ def _array_in_group(group, array_name, shown):
     )
 
 
-def _from_zarr_array(z, chunk_rows, description, reshape_hint="X"):
+def _from_zarr_array(z, chunk_rows, description, reshape_hint="X", missing_chunks="raise"):
     _check_2d(tuple(z.shape), description, reshape_hint)
     _check_numeric(z.dtype, description, fix="writing it again with dtype='float64'")
     _check_not_empty(tuple(z.shape), description)
+    if missing_chunks == "raise":
+        _check_no_missing_chunks(z, description)
     n_samples, n_features = (int(s) for s in z.shape)
     stored = int((getattr(z, "shards", None) or z.chunks)[0])
     if isinstance(chunk_rows, numbers.Integral):
@@ -577,8 +731,111 @@ def _from_zarr_array(z, chunk_rows, description, reshape_hint="X"):
     else:
         rows = stored
     # Reading straight at the target chunks (no rechunk layer); one chunk across columns.
-    out = da.from_zarr(z, chunks=(min(rows, n_samples), n_features)).astype(np.float64)
+    reader = _ZarrRows(z, description)
+    chunks = (min(rows, n_samples), n_features)
+    name = "zarr-" + tokenize(str(z.store_path), z.shape, z.dtype.str, stored, chunks)
+    out = da.from_array(reader, chunks=chunks, name=name, fancy=False,
+                        meta=np.empty((0, 0), dtype=z.dtype)).astype(np.float64)
     return Dataset(out, None, description, _index_labels(out), lazy=True)
+
+
+def _storage_grid(z):
+    """Rows and columns of the array's stored objects (shards, else chunks)."""
+    outer = getattr(z, "shards", None) or z.chunks
+    return int(outer[0]), int(outer[1])
+
+
+def _stored_keys(z) -> set[str]:
+    """Keys of the array's stored objects, relative to the array (one listing)."""
+    from zarr.core.sync import sync
+
+    prefix = f"{z.path}/" if z.path else ""
+
+    async def listed():
+        return {key[len(prefix):] async for key in z.store.list_prefix(prefix)}
+
+    return sync(listed())
+
+
+def _check_no_missing_chunks(z, description):
+    rows, cols = _storage_grid(z)
+    n_samples, n_features = (int(s) for s in z.shape)
+    expected = {}
+    for i in range(-(-n_samples // rows)):
+        for j in range(-(-n_features // cols)):
+            expected[z.metadata.encode_chunk_key((i, j))] = (i, j)
+    missing = sorted(expected[k] for k in expected.keys() - _stored_keys(z))
+    if not missing:
+        return
+    shown = ", ".join(
+        f"chunk {z.metadata.encode_chunk_key(c)!r} (rows {c[0] * rows} to "
+        f"{min((c[0] + 1) * rows, n_samples) - 1})" for c in missing[:5]
+    ) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    raise MissingChunksError(
+        f"The {description} is missing {len(missing)} of its {len(expected)} stored "
+        f"chunks: {shown}. Zarr would read them as the fill value "
+        f"({_plain(z.fill_value)}) and the fit would take those rows as data. Restore "
+        "the chunks (re-run the job that writes the array, or copy them from a backup); if "
+        "they are absent on purpose (written with write_empty_chunks=False and all fill "
+        "value), pass missing_chunks='fill' (source.missing_chunks: fill in a job config)."
+    )
+
+
+def _one_line(exc):
+    return f"{type(exc).__name__}: " + "; ".join(
+        line.strip() for line in str(exc).splitlines() if line.strip())
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+class _ZarrRows:
+    """Array-like view of a Zarr array's rows, read on ``__getitem__`` inside the task
+    that needs them. A read that fails is retried one stored chunk at a time to name the
+    chunk at fault: a chunk that does not decode is a :class:`DamagedSourceError`, one
+    that may not be read a ``PermissionError``; other I/O errors (network) pass on, with
+    a note naming the rows."""
+
+    def __init__(self, z, description):
+        self.z, self.description = z, description
+        self.shape, self.dtype, self.ndim = tuple(z.shape), z.dtype, 2
+
+    def __getitem__(self, key):
+        try:
+            return self.z[key]
+        except Exception as exc:  # noqa: BLE001 -- located and re-raised below
+            rows = key[0] if isinstance(key, tuple) else key
+            located = self._locate(rows, exc)
+            if located is None:
+                raise
+            raise located from exc
+
+    def _locate(self, rows, exc):
+        start, stop, _ = rows.indices(self.shape[0]) if isinstance(rows, slice) else (0, 0, 1)
+        step, _ = _storage_grid(self.z)
+        for lo in range(start - start % step, stop, step):
+            hi = min(lo + step, self.shape[0])
+            try:
+                self.z[lo:hi]
+            except Exception as chunk_exc:  # noqa: BLE001 -- this chunk is at fault
+                key = self.z.metadata.encode_chunk_key((lo // step, 0))
+                where = (f"stored chunk {key!r} (rows {lo} to {hi - 1}) of the "
+                         f"{self.description}")
+                if isinstance(chunk_exc, PermissionError):
+                    return PermissionError(
+                        f"Permission denied reading {where}: {chunk_exc}. Grant this "
+                        "process read access to the array's files.")
+                if isinstance(chunk_exc, OSError) and not isinstance(
+                        chunk_exc, (FileNotFoundError, IsADirectoryError)):
+                    exc.add_note(f"while reading {where}")
+                    return None  # network and other I/O errors: may pass on a retry
+                return DamagedSourceError(
+                    f"Cannot read {where}: {_one_line(chunk_exc)}. The "
+                    "chunk is damaged (it does not decode as the array's metadata says). "
+                    "Restore it from a backup or rewrite the array, then run again.")
+        exc.add_note(f"while reading rows {start} to {stop - 1} of the {self.description}")
+        return None
 
 
 ###############################################################################
@@ -701,7 +958,7 @@ def _describe_columns(columns):
 
 def _from_parquet(fs, files, shown, columns, chunk_rows, url, root):
     description = f"Parquet dataset {shown!r}"
-    metas = [pq.read_metadata(path, filesystem=fs) for path, _, _ in files]
+    metas = [_read_footer(fs, path, relative, description) for path, relative, _ in files]
     schemas = [meta.schema.to_arrow_schema() for meta in metas]
     columns = _checked_columns(columns, schemas[0], files[0][1], description)
     for (_, relative, _), schema in zip(files, schemas, strict=True):
@@ -756,6 +1013,34 @@ def _from_parquet(fs, files, shown, columns, chunk_rows, url, root):
     return Dataset(array, list(columns), description, labels, lazy=True, origin=origin)
 
 
+def _read_footer(fs, path, relative, description):
+    try:
+        return pq.read_metadata(path, filesystem=fs)
+    except PermissionError as exc:
+        raise PermissionError(
+            f"Permission denied reading file {relative!r} of the {description}: {exc}. "
+            "Grant this process read access to it."
+        ) from None
+    except pa.ArrowException as exc:
+        raise DamagedSourceError(
+            f"File {relative!r} of the {description} is not a readable Parquet file "
+            f"({_one_line(exc)}). It is truncated, damaged or not Parquet: "
+            "restore or rewrite it, or move it out of the dataset."
+        ) from exc
+
+
+def _check_same_row_groups(meta, row_groups, path):
+    """A file read again by a task holds the row groups seen when the job planned."""
+    now = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    if now != tuple(row_groups):
+        raise SourceChangedError(
+            f"Parquet file {path!r} changed while the job was reading it: it now holds "
+            f"{meta.num_rows} rows in {meta.num_row_groups} row groups; it held "
+            f"{sum(row_groups)} rows in {len(row_groups)} when the job started. Rows would "
+            "be misnumbered; run the job again once the source is no longer being written."
+        )
+
+
 class _ParquetRows:
     """Array-like view of the rows of Parquet files, read on ``__getitem__``.
 
@@ -797,16 +1082,46 @@ class _ParquetRows:
         bounds = np.concatenate([[0], np.cumsum(row_groups)])
         first = int(np.searchsorted(bounds, lo, side="right")) - 1
         last = int(np.searchsorted(bounds, hi, side="left"))
-        with pq.ParquetFile(path, filesystem=self.fs) as f:
-            table = f.read_row_groups(
-                list(range(first, last)), columns=self.columns, use_threads=False
-            )
+        groups = list(range(first, last))
+        try:
+            with pq.ParquetFile(path, filesystem=self.fs) as f:
+                _check_same_row_groups(f.metadata, row_groups, path)
+                table = f.read_row_groups(groups, columns=self.columns, use_threads=False)
+        except PermissionError as exc:
+            raise PermissionError(
+                f"Permission denied reading Parquet file {path!r}: {exc}. Grant this "
+                "process read access to it."
+            ) from None
+        except (OSError, pa.ArrowException) as exc:
+            table = self._decoded_or_damaged(path, groups, exc)
         table = table.slice(int(lo - bounds[first]), int(hi - lo))
         out = np.empty((table.num_rows, len(self.columns)), dtype=np.float64)
         for j, name in enumerate(self.columns):
             column = table.column(name).cast(pa.float64(), safe=False)
             out[:, j] = column.to_numpy(zero_copy_only=False)
         return out
+
+    def _decoded_or_damaged(self, path, groups, exc):
+        """After a failed read: the file's bytes read again through fsspec (an I/O
+        error there is the storage's: raised as is, with a note) and decoded from
+        memory; a decode that fails again means the file is damaged."""
+        where = (f"row group {groups[0]}" if len(groups) == 1
+                 else f"row groups {groups[0]} to {groups[-1]}")
+        try:
+            data = self.fs.cat_file(path)
+        except OSError as io_exc:
+            io_exc.add_note(f"while reading {where} of Parquet file {path!r}")
+            raise
+        try:
+            with pq.ParquetFile(pa.BufferReader(data)) as f:
+                return f.read_row_groups(groups, columns=self.columns, use_threads=False)
+        except (OSError, pa.ArrowException) as decode_exc:
+            raise DamagedSourceError(
+                f"Cannot read {where} of Parquet file {path!r} "
+                f"({_one_line(decode_exc)}). The file is damaged (a page "
+                "does not decode or the file was cut short); restore or rewrite it, then "
+                "run again."
+            ) from exc
 
 
 ###############################################################################

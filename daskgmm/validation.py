@@ -96,6 +96,7 @@ CONSTRAINTS = {
     "init_sample_size": _interval("init_sample_size", "int", 1),
     "cache": _check_cache,
     "chunk_rows": _check_chunk_rows,
+    "missing_chunks": _options("missing_chunks", ("raise", "fill")),
 }
 
 
@@ -199,6 +200,7 @@ def _dataset(est, X, *, reset, fit=False):
             array_name=est.array_name,
             storage_options=est.storage_options,
             chunk_rows=est.chunk_rows if fit else None,
+            missing_chunks=getattr(est, "missing_chunks", "raise"),
         )
     except MissingColumnError as exc:
         if fitted is None:

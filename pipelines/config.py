@@ -318,6 +318,7 @@ class SourceConfig(_Section):
     columns: Annotated[list[str], AfterValidator(_unique)] | None = Field(None, min_length=1)
     id_columns: Annotated[list[str], AfterValidator(_unique)] = []
     storage_options: StorageOptions = {}
+    missing_chunks: Literal["raise", "fill"] = "raise"
 
     @model_validator(mode="after")
     def _check_format_keys(self):

@@ -87,7 +87,8 @@ def _output_options(cfg: JobConfig) -> dict:
 def _read_kwargs(cfg: JobConfig) -> dict:
     """GaussianMixture parameters that say how to read the source."""
     return dict(columns=_feature_columns(cfg), array_name=cfg.source.array_name,
-                storage_options=_source_options(cfg) or None)
+                storage_options=_source_options(cfg) or None,
+                missing_chunks=cfg.source.missing_chunks)
 
 
 def _feature_columns(cfg: JobConfig):
@@ -175,6 +176,16 @@ def check_source(cfg: JobConfig) -> JobConfig:
         return cfg
     return cfg.model_copy(update={"source": cfg.source.model_copy(
         update={"columns": list(dataset.feature_names)})})
+
+
+@task(name="fingerprint-source", **IO)
+def fingerprint_source(cfg: JobConfig) -> daskgmm.SourceFingerprint:
+    """The source's files (sizes, ETags or modification times) as the job starts; the
+    publication checks them again and publishes nothing when they changed."""
+    fingerprint = daskgmm.source_fingerprint(cfg.source.uri, **_read_kwargs(cfg))
+    get_run_logger().info("source fingerprint: %d objects of %s", len(fingerprint.entries),
+                          fingerprint.description)
+    return fingerprint
 
 
 @task(name="current-model", **IO)
@@ -275,12 +286,12 @@ def save_model(cfg: JobConfig, model, version: str, info: dict) -> str:
 
 @task(name="publish-scores", **IO)
 def publish_scores(cfg: JobConfig, model, run_id: str, model_version: str,
-                   progress: Callable | None = None):
+                   fingerprint: daskgmm.SourceFingerprint, progress: Callable | None = None):
     pub = daskgmm.write_scores(
         model, cfg.source.uri, cfg.outputs.scores, run_id=run_id,
         id_columns=cfg.source.id_columns or None, model_version=model_version,
         target_storage_options=_output_options(cfg) or None, callback=progress,
-        **_read_kwargs(cfg),
+        fingerprint=fingerprint, **_read_kwargs(cfg),
     )
     get_run_logger().info(
         "published %d scores (%d anomalies, %.3f%%) to %s", pub.n_rows, pub.n_anomalies,
@@ -401,6 +412,7 @@ def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None,
 
 def _night(cfg, run_id, key, log, t0, progress):
     cfg = check_source(cfg)
+    fingerprint = fingerprint_source(cfg)
     info, current = current_model(cfg)
     reasons = policy.reselect_reasons(
         info, warm_start=cfg.nightly.warm_start,
@@ -441,7 +453,7 @@ def _night(cfg, run_id, key, log, t0, progress):
                          f"inspection) was {verdict.reason}, and the store has no current "
                          "model to score with.")
     end_fit(cfg, run_id)
-    pub = publish_scores(cfg, scoring, run_id, scored_with, progress)
+    pub = publish_scores(cfg, scoring, run_id, scored_with, fingerprint, progress)
     summary = policy.run_summary(
         job=cfg.name, run_id=run_id, model=model, model_id=daskgmm.model_id(model),
         version=version, model_url=_store(cfg).version_url(version), publication=pub,
@@ -547,7 +559,8 @@ def score(config_path: str, model_version: str | None = None, source: str | None
                     "the nightly flow, or promote a version (daskgmm promote), or pass "
                     "model_version.")
             store = _store(cfg)
-            pub = publish_scores(cfg, model, run_id, info["version"], progress)
+            fingerprint = fingerprint_source(cfg)
+            pub = publish_scores(cfg, model, run_id, info["version"], fingerprint, progress)
             url = store.write_run_file(run_id, "scores.png",
                                        report.score_histogram(pub.sketch, model.threshold_))
     finally:

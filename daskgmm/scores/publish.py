@@ -29,7 +29,7 @@ from .._version import __version__
 from ..estimator import GaussianMixture, load, model_id
 from ..progress import PassCounter
 from ..quantiles import RankSketch
-from ..sources import as_dataset
+from ..sources import SourceFingerprint, as_dataset
 from .formats import ROW_NUMBER, SCORE_FIELDS
 from .location import get_format, held_format
 
@@ -95,6 +95,8 @@ def write_scores(
     target_storage_options=None,
     model_version=None,
     callback=None,
+    missing_chunks=None,
+    fingerprint=None,
 ) -> Publication:
     """Score every row of ``source`` with ``model`` and publish the scores at ``target``.
 
@@ -118,14 +120,19 @@ def write_scores(
         source, files in path order) identifies rows.
     format : 'parquet' or 'zarr', default=None
         The output format. Default: that of the source (Zarr for Zarr, else Parquet).
-    columns, array_name, storage_options : override the model's parameters for reading
-        ``source``.
+    columns, array_name, storage_options, missing_chunks : override the model's
+        parameters for reading ``source``.
     target_storage_options : dict, default=None
         fsspec options for ``target``; default: those of the source.
     model_version : str, default=None
         A label of the model (e.g. its version in a model store), kept in the manifest.
     callback : callable, default=None
         Receives a :class:`daskgmm.progress.ProgressEvent` after the pass.
+    fingerprint : SourceFingerprint, default=None
+        The source as it was when the job started (:func:`daskgmm.source_fingerprint`):
+        checked before the pass and again before the scores become current; a change
+        (a file replaced, added or removed, the array resized or rewritten) is a
+        :class:`daskgmm.SourceChangedError` naming it, and nothing is published.
 
     Returns
     -------
@@ -148,9 +155,11 @@ def write_scores(
     anomaly.check_has_threshold(getattr(model, "threshold_", None))
     scorer = copy.copy(model)
     overrides = {"columns": columns, "array_name": array_name,
-                 "storage_options": storage_options}
+                 "storage_options": storage_options, "missing_chunks": missing_chunks}
     scorer.set_params(**{k: v for k, v in overrides.items() if v is not None})
     dataset = validation.predict_dataset(scorer, source)
+    changed = _change_check(fingerprint, dataset)
+    changed("Nothing was scored or published.")
     run_id = _checked_run_id(run_id)
     if target_storage_options is None:
         target_storage_options = scorer.storage_options
@@ -187,6 +196,20 @@ def write_scores(
 
 ###############################################################################
 # Checks
+
+
+def _change_check(fingerprint, dataset):
+    """A function raising SourceChangedError when the source no longer matches
+    ``fingerprint`` (nothing when there is none)."""
+    if fingerprint is None:
+        return lambda when: None
+    if not isinstance(fingerprint, SourceFingerprint):
+        raise TypeError(f"fingerprint must be a daskgmm.SourceFingerprint (from "
+                        f"daskgmm.source_fingerprint), got {type(fingerprint).__name__}.")
+    if dataset.origin is None:
+        raise ValueError(f"fingerprint= needs a Zarr or Parquet path or URL as source; "
+                         f"got a {dataset.description}.")
+    return lambda when: fingerprint.check(dataset.origin, when=when)
 
 
 def _checked_run_id(run_id):
@@ -241,6 +264,7 @@ def check_score_target(
     array_name=None,
     storage_options=None,
     target_storage_options=None,
+    missing_chunks="raise",
 ) -> str:
     """Check, writing nothing, that :func:`write_scores` can publish the scores of
     ``source`` at ``target`` (same arguments); returns the target it would use.
@@ -251,7 +275,7 @@ def check_score_target(
     format. A job can call it before fitting.
     """
     dataset = as_dataset(source, columns=columns, array_name=array_name,
-                         storage_options=storage_options)
+                         storage_options=storage_options, missing_chunks=missing_chunks)
     if target_storage_options is None:
         target_storage_options = storage_options
     return _checked_target(dataset, target, format, id_columns, target_storage_options)[0]
