@@ -3,11 +3,13 @@ model store."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import re
 import secrets
+from contextlib import contextmanager
 
 import fsspec
 import numpy as np
@@ -74,24 +76,61 @@ def is_local(fs) -> bool:
     return "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol))
 
 
+# errno values of a write that found no room: the device is full, or the user's quota is
+_FULL = {errno.ENOSPC} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
+
+
+class StorageFullError(OSError):
+    """A write found its filesystem full (``ENOSPC``) or the quota used up (``EDQUOT``).
+
+    An ``OSError`` with the original ``errno`` (``except OSError`` still catches it); its
+    message names the path being written and what to do, and the error of the
+    filesystem is its ``__cause__``.
+    """
+
+
+@contextmanager
+def naming_write_errors(path):
+    """Turn a full filesystem or an exhausted quota met while writing ``path`` (a path or
+    URL, shown without credentials) into a :class:`StorageFullError` naming it.
+
+    Other errors, and one already named by an inner block, pass unchanged.
+    """
+    try:
+        yield
+    except StorageFullError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        shown = redact_url(str(path))
+        raise StorageFullError(
+            exc.errno,
+            f"{os.strerror(exc.errno)} while writing {shown}: free space on the filesystem "
+            f"holding {shown} or choose another location.",
+        ) from exc
+
+
 def write_atomic(fs, path: str, data: bytes):
     """Write ``data`` to ``path`` in one step, creating its parent directory: a rename on
     local disks (readers see the old or the new file, never part of one), a single PUT on
-    object stores (which never expose a partial object)."""
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if not is_local(fs):
-        fs.pipe_file(path, data)
-        return
-    tmp = f"{path}.tmp-{secrets.token_hex(4)}"  # local paths: fsspec gives plain ones
-    try:
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    object stores (which never expose a partial object). A full filesystem is a
+    :class:`StorageFullError` naming ``path``; the old file, if any, is left as it was."""
+    with naming_write_errors(path):
+        parent = path.rsplit("/", 1)[0] if "/" in path else ""
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        if not is_local(fs):
+            fs.pipe_file(path, data)
+            return
+        tmp = f"{path}.tmp-{secrets.token_hex(4)}"  # local paths: fsspec gives plain ones
+        try:
+            with fs.open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def put_json(fs, path: str, obj):

@@ -16,7 +16,9 @@ Layout (a local directory or an fsspec URL; a :class:`daskgmm.versioned.Versione
 
 A version is complete (its ``info.json`` written) before ``current`` names it;
 ``current`` is replaced in one step, so readers of the pointer always find a complete
-model. Versions are never modified once the pointer has named them.
+model. Versions are never modified once the pointer has named them. A save that fails
+(a full filesystem is a :class:`daskgmm._storage.StorageFullError` naming the file)
+removes what it wrote of its version.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import re
 import socket
 from datetime import UTC, datetime, timedelta
 
-from ._storage import RUN_ID, is_local, put_json, write_atomic
+from ._storage import RUN_ID, is_local, naming_write_errors, put_json, write_atomic
 from ._version import __version__
 from .checkpoint import Checkpoint
 from .estimator import load, model_id
@@ -82,10 +84,17 @@ class ModelStore:
         if not _VERSION.fullmatch(version):
             raise ValueError(f"Not a model store version name: {version!r}.")
         self._ensure()
-        model.save(self.version_url(version) + "/model.daskgmm",
-                   storage_options=self.storage_options)
-        self.location.complete(version, {**info, "version": version,
-                                         "model_id": model_id(model)})
+        location = self.location
+        existed = location.fs.exists(location.version_path(version))
+        try:
+            model.save(self.version_url(version) + "/model.daskgmm",
+                       storage_options=self.storage_options)
+            location.complete(version, {**info, "version": version,
+                                        "model_id": model_id(model)})
+        except BaseException:
+            if not existed:  # never completed nor named by the pointer: drop what was written
+                location.remove(version)
+            raise
         return self.version_url(version)
 
     def write_file(self, version: str, name: str, data: bytes) -> str:
@@ -228,12 +237,17 @@ class JobLock:
         self.release()
 
     def _create(self, data: bytes):
-        if is_local(self.fs):
+        with naming_write_errors(self.path):
+            if not is_local(self.fs):
+                self.fs.pipe_file(self.path, data, mode="create")
+                return
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        else:
-            self.fs.pipe_file(self.path, data, mode="create")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except BaseException:
+                os.remove(self.path)  # ours, and incomplete: not a lock of anyone
+                raise
 
     def acquire(self):
         now = datetime.now(UTC)

@@ -13,7 +13,9 @@ fsspec URL) holds
   never the one the pointer names.
 
 Where the marker, pointer and manifests are stored is a :class:`Metadata`: JSON files
-(:class:`JsonMetadata`) or, for Zarr score groups, Zarr attributes.
+(:class:`JsonMetadata`) or, for Zarr score groups, Zarr attributes. A full filesystem
+while writing any of them is a :class:`daskgmm._storage.StorageFullError` naming what was
+being written.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._storage import join, put_json, url_to_fs
+from ._storage import join, naming_write_errors, put_json, url_to_fs
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +191,9 @@ class VersionedLocation:
 
     def create(self, marker: dict):
         """Mark a new (or empty) location."""
-        self.fs.makedirs(self.root, exist_ok=True)
-        self.metadata.write_marker(self.fs, self.root, {"format": self.format, **marker})
+        with naming_write_errors(self.url):
+            self.fs.makedirs(self.root, exist_ok=True)
+            self.metadata.write_marker(self.fs, self.root, {"format": self.format, **marker})
 
     # ---------------------------------------------------------------- versions
 
@@ -214,7 +217,9 @@ class VersionedLocation:
 
     def complete(self, version: str, manifest: dict):
         """Write the version's manifest: from now on it is complete."""
-        self.metadata.write_manifest(self.fs, self.root, self.version_path(version), manifest)
+        with naming_write_errors(self.version_url(version)):
+            self.metadata.write_manifest(self.fs, self.root, self.version_path(version),
+                                         manifest)
 
     def entries(self, prefix: str = "") -> list[str]:
         """Version names (complete or not) under ``prefix``, sorted by name."""
@@ -270,7 +275,8 @@ class VersionedLocation:
 
     def point_to(self, manifest: dict):
         """Make the version of ``manifest`` current (one atomic write)."""
-        self.metadata.write_pointer(self.fs, self.root, manifest)
+        with naming_write_errors(self.url):
+            self.metadata.write_pointer(self.fs, self.root, manifest)
 
     # --------------------------------------------------------------- retention
 

@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -140,3 +142,86 @@ def write_demo(tmp_path, seed=0, rows=60_000, overwrite=False):
 
     return write_demo_data(tmp_path / "data", n_samples=rows, n_features=4, n_components=3,
                            seed=seed, anomaly_fraction=0.01, overwrite=overwrite)
+
+
+class SmallDisk:
+    """A small tmpfs mounted at ``path``: :meth:`fill` takes all its free space (a file
+    ``.filler``), :meth:`free` gives it back."""
+
+    FILLER = ".filler"
+
+    def __init__(self, path):
+        self.path = path
+
+    def fill(self):
+        import errno
+
+        with open(self.path / self.FILLER, "ab", buffering=0) as f:
+            for block in (1 << 16, 1 << 12, 1 << 9, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * block)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+        return self
+
+    def free(self):
+        (self.path / self.FILLER).unlink(missing_ok=True)
+        return self
+
+
+@contextlib.contextmanager
+def small_disk_at(path, size="1m"):
+    """Mount a tmpfs of ``size`` at ``path`` (created) for the block, then unmount it;
+    skips the test when this machine does not let the tests mount one."""
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"a small tmpfs cannot be mounted at {path} (needs root or "
+                    f"CAP_SYS_ADMIN): {done.stderr.strip() or done.returncode}")
+    try:
+        yield SmallDisk(path)
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs under ``tmp_path`` (a :class:`SmallDisk`), unmounted after the test;
+    the test is skipped when mounting is not permitted."""
+    with small_disk_at(tmp_path / "small-disk") as disk:
+        yield disk
+
+
+def snapshot(root, exclude=(SmallDisk.FILLER,)):
+    """Every file under ``root`` with its bytes, and every directory (None), by relative
+    path: what a reader could see there. Taken again until two readings agree, so that
+    temporaries of writes still ending when an error was raised (Zarr's ``*.partial``
+    files, removed by the thread that wrote them) are not counted; a file that stays is."""
+    import time
+    from pathlib import Path
+
+    def read():
+        out = {}
+        for path in sorted(Path(root).rglob("*")):
+            relative = path.relative_to(root).as_posix()
+            if relative in exclude:
+                continue
+            try:
+                out[relative] = None if path.is_dir() else path.read_bytes()
+            except FileNotFoundError:
+                out[relative] = "vanished"
+        return out
+
+    last = read()
+    for _ in range(50):
+        time.sleep(0.02)
+        now = read()
+        if now == last and "vanished" not in now.values():
+            return now
+        last = now
+    return last

@@ -180,3 +180,22 @@ def test_a_damaged_checkpoint_of_the_same_fit_is_reported_and_the_fit_starts_afr
         assert f"ignoring damaged checkpoint {path}" in caplog.text and named in caplog.text
         assert again.resumed_iteration_ == 0  # started afresh, to the same model
         assert_array_equal(again.means_, ref.means_)
+
+
+def test_a_full_disk_is_named_and_leaves_the_saved_checkpoint(small_disk, caplog):
+    import errno
+    import re
+
+    from .conftest import snapshot
+
+    X = make_blobs(1_000, 2, 2, seed=9)
+    path = small_disk.path / "run.ckpt"
+    GaussianMixture(2, random_state=0).fit(X, checkpoint=Checkpoint(path, every=1))
+    before = snapshot(small_disk.path)
+    small_disk.fill()
+    with pytest.raises(OSError, match=re.escape(
+            f"No space left on device while writing {path}: free space on the filesystem "
+            f"holding {path} or choose another location.")) as info:
+        GaussianMixture(2, random_state=1).fit(X, checkpoint=Checkpoint(path, every=1))
+    assert info.value.errno == errno.ENOSPC and info.value.__cause__.errno == errno.ENOSPC
+    assert snapshot(small_disk.path) == before  # the last checkpoint, and no temporary file

@@ -1,5 +1,7 @@
 """The model store: versions, the current pointer, retention, refusal (local and S3)."""
 
+import re
+
 import pytest
 from numpy.testing import assert_array_equal
 
@@ -115,3 +117,42 @@ def test_one_run_of_a_job_at_a_time(tmp_path, s3):
             assert json.loads((tmp_path / "store" / "lock").read_text())["run_id"] == \
                 "job-nightly-4"
     assert not (tmp_path / "store" / "lock").exists()
+
+
+def test_a_full_disk_is_named_and_leaves_the_current_model(small_disk):
+    """Saving, promoting and locking on a full filesystem: an OSError naming the file
+    and the fix, the filesystem's error chained, and every file readers see unchanged."""
+    import errno
+
+    from daskgmm._storage import StorageFullError
+
+    from .conftest import snapshot
+
+    X = make_blobs(600, 2, 2, seed=1)
+    a = GaussianMixture(2, random_state=0).fit(X).set_threshold(X)
+    b = GaussianMixture(3, random_state=0).fit(X).set_threshold(X)
+    store = ModelStore(small_disk.path / "store")
+    va = store.new_version(a)
+    store.save(a, va, {"run_id": "r1"})
+    store.promote(va, reason="first")
+    before = snapshot(small_disk.path)
+    small_disk.fill()
+    vb = store.new_version(b)
+    fix = "free space on the filesystem holding {} or choose another location"
+    with pytest.raises(StorageFullError, match=re.escape(
+            f"No space left on device while writing {store.version_url(vb)}/model.daskgmm: "
+            + fix.format(f"{store.version_url(vb)}/model.daskgmm"))) as info:
+        store.save(b, vb, {"run_id": "r2"})
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == errno.ENOSPC
+    with pytest.raises(OSError, match=re.escape(fix.format(f"{store.url}/current"))):
+        store.promote(va, reason="again")
+    with pytest.raises(OSError, match=re.escape(fix.format(f"{store.url}/lock"))):
+        store.lock("job-nightly-1").acquire()
+    assert snapshot(small_disk.path) == before  # no partial version, no lock, same pointer
+    assert store.current()["version"] == va and store.versions() == [va]
+    assert_array_equal(store.load().means_, a.means_)
+    small_disk.free()
+    store.save(b, vb, {"run_id": "r2"})  # with space again, the same save succeeds
+    assert store.versions() == [va, vb]

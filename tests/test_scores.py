@@ -356,3 +356,31 @@ def test_prune_keeps_recent_runs_and_the_current_version(zarr_data, tmp_path):
     assert len(daskgmm.read_scores(zpath)) == 500 and daskgmm.latest_scores(zpath) == last.location
     with pytest.raises(ValueError, match="keep_runs must be an int >= 1"):
         daskgmm.prune_scores(target, 0)
+
+
+@pytest.mark.parametrize("format", ["parquet", "zarr"])
+def test_a_full_disk_is_named_and_leaves_the_published_scores(zarr_data, small_disk, format):
+    import errno
+    import re
+
+    from .conftest import snapshot
+
+    _, X, _, gm, _ = zarr_data
+    target = small_disk.path / "scores"
+    first = daskgmm.write_scores(gm, X[:2_000], str(target), run_id="n1", format=format)
+    before = snapshot(small_disk.path)
+    small_disk.fill()
+    for run_id in ("n1", "n2"):  # a re-run of the current run, and a new run
+        with pytest.raises(OSError, match=rf"No space left on device while writing "
+                                          rf"{re.escape(str(target))}/_versions/{run_id}/"
+                                          r"[0-9a-f]{8}\S*: free space on the filesystem "
+                                          r"holding .* or choose another location\.") as info:
+            daskgmm.write_scores(gm, X[:2_000], str(target), run_id=run_id, format=format)
+        assert info.value.errno == errno.ENOSPC and info.value.__cause__.errno == errno.ENOSPC
+        # the pointer, the current scores and every other file as they were: no partial
+        # version, not even an empty directory of the failed attempt
+        assert snapshot(small_disk.path) == before
+    assert daskgmm.read_pointer(target)["version"] == first.version
+    small_disk.free()
+    again = daskgmm.write_scores(gm, X[:2_000], str(target), run_id="n2", format=format)
+    assert daskgmm.latest_scores(target) == again.location

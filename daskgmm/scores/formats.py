@@ -12,15 +12,19 @@ pointer and manifests live and how it writes one version's pieces.
 from __future__ import annotations
 
 import abc
+import logging
 import secrets
 from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 
+from .._storage import naming_write_errors
 from ..kernels import SCORE_DTYPE
 from ..quantiles import RankSketch, combine_sketches
 from ..versioned import Metadata, VersionedLocation
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "daskgmm-scores"
 FORMAT_VERSION = 1
@@ -113,8 +117,9 @@ class VersionedScores(ScoreFormat):
         token = secrets.token_hex(4)
         version = f"{run_id}/{token}"
         try:
-            parts, columns = self.write_version(scores, dataset, location, version, info,
-                                                id_columns, storage_options)
+            with naming_write_errors(location.version_url(version)):
+                parts, columns = self.write_version(scores, dataset, location, version, info,
+                                                    id_columns, storage_options)
             sketch = combine_sketches([s for s, _ in parts])
             manifest = {
                 "format": FORMAT,
@@ -132,6 +137,7 @@ class VersionedScores(ScoreFormat):
             location.complete(version, manifest)
         except BaseException:
             location.remove(version)
+            _remove_if_empty(location, run_id)
             raise
         location.point_to(manifest)  # publication: readers switch here
         for other in location.entries(run_id):  # superseded attempts of this run
@@ -150,3 +156,14 @@ class VersionedScores(ScoreFormat):
             order=lambda version, manifest: (manifest.get("written_at", ""), version),
         )
         return [location.relative(v) for v in deleted]
+
+
+def _remove_if_empty(location: VersionedLocation, run_id: str):
+    """Remove the directory of run ``run_id`` when no attempt is left in it (best effort:
+    it runs while an error is raised, which it must not hide)."""
+    try:
+        if not location.entries(run_id):
+            location.remove(run_id)
+    except Exception:  # noqa: BLE001
+        logger.warning("could not check or remove %s", location.version_url(run_id),
+                       exc_info=True)

@@ -4,7 +4,9 @@ A Zarr score location is a Zarr group laid out like a Parquet one, with Zarr att
 in place of the JSON files, so that Zarr sees only Zarr objects: the marker and the
 pointer are the group's ``attrs["daskgmm"]`` (``["latest"]`` is the pointer), each
 version is a subgroup ``_versions/<run_id>/<token>`` holding one 1-D array per score
-column, chunked like the input rows, and its manifest is its ``attrs["daskgmm"]``.
+column, chunked like the input rows, and its manifest is its ``attrs["daskgmm"]``. A
+full filesystem is a :class:`daskgmm._storage.StorageFullError` naming the group or array
+being written.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import zarr
 from threadpoolctl import threadpool_limits
 
-from .._storage import is_local
+from .._storage import is_local, naming_write_errors
 from ..kernels import SCORE_DTYPE
 from ..quantiles import sketch_points
 from ..versioned import Metadata
@@ -64,23 +66,26 @@ class ZarrMetadata(Metadata):
         return {k: v for k, v in attrs.items() if k != "latest"}
 
     def write_marker(self, fs, root, marker):
-        group = open_group(fs, root, self.storage_options, "a")
-        group.attrs["daskgmm"] = marker
+        with naming_write_errors(f"{root}/zarr.json"):
+            group = open_group(fs, root, self.storage_options, "a")
+            group.attrs["daskgmm"] = marker
 
     def read_pointer(self, fs, root):
         return (_attrs(fs, root) or {}).get("latest")
 
     def write_pointer(self, fs, root, manifest):
-        group = open_group(fs, root, self.storage_options, "r+")
-        group.attrs.update({"daskgmm": {**group.attrs["daskgmm"], "latest": manifest}})
+        with naming_write_errors(f"{root}/zarr.json"):
+            group = open_group(fs, root, self.storage_options, "r+")
+            group.attrs.update({"daskgmm": {**group.attrs["daskgmm"], "latest": manifest}})
 
     def read_manifest(self, fs, root, path):
         attrs = _attrs(fs, path)
         return attrs if attrs and attrs.get("format") == FORMAT else None
 
     def write_manifest(self, fs, root, path, manifest):
-        group = open_group(fs, root, self.storage_options, "r+", path[len(root) + 1:])
-        group.attrs.update({"daskgmm": manifest})
+        with naming_write_errors(f"{path}/zarr.json"):
+            group = open_group(fs, root, self.storage_options, "r+", path[len(root) + 1:])
+            group.attrs.update({"daskgmm": manifest})
 
 
 class ZarrScores(VersionedScores):
@@ -97,17 +102,18 @@ class ZarrScores(VersionedScores):
         n = int(scores.shape[0])
         fs, root = location.fs, location.root
         relative = location.relative(version)
-        parent = ""
-        for part in relative.split("/")[:-1]:  # explicit parent groups: a valid hierarchy
-            parent = f"{parent}/{part}" if parent else part
-            open_group(fs, root, storage_options, "a", parent)
-        vgroup = open_group(fs, root, storage_options, "w-", relative)
-        vgroup.attrs["daskgmm"] = info
-        for name, _ in SCORE_FIELDS:
-            dtype = SCORE_DTYPE[name]
-            vgroup.create_array(name, shape=(n,), chunks=(rows,), dtype=dtype,
-                                fill_value=np.zeros((), dtype=dtype)[()],
-                                attributes={"daskgmm": {**info, "column": name}})
+        with naming_write_errors(location.version_path(version)):
+            parent = ""
+            for part in relative.split("/")[:-1]:  # explicit parent groups: a valid hierarchy
+                parent = f"{parent}/{part}" if parent else part
+                open_group(fs, root, storage_options, "a", parent)
+            vgroup = open_group(fs, root, storage_options, "w-", relative)
+            vgroup.attrs["daskgmm"] = info
+            for name, _ in SCORE_FIELDS:
+                dtype = SCORE_DTYPE[name]
+                vgroup.create_array(name, shape=(n,), chunks=(rows,), dtype=dtype,
+                                    fill_value=np.zeros((), dtype=dtype)[()],
+                                    attributes={"daskgmm": {**info, "column": name}})
         offsets = np.concatenate([[0], np.cumsum(scores.chunks[0])]).astype(np.int64)
         where = (fs, root, storage_options, relative)
         tasks = [
@@ -134,5 +140,6 @@ def _write_part(scores, where, start, n_points):
     group = open_group(fs, root, storage_options, "r+", version)
     stop = start + scores.shape[0]
     for name, _ in SCORE_FIELDS:
-        group[name][start:stop] = scores[name]
+        with naming_write_errors(f"{root}/{version}/{name}"):
+            group[name][start:stop] = scores[name]
     return summary(scores, n_points)
