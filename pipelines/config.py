@@ -330,6 +330,11 @@ class SourceConfig(_Section):
         if self.format == "parquet" and self.array_name is not None:
             problems.append((("array_name",), "applies to Zarr groups only; a Parquet "
                                               "source reads columns"))
+        if self.format == "parquet" and self.columns is None:
+            problems.append((("columns",), "a Parquet source names its feature columns "
+                                           "(e.g. columns: [f0, f1]) so that an id, a "
+                                           "label or a column added upstream never "
+                                           "becomes a feature"))
         both = sorted(set(self.columns or ()) & set(self.id_columns))
         if both:
             problems.append((("id_columns",), f"{', '.join(both)} also in columns; an id "

@@ -86,19 +86,9 @@ def _output_options(cfg: JobConfig) -> dict:
 
 def _read_kwargs(cfg: JobConfig) -> dict:
     """GaussianMixture parameters that say how to read the source."""
-    return dict(columns=_feature_columns(cfg), array_name=cfg.source.array_name,
+    return dict(columns=cfg.source.columns, array_name=cfg.source.array_name,
                 storage_options=_source_options(cfg) or None,
                 missing_chunks=cfg.source.missing_chunks)
-
-
-def _feature_columns(cfg: JobConfig):
-    """The feature columns (:func:`policy.feature_columns`); reads the Parquet footers
-    only when id columns must be left out of the default."""
-    numeric = None
-    if cfg.source.columns is None and cfg.source.id_columns:
-        numeric = daskgmm.as_dataset(cfg.source.uri,
-                                     storage_options=_source_options(cfg) or None).feature_names
-    return policy.feature_columns(cfg.source.columns, cfg.source.id_columns, numeric)
 
 
 def _table(selection):
@@ -163,19 +153,19 @@ def load_job(config_path: str) -> JobConfig:
 @task(name="check-source", **IO)
 def check_source(cfg: JobConfig) -> JobConfig:
     """Read the source's metadata (shape, columns) and check that the score location can
-    take its scores, before any pass over the data. Returns the config with the feature
-    columns resolved, so later tasks do not read the Parquet footers again."""
+    take its scores, before any pass over the data. A Parquet source needs the job's
+    feature columns (:func:`policy.feature_columns`)."""
     dataset = daskgmm.as_dataset(cfg.source.uri, **_read_kwargs(cfg))
+    if dataset.origin is not None and dataset.origin.kind == "parquet":
+        policy.feature_columns(cfg.source.columns, cfg.source.id_columns,
+                               dataset.feature_names, dataset.description)
     daskgmm.check_score_target(
         dataset, cfg.outputs.scores, id_columns=cfg.source.id_columns or None,
         target_storage_options=_output_options(cfg) or None,
     )
     get_run_logger().info("source %s: %d rows x %d features", dataset.description,
                           dataset.n_samples, dataset.n_features)
-    if dataset.origin is None or dataset.origin.kind != "parquet":
-        return cfg
-    return cfg.model_copy(update={"source": cfg.source.model_copy(
-        update={"columns": list(dataset.feature_names)})})
+    return cfg
 
 
 @task(name="fingerprint-source", **IO)

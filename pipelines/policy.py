@@ -135,13 +135,20 @@ def run_id(job: str, flow: str, given: str | None, now: datetime) -> str:
     return f"{job}-{flow}-{given or now.astimezone(UTC).strftime('%Y-%m-%d')}"
 
 
-def feature_columns(columns, id_columns, numeric_columns):
-    """The feature columns of a Parquet source: the config's ``columns``; without them
-    every numeric column that is not an id column; None (the library's default) when
-    there are no id columns to leave out."""
-    if columns is not None or not id_columns:
-        return columns
-    return [c for c in numeric_columns or [] if c not in id_columns] or None
+def feature_columns(columns, id_columns, numeric_columns, description) -> list[str]:
+    """The feature columns of a Parquet source: the job file's ``columns``. A Parquet
+    job names them: without them an id, a label or a column added upstream would
+    silently become a feature. The error suggests the numeric columns that are not ids."""
+    if columns is not None:
+        return list(columns)
+    suggestion = [c for c in numeric_columns or [] if c not in set(id_columns)]
+    ids = f" (id_columns, never features: {', '.join(id_columns)})" if id_columns else ""
+    raise ValueError(
+        f"source.columns is not set: a Parquet job names its feature columns, so that an "
+        f"id, a label or a column added upstream never becomes a feature. The "
+        f"{description} has the numeric columns {', '.join(numeric_columns or [])}{ids}; "
+        f"add e.g. 'columns: [{', '.join(suggestion)}]' to the source section."
+    )
 
 
 def selection_of(current_info: dict | None, *, selected: bool, version: str,

@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal
 
 import daskgmm
 
@@ -178,23 +180,59 @@ def test_deployment_file_loads_and_entrypoints_import(monkeypatch):
 
 
 
-def test_parquet_features_default_to_numeric_columns_that_are_not_ids(tmp_path):
+def test_a_parquet_job_names_its_features(tmp_path):
     from prefect.logging import disable_run_logger
 
-    from daskgmm_pipelines.config import load_config
+    from daskgmm_pipelines.config import ConfigError, load_config
     from daskgmm_pipelines.flows import check_source
 
     frame = pd.DataFrame({"event_id": [1, 2], "a": [0.1, 0.2], "name": ["x", "y"],
-                          "b": [1, 2]})
+                          "b": [1, 2], "label": [0, 1]})
     (tmp_path / "pq").mkdir()
     frame.to_parquet(tmp_path / "pq" / "p.parquet")
     path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "t", "source": {"uri": str(tmp_path / "pq"), "id_columns": ["event_id"]},
-        "outputs": {"model_store": str(tmp_path / "m"), "scores": str(tmp_path / "s")}}))
-    with disable_run_logger():
-        cfg = check_source.fn(load_config(path))  # the flows' first task, as a function
-    assert cfg.source.columns == ["a", "b"]
+    source = {"uri": str(tmp_path / "pq"), "id_columns": ["event_id"]}
+    outputs = {"model_store": str(tmp_path / "m"), "scores": str(tmp_path / "s")}
+    path.write_text(yaml.safe_dump({"name": "t", "source": source, "outputs": outputs}))
+    with disable_run_logger(), pytest.raises(
+            ValueError, match=r"source\.columns is not set: .* numeric columns event_id, a, "
+                              r"b, label \(id_columns, never features: event_id\); add e\.g\. "
+                              r"'columns: \[a, b, label\]'"):
+        check_source.fn(load_config(path))  # the flows' first task, as a function
+    path.write_text(yaml.safe_dump({"name": "t", "source": {**source, "format": "parquet"},
+                                    "outputs": outputs}))
+    with pytest.raises(ConfigError, match=r"source\.columns .*: a Parquet source names its "
+                                          r"feature columns"):
+        load_config(path)  # known to be Parquet: refused when the file is read
+
+
+def test_parquet_demo_config_runs_the_nightly_job(tmp_path, monkeypatch):
+    from daskgmm_pipelines.config import load_config
+    from daskgmm_pipelines.demo_data import write_demo_data
+    from daskgmm_pipelines.flows import nightly
+
+    monkeypatch.chdir(tmp_path)  # the config's relative paths, as from the project root
+    write_demo_data("demo-data", n_samples=30_000, n_features=6, n_components=3, seed=0)
+    cfg = load_config(ROOT / "configs" / "demo-parquet.yaml")
+    assert cfg.source.columns == [f"f{j}" for j in range(6)]
+    text = (ROOT / "configs" / "demo-parquet.yaml").read_text()
+    fast = yaml.safe_load(text)
+    fast["model"]["n_components"] = [2, 3]  # the job as shipped, on a smaller grid
+    fast["cluster"] = {"processes": False, "memory_limit": None}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(fast))
+    summary = nightly(config_path=str(tmp_path / "job.yaml"))
+    model = daskgmm.ModelStore("demo-data/models-parquet").load()
+    assert list(model.feature_names_in_) == [f"f{j}" for j in range(6)]  # no id, no label
+    scores = pd.read_parquet(daskgmm.latest_scores("demo-data/scores-parquet"))
+    source = pd.read_parquet("demo-data/demo-parquet")
+    assert_array_equal(scores["event_id"], source["event_id"])
+    X = source[cfg.source.columns].to_numpy()
+    covariances = (model.covariances_ if model.covariance_type == "full"
+                   else [np.diag(c) for c in model.covariances_])
+    oracle = logsumexp([np.log(w) + multivariate_normal(m, c).logpdf(X) for w, m, c in
+                        zip(model.weights_, model.means_, covariances, strict=True)], axis=0)
+    assert_allclose(scores["log_density"], oracle, rtol=1e-9)
+    assert summary["n_rows"] == 30_000
 
 
 def test_bad_data_fails_the_flow_with_the_library_message(tmp_path):

@@ -68,12 +68,14 @@ def test_drift_guard_stops_the_fit_at_its_first_pass_on_drift_only():
     assert resumed.verdict(Resumed()) == policy.DriftCheck(-7.0, -5.0, 0.5, True)
 
 
-def test_feature_columns():
+def test_feature_columns_are_named_by_a_parquet_job():
     numeric = ["event_id", "a", "b", "label"]
-    assert policy.feature_columns(["a"], ["event_id"], numeric) == ["a"]
-    assert policy.feature_columns(None, ["event_id"], numeric) == ["a", "b", "label"]
-    assert policy.feature_columns(None, [], numeric) is None  # the library's default
-    assert policy.feature_columns(None, ["event_id"], ["event_id"]) is None
+    assert policy.feature_columns(["a"], ["event_id"], numeric, "Parquet dataset 'p'") == ["a"]
+    with pytest.raises(ValueError, match=r"source\.columns is not set: a Parquet job names "
+                                         r".* The Parquet dataset 'p' has the numeric columns "
+                                         r"event_id, a, b, label \(id_columns, never features: "
+                                         r"event_id\); add e\.g\. 'columns: \[a, b, label\]'"):
+        policy.feature_columns(None, ["event_id"], numeric, "Parquet dataset 'p'")
 
 
 class _Model:

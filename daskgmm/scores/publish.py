@@ -157,6 +157,7 @@ def write_scores(
     overrides = {"columns": columns, "array_name": array_name,
                  "storage_options": storage_options, "missing_chunks": missing_chunks}
     scorer.set_params(**{k: v for k, v in overrides.items() if v is not None})
+    _leave_out_ids(scorer, source, id_columns)
     dataset = validation.predict_dataset(scorer, source)
     changed = _change_check(fingerprint, dataset)
     changed("Nothing was scored or published.")
@@ -196,6 +197,19 @@ def write_scores(
 
 ###############################################################################
 # Checks
+
+
+def _leave_out_ids(scorer, source, id_columns):
+    """A model that knows no column names (fitted on Zarr or numpy) scoring a Parquet
+    source without ``columns``: read every numeric column but the id columns (footers
+    only), not the ids as features."""
+    if (not id_columns or scorer.columns is not None
+            or getattr(scorer, "feature_names_in_", None) is not None):
+        return
+    ids = {id_columns} if isinstance(id_columns, str) else {str(c) for c in id_columns}
+    names = as_dataset(source, storage_options=scorer.storage_options).feature_names
+    if names is not None:
+        scorer.set_params(columns=[c for c in names if c not in ids])
 
 
 def _change_check(fingerprint, dataset):
