@@ -259,3 +259,31 @@ def test_write_scores_publishes_nothing_when_the_source_changed(tmp_path, data):
         daskgmm.write_scores(gm, str(path), str(target), run_id="r2", fingerprint=fp)
     assert (target / "_latest").read_bytes() == pointer
     assert daskgmm.read_pointer(str(target))["version"] == first.version
+
+
+def test_a_source_changed_during_the_publication_pass_is_not_published(tmp_path, data,
+                                                                       monkeypatch):
+    from daskgmm.scores.location import get_format
+
+    path = _parquet(tmp_path / "p", data)
+    gm = daskgmm.GaussianMixture(2, random_state=0).fit(str(path))
+    gm.set_threshold(str(path), contamination=0.01)
+    target = tmp_path / "scores"
+    daskgmm.write_scores(gm, str(path), str(target), run_id="r1")
+    pointer = (target / "_latest").read_bytes()
+    fp = daskgmm.source_fingerprint(str(path))
+    fmt = type(get_format("parquet"))
+    write_version = fmt.write_version
+
+    def then_rewrite_the_source(self, *args, **kwargs):  # the source changes mid-pass
+        out = write_version(self, *args, **kwargs)
+        pq.write_table(pa.table({"a": data[:9, 0], "b": data[:9, 1], "c": data[:9, 2]}),
+                       path / "part.0.parquet")
+        return out
+
+    monkeypatch.setattr(fmt, "write_version", then_rewrite_the_source)
+    with pytest.raises(SourceChangedError, match=r"file 'part\.0\.parquet' was .* The scores "
+                                                 r"computed from it were not published\."):
+        daskgmm.write_scores(gm, str(path), str(target), run_id="r2", fingerprint=fp)
+    assert (target / "_latest").read_bytes() == pointer
+    assert not (target / "_versions" / "r2").exists()  # the written version removed

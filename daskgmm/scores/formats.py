@@ -57,11 +57,13 @@ class ScoreFormat(abc.ABC):
 
     @abc.abstractmethod
     def publish(self, scores, dataset, target, *, run_id, info, id_columns,
-                storage_options) -> dict:
+                storage_options, before_commit=None) -> dict:
         """Write ``scores`` (a lazy dask array of ``SCORE_DTYPE`` records chunked like
         ``dataset``) as run ``run_id`` and make them current, atomically; return the
         manifest, with ``version`` (relative to ``target``), ``n_rows``,
-        ``n_anomalies``, ``log_likelihood`` and the ``sketch`` of the log-densities."""
+        ``n_anomalies``, ``log_likelihood`` and the ``sketch`` of the log-densities.
+        ``before_commit``: called once the version is written, before it becomes
+        current; an exception there removes the version and publishes nothing."""
 
     @abc.abstractmethod
     def pointer(self, target, storage_options) -> dict | None:
@@ -106,7 +108,7 @@ class VersionedScores(ScoreFormat):
         return self.location(target, storage_options).present()
 
     def publish(self, scores, dataset, target, *, run_id, info, id_columns,
-                storage_options):
+                storage_options, before_commit=None):
         location = self.location(target, storage_options)
         if not location.present():
             location.create({
@@ -135,6 +137,8 @@ class VersionedScores(ScoreFormat):
                 "schema": columns,
             }
             location.complete(version, manifest)
+            if before_commit is not None:
+                before_commit()
         except BaseException:
             location.remove(version)
             _remove_if_empty(location, run_id)

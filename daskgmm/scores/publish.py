@@ -176,8 +176,10 @@ def write_scores(
         "library_version": __version__,
     }
     scores = scorer.anomaly_scores(dataclasses.replace(dataset, lazy=True))
-    manifest = fmt.publish(scores, dataset, target, run_id=run_id, info=info,
-                           id_columns=id_columns, storage_options=target_storage_options)
+    manifest = fmt.publish(
+        scores, dataset, target, run_id=run_id, info=info, id_columns=id_columns,
+        storage_options=target_storage_options,
+        before_commit=lambda: changed("The scores computed from it were not published."))
     counter.done("publish")
     sketch = manifest.pop("sketch")
     publication = Publication(
