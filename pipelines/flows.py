@@ -432,7 +432,6 @@ def _night(cfg, run_id, key, log, t0, progress):
         selection_version=selection_version, drift=drift, reasons=reasons,
         now=policy.utcnow(), promotion=verdict))
     if verdict.promote:
-        promote(cfg, version, run_id, verdict.reason)
         scoring, scored_with = model, version
     elif current is not None:
         log.warning("model version %s not promoted (%s); tonight's scores come from the "
@@ -444,6 +443,8 @@ def _night(cfg, run_id, key, log, t0, progress):
                          "model to score with.")
     end_fit(cfg, run_id)
     pub = publish_scores(cfg, scoring, run_id, scored_with, fingerprint, progress)
+    if verdict.promote:  # after the scores: a run that fails changes nothing readers see
+        promote(cfg, version, run_id, verdict.reason)
     summary = policy.run_summary(
         job=cfg.name, run_id=run_id, model=model, model_id=daskgmm.model_id(model),
         version=version, model_url=_store(cfg).version_url(version), publication=pub,

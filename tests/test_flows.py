@@ -290,3 +290,35 @@ def test_runs_of_different_flows_keep_their_outputs_and_a_held_lock_stops_a_run(
             nightly(config_path=config, run_id="blocked")
         assert time.monotonic() - started < 30  # failed before any work, not retried
     assert store.current()["version"] == night["model_version"]
+
+
+def test_a_source_rewritten_between_fit_and_publish_publishes_nothing(tmp_path):
+    import pyarrow.parquet as pq
+
+    from daskgmm_pipelines.flows import nightly
+
+    write_demo(tmp_path, rows=20_000)
+    source = tmp_path / "data" / "demo-parquet"
+    config = write_job_config(
+        tmp_path, source={"uri": str(source), "array_name": None,
+                          "columns": ["f0", "f1", "f2", "f3"], "id_columns": ["event_id"]},
+        model={"n_components": [2], "covariance_types": ["full"]},
+        outputs={"scores": str(tmp_path / "scores")})
+    first = nightly(config_path=config, run_id="n1")
+    pointer = (tmp_path / "scores" / "_latest").read_bytes()
+    part = sorted(source.glob("*.parquet"))[0]
+
+    def rewrite_after_the_fit(event):  # an upstream job replaces a file mid-run
+        if event.phase == "threshold":
+            table = pq.read_table(part)
+            pq.write_table(table.slice(0, table.num_rows // 2), part)
+
+    with pytest.raises(daskgmm.SourceChangedError,
+                       match=rf"changed since the job started .*: file '{part.name}' was "
+                             r"\d+ bytes, .* now \d+ bytes, .*Nothing was scored or published"):
+        nightly(config_path=config, run_id="n2", progress=rewrite_after_the_fit)
+    assert (tmp_path / "scores" / "_latest").read_bytes() == pointer
+    assert daskgmm.read_pointer(str(tmp_path / "scores"))["run_id"] == first["run_id"]
+    # the model of the failed run stays in the store, not current
+    assert daskgmm.ModelStore(tmp_path / "models").current()["version"] == \
+        first["model_version"]
