@@ -11,7 +11,6 @@ iteration of the slowest one.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,8 +31,10 @@ class Candidate:
 
     ``label`` names it in logs and progress events (default: 'init <tag>').
     ``lower_bound`` is the mean log-likelihood per row from the latest E-step; ``params``
-    are the parameters after the latest M-step (as in scikit-learn). ``seconds``: its
-    equal share of the time of the passes it took part in.
+    are the parameters after the latest M-step (as in scikit-learn). ``seconds``: the
+    measured compute time of its own E-step and statistics, summed over every chunk of
+    every pass it took part in (:class:`daskgmm.passes.TimedStats`); candidates sharing
+    a pass each count only their own work.
     """
 
     params: Params
@@ -49,6 +50,14 @@ class Candidate:
 
     def __post_init__(self):
         self.label = self.label or f"init {self.tag}"
+
+
+def candidate_label(n_components: int, covariance_type: str, init: int = 0,
+                    n_init: int = 1) -> str:
+    """How logs and progress events name a candidate: 'k=3 full', and 'k=3 full, init 1'
+    when it is one of ``n_init > 1`` restarts."""
+    label = f"k={n_components} {covariance_type}"
+    return label if n_init == 1 else f"{label}, init {init}"
 
 
 @dataclass
@@ -86,15 +95,13 @@ def run_em(
         active = [c for c in candidates if not c.done]
         if not active:
             break
-        t0 = time.perf_counter()
         stats = passes.data_pass(
             dataset, passes.em_chunk, ([c.params for c in active],), split_every=split_every
         )
         n_passes += 1
-        elapsed = (time.perf_counter() - t0) / len(active)
         changes = []
         for c, s in zip(active, stats, strict=True):
-            c.seconds += elapsed
+            c.seconds += s.seconds
             prev = c.lower_bound
             c.lower_bound = s.log_likelihood / s.n_samples
             c.lower_bounds.append(c.lower_bound)
@@ -108,8 +115,8 @@ def run_em(
                     raise
                 c.error, c.done = exc, True
                 continue
-            logger.debug("%s iteration %d: lower bound %.8f, change %.3g", c.label, c.n_iter,
-                         c.lower_bound, change)
+            logger.debug("%s: iteration %d, mean log-likelihood %.8f, change %.3g", c.label,
+                         c.n_iter, c.lower_bound, change)
             if abs(change) < tol:
                 c.converged = True
             c.done = c.converged or c.n_iter >= max_iter

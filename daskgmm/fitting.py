@@ -85,7 +85,8 @@ def fit(dataset: Dataset, params: dict, *, start: Mixture | None = None,
 def _initial_candidates(fit_data, p, start, start_lower_bound, n_init, counter):
     if start is not None:  # warm start: the fitted model, in this data's coordinates
         params = start.params(initialization.data_shift(fit_data))
-        return [em.Candidate(params, tag=0, lower_bound=start_lower_bound)]
+        label = em.candidate_label(p["n_components"], p["covariance_type"]) + ", warm start"
+        return [em.Candidate(params, tag=0, label=label, lower_bound=start_lower_bound)]
     params = initialization.initial_params(
         fit_data, n_components=p["n_components"], covariance_type=p["covariance_type"],
         init_params=p["init_params"], n_init=n_init,
@@ -94,4 +95,6 @@ def _initial_candidates(fit_data, p, start, start_lower_bound, n_init, counter):
         precisions_init=p["precisions_init"], init_sample_size=p["init_sample_size"],
         split_every=p["split_every"], counter=counter,
     )
-    return [em.Candidate(params, tag=i) for i, params in enumerate(params)]
+    return [em.Candidate(params, tag=i, label=em.candidate_label(
+                p["n_components"], p["covariance_type"], i, n_init))
+            for i, params in enumerate(params)]

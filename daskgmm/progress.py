@@ -19,11 +19,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PHASES = ("initialization", "em", "final", "threshold", "publish")
+# How progress bars and log lines name the phases.
+PHASE_NAMES = {"initialization": "initialisation", "em": "EM", "final": "final pass",
+               "threshold": "threshold", "publish": "publish"}
 
 
 @dataclass(frozen=True)
 class CandidateProgress:
-    """One candidate's state after an EM pass."""
+    """One candidate's state after an EM pass.
+
+    ``label`` names it ('k=3 full', 'k=3 full, init 1'); ``done`` is True once it has
+    left the batch: ``converged``, at ``max_iter``, or failed (``error``). ``seconds``:
+    the measured compute time of its own E-steps and statistics so far, summed over
+    chunks (not a share of the passes' wall time).
+    """
 
     label: str
     n_iter: int
@@ -102,6 +111,28 @@ class PassCounter:
         return bool(self.callback(event))
 
 
+class PassTotal:
+    """Passes over the data made by a run of several library calls that report to one
+    callback in turn (a fit, its threshold, the publication): ``total(event)`` is the
+    number made so far, this one included.
+
+    Each call counts its own passes; a new call is recognised by its count or its clock
+    starting over (a fit resumed from a checkpoint counts the passes saved with it).
+    """
+
+    def __init__(self):
+        self.before = 0  # passes of the calls before the current one
+        self.last = None
+
+    def __call__(self, event: ProgressEvent) -> int:
+        last = self.last
+        if last is not None and (event.n_passes <= last.n_passes
+                                 or event.seconds < last.seconds):
+            self.before += last.n_passes
+        self.last = event
+        return self.before + event.n_passes
+
+
 def fan_out(*callbacks) -> Callable | None:
     """One callback calling each of ``callbacks`` (None ones skipped) in order; it asks
     to stop when any of them does."""
@@ -139,7 +170,7 @@ class VerbosePrinter:
             self.last[c.label] = c
             if c.n_iter % self.interval:
                 continue
-            which = f"Initialization {c.label.removeprefix('init ')}: " if self.n_init > 1 else ""
+            which = f"Initialization {_restart(c.label)}: " if self.n_init > 1 else ""
             if self.verbose == 1:
                 print(f"  {which}Iteration {c.n_iter}")
             else:
@@ -152,9 +183,14 @@ class VerbosePrinter:
             return
         for label, c in self.last.items():
             msg = "converged" if c.converged else "did not converge"
-            which = f" {label.removeprefix('init ')}" if len(self.last) > 1 else ""
+            which = f" {_restart(label)}" if len(self.last) > 1 else ""
             if self.verbose == 1:
                 print(f"Initialization{which} {msg}.")
             else:
                 print(f"Initialization{which} {msg}. time lapse {c.seconds:.5f}s\t lower "
                       f"bound {c.log_likelihood:.5f}.")
+
+
+def _restart(label):
+    """The restart number in a label ('k=3 full, init 1' or 'init 1')."""
+    return label.rpartition("init ")[2]

@@ -30,7 +30,11 @@ class ModelSelection:
     table_ : pandas.DataFrame
         One row per candidate (best restart of each ``(n_components, covariance_type)``):
         n_components, covariance_type, bic, aic, log_likelihood (mean per row, under the
-        final parameters), n_parameters, n_iter, converged, seconds, error.
+        final parameters), n_parameters, n_iter, converged, seconds, error. ``seconds``
+        is measured: the compute time of the entry's own E-steps and statistics over all
+        its EM passes and restarts, summed over the chunks wherever they ran (a pass that
+        several candidates share is not split between them; the initialisation, the final
+        pass, reading the data and the M-steps are not counted).
     criterion : str
     n_passes_ : int
         How many times the data were read, initialisation and final scoring included.
@@ -126,7 +130,7 @@ def select_model(
         split_every=template.split_every, counter=counter,
     )
     candidates = [
-        em.Candidate(p, tag=(grid[g], r), label=f"k={grid[g][0]} {grid[g][1]}, init {r}")
+        em.Candidate(p, tag=(grid[g], r), label=em.candidate_label(*grid[g], r, n_init))
         for g, entry in enumerate(params) for r, p in enumerate(entry)
     ]
     result = em.run_em(
@@ -155,7 +159,8 @@ def select_model(
         if c is None:
             rows.append(dict(n_components=k, covariance_type=covariance_type, bic=np.nan,
                              aic=np.nan, log_likelihood=np.nan, n_parameters=p,
-                             n_iter=max(x.n_iter for x in mine), converged=False, seconds=0.0,
+                             n_iter=max(x.n_iter for x in mine), converged=False,
+                             seconds=sum(x.seconds for x in mine),
                              error=str(next(x.error for x in mine if x.error))))
             continue
         total = sketches[g].log_likelihood

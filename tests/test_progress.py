@@ -86,3 +86,30 @@ def test_fan_out_and_counter():
     assert fan_out(None, None) is None
     with pytest.raises(ValueError, match="unknown progress phase 'warmup'"):
         PassCounter().done("warmup")
+
+
+def test_candidates_are_labelled_by_k_covariance_type_and_restart():
+    X = make_blobs(2_000, 2, 3, seed=2)
+    events = []
+    GaussianMixture(3, random_state=0).fit(X, callback=events.append)
+    assert {c.label for e in events for c in e.candidates} == {"k=3 full"}
+    events.clear()
+    GaussianMixture(2, covariance_type="diag", n_init=2, random_state=0).fit(
+        X, callback=events.append)
+    assert {c.label for e in events for c in e.candidates} == {"k=2 diag, init 0",
+                                                             "k=2 diag, init 1"}
+    events.clear()
+    daskgmm.select_model(X, [1, 2], ["spherical"], random_state=0, callback=events.append)
+    em = [e for e in events if e.phase == "em"]
+    assert [c.label for c in em[0].candidates] == ["k=1 spherical", "k=2 spherical"]
+
+
+def test_pass_total_counts_the_passes_of_successive_calls():
+    from daskgmm.progress import PassTotal, ProgressEvent
+
+    total = PassTotal()
+    fit = [ProgressEvent("initialization", 1, seconds=0.1),
+           ProgressEvent("em", 2, seconds=0.2), ProgressEvent("em", 3, seconds=0.3)]
+    threshold = [ProgressEvent("threshold", 1, seconds=0.05)]
+    resumed = [ProgressEvent("em", 8, seconds=0.01), ProgressEvent("em", 9, seconds=0.02)]
+    assert [total(e) for e in fit + threshold + resumed] == [1, 2, 3, 4, 12, 13]

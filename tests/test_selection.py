@@ -61,3 +61,22 @@ def test_grid_errors(blobs):
         daskgmm.select_model(blobs, n_components=[2], covariance_types=["ful"])
     with pytest.raises(ValueError, match="criterion must be one of"):
         daskgmm.select_model(blobs, n_components=[2], criterion="icl")
+
+
+def test_seconds_are_each_candidates_own_measured_compute_time(cluster_client):
+    """A costly candidate (full, 12 components) and a cheap one (spherical, 1) share every
+    pass; each one's seconds are its own kernels' time on the workers, not a share."""
+    import time
+
+    X = np.random.default_rng(0).normal(size=(60_000, 8))
+    lazy = da.from_array(X, chunks=(7_500, 8))
+    started = time.perf_counter()
+    sel = daskgmm.select_model(lazy, [1, 12], ["full", "spherical"], random_state=0,
+                               tol=0.0, max_iter=6)
+    wall = time.perf_counter() - started
+    table = sel.table_.set_index(["n_components", "covariance_type"])
+    assert (table.n_iter == 6).all()  # every candidate took part in the same 6 passes
+    costly, cheap = table.seconds[(12, "full")], table.seconds[(1, "spherical")]
+    assert costly > 3 * cheap > 0  # an equal share would make them equal
+    threads = sum(cluster_client.nthreads().values())
+    assert table.seconds.sum() <= wall * threads
