@@ -7,31 +7,54 @@
     daskgmm promote configs/demo.yaml VERSION   # make a version current (or roll back)
     daskgmm score configs/demo.yaml [--source URI] [--model-version V]
     daskgmm inspect demo-data/models        # a model store, a version or a model file
+
+An error prints one line (``daskgmm fit: error: ValueError: ...``); ``--debug`` prints its
+traceback and Prefect's log lines too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
+import traceback
 
 from daskgmm.covariance import COVARIANCE_TYPES
+from daskgmm.progress import PHASE_NAMES, PassTotal
 
 
 class _ProgressBar:
-    """A terminal progress bar over the passes of a run (nothing when stderr is not a
-    terminal): the phase, EM iterations against ``max_iter`` (full once every candidate
-    has stopped), the best log-likelihood and the candidates still running."""
+    """The run's progress on the terminal, from every pass's event (nothing when stderr
+    is not a terminal and no rich ``console`` is given).
 
-    def __init__(self):
+    One line: the time, the phase of the last pass (initialisation, EM, final pass,
+    threshold, publish), the passes over the data done, and in EM the iteration with its
+    bound ``max_iter``, the candidates still running of all and the best mean
+    log-likelihood per row, then how EM ended. No percentage: how many iterations EM
+    takes is not known in advance, and ``max_iter`` is only a bound.
+    """
+
+    def __init__(self, console=None):
         self.bar = self.task = None
-        if sys.stderr.isatty():
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        self.passes = PassTotal()
+        self.ended = {}  # label -> whether each candidate of the current EM converged
+        if console is None and sys.stderr.isatty():
+            from rich.console import Console
 
-            self.bar = Progress(TextColumn("[bold]{task.fields[phase]}[/bold]"), BarColumn(),
-                                TextColumn("{task.description}"), TimeElapsedColumn(),
-                                transient=True)
+            console = Console(stderr=True)
+        if console is not None:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            # the time first: a narrow terminal cuts the end of the line, the least needed
+            self.bar = Progress(SpinnerColumn(), TimeElapsedColumn(),
+                                TextColumn("[bold]{task.fields[phase]}[/bold] · "
+                                           "{task.description}"),
+                                console=console, transient=True)
+            self.task = self.bar.add_task("first pass over the data running",
+                                          phase="starting")
 
     def __enter__(self):
         if self.bar is not None:
@@ -45,18 +68,31 @@ class _ProgressBar:
     def __call__(self, event):
         if self.bar is None:
             return
-        if self.task is None:
-            self.task = self.bar.add_task("", total=None, phase="starting")
-        if event.phase == "em":
-            done = event.active == 0  # converged early: the bar ends full
-            self.bar.update(self.task, total=event.max_iter, phase="EM",
-                            completed=event.max_iter if done else event.n_iter,
-                            description=f"iteration {event.n_iter}/{event.max_iter}, "
-                                        f"log-likelihood {event.log_likelihood:.5f}, "
-                                        f"{event.active} of {event.n_candidates} running")
+        n = self.passes(event)
+        done = f"{n} pass{'' if n == 1 else 'es'}"
+        what = self._describe(event)
+        self.bar.update(self.task, phase=PHASE_NAMES[event.phase],
+                        description=f"{done} · {what}" if what else done)
+
+    def _describe(self, event) -> str:
+        if event.phase != "em":
+            self.ended.clear()
+            if event.phase == "final":
+                return f"scored the final parameters of {event.n_candidates} candidates"
+            return ""
+        self.ended.update({c.label: c.converged for c in event.candidates})
+        best = f"best log-likelihood {event.log_likelihood:.5f}"
+        n = event.n_candidates
+        if event.active:
+            running = f"{event.active} of {n} candidate{'s' if n > 1 else ''} running"
+            return f"iteration {event.n_iter} (max {event.max_iter}) · {running} · {best}"
+        converged = sum(self.ended.values())
+        if n == 1:
+            how = (f"converged at iteration {event.n_iter}" if converged else
+                   f"not converged after {event.n_iter} iterations (max_iter)")
         else:
-            self.bar.update(self.task, phase=event.phase, total=None, completed=0,
-                            description=f"pass {event.n_passes} done")
+            how = f"{converged} of {n} candidates converged"
+        return f"EM finished: {how} · {best}"
 
 
 def _print_result(result: dict):
@@ -78,17 +114,28 @@ def _select(args):
     from daskgmm_pipelines.flows import select
 
     with _ProgressBar() as bar:
-        _print_result(select(config_path=args.config, run_id=args.run_id,
-                             promote_model=args.promote, progress=bar))
+        result = select(config_path=args.config, run_id=args.run_id,
+                        promote_model=args.promote, progress=bar)
+    _print_result(result)
+    _print_promotion_hint(args, result)
 
 
 def _fit(args):
     from daskgmm_pipelines.flows import fit
 
     with _ProgressBar() as bar:
-        _print_result(fit(config_path=args.config, n_components=args.n_components,
-                          covariance_type=args.covariance_type, run_id=args.run_id,
-                          promote_model=args.promote, progress=bar))
+        result = fit(config_path=args.config, n_components=args.n_components,
+                     covariance_type=args.covariance_type, run_id=args.run_id,
+                     promote_model=args.promote, progress=bar)
+    _print_result(result)
+    _print_promotion_hint(args, result)
+
+
+def _print_promotion_hint(args, result: dict):
+    if not result["promoted"]:
+        version = result["model_version"]
+        print(f"\nmodel version {version} is saved, not current; make it current with: "
+              f"daskgmm promote {args.config} {version}")
 
 
 def _score(args):
@@ -205,16 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Gaussian mixtures on data larger than memory: the nightly "
                     "fit-select-score job and its parts, run as Prefect flows.",
     )
+    debug = ("on an error, print its traceback; show all of Prefect's log lines (they are "
+             "always in the Prefect run logs)")
+    parser.add_argument("--debug", action="store_true", help=debug)
+    parser.set_defaults(flow=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(name, help_, fn, run_id=True):
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("config", help="job file (YAML), e.g. configs/demo.yaml")
-        if run_id:
+        if run_id:  # the commands that run a Prefect flow
             p.add_argument("--run-id", default=None,
                            help="names the run (default: today's date, UTC); a re-run with "
                                 "the same id resumes its fit and replaces its own scores")
-        p.set_defaults(fn=fn)
+        p.set_defaults(fn=fn, flow=run_id)
         return p
 
     with_config("run", "Run the nightly flow: warm-start or re-select, save the model, "
@@ -267,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model file or model store directory/URL")
     p.add_argument("--version", default=None, help="model store version to show")
     p.set_defaults(fn=_inspect)
+    for p in sub.choices.values():  # --debug also after the command
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     return parser
 
 
@@ -276,22 +329,65 @@ def _prefect_environment():
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+class _TerminalLogFilter(logging.Filter):
+    """Prefect's log lines on the terminal without ``--debug``: warnings, but not the
+    INFO lines (the progress bar shows the progress; the Prefect run logs keep every
+    line) nor the run loggers' errors, which are Prefect's report of the failing task
+    and flow run with its traceback: :func:`main` prints the cause in one line."""
+
+    def filter(self, record):
+        if record.levelno < logging.WARNING:
+            return False
+        return not (record.levelno >= logging.ERROR
+                    and record.name in ("prefect.flow_runs", "prefect.task_runs"))
+
+
+@contextlib.contextmanager
+def _quiet_prefect_terminal(until_exit: bool):
+    """:class:`_TerminalLogFilter` on Prefect's console handlers while a flow runs (the
+    handlers of the Prefect API, i.e. the run logs, are left alone); ``until_exit``: and
+    after, for a process that ends with the command (Prefect's temporary server logs
+    its stop at exit)."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    handlers = [h for name in (None, "prefect") for h in logging.getLogger(name).handlers
+                if isinstance(h, PrefectConsoleHandler)]
+    quiet = _TerminalLogFilter()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers if not until_exit else ():
+            handler.removeFilter(quiet)
+
+
 def main(argv=None) -> int:
+    """Run a command. An error prints one line naming its type and message (and a hint
+    at ``--debug``, which prints the traceback and all of Prefect's log lines); it exits
+    with 1, a usage error with 2 (argparse), an interruption with 130."""
     args = build_parser().parse_args(argv)
+    debug = args.debug
     _prefect_environment()
     try:
         if getattr(args, "config", None) is not None:
             from daskgmm_pipelines.config import load_config
 
             load_config(args.config)  # a bad job file fails here, before any flow starts
-        args.fn(args)
+        with (contextlib.nullcontext() if debug or not args.flow
+              else _quiet_prefect_terminal(until_exit=argv is None)):
+            args.fn(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
-        if os.environ.get("DASKGMM_TRACEBACK"):
-            raise
+        if debug:
+            traceback.print_exc()
         print(f"daskgmm {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if not debug:
+            print("(run with --debug for the traceback)", file=sys.stderr)
         return 1
     return 0
 

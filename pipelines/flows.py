@@ -41,7 +41,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 import daskgmm
-from daskgmm.progress import fan_out
+from daskgmm.progress import PHASE_NAMES, PassTotal, fan_out
 from daskgmm_pipelines import policy, report
 from daskgmm_pipelines.cluster import dask_client
 from daskgmm_pipelines.config import JobConfig, load_config, resolve_storage_options
@@ -105,24 +105,74 @@ def _job(cfg: JobConfig) -> dict:
 
 
 class _Progress:
-    """Log lines and a Prefect progress artifact for every pass over the data."""
+    """The run's log lines and a Prefect progress artifact, from every pass's event.
+
+    An EM pass logs one line per candidate that ran in it, labelled with the candidate
+    ("select: k=3 full: iteration 5, mean log-likelihood -9.26, change 0.0012"), then one
+    line for the pass ("select: pass 12 (EM): 4 of 8 candidates running", and after the
+    last iteration how EM ended); any other pass one line naming its phase. Passes are
+    counted over the task's library calls (a fit, then its threshold). The artifact
+    shows at least how far EM has come (iterations against ``max_iter``; 100 once EM
+    or the call's last pass is done) and describes the last pass.
+    """
 
     def __init__(self, log, key, what):
         self.log, self.what = log, what
-        self.artifact = create_progress_artifact(0.0, key=key, description=what)
+        self.passes = PassTotal()
+        self.ended = {}  # label -> the last state of each candidate of the current EM
+        self.artifact = create_progress_artifact(
+            0.0, key=key, description=f"{what}: waiting for the first pass over the data")
 
     def __call__(self, event):
-        if event.phase != "em":
-            self.log.info("%s: %s pass %d done", self.what, event.phase, event.n_passes)
-            return
-        change = event.change
-        self.log.info(
-            "%s: iteration %d, mean log-likelihood %.6f, change %s, %d candidate(s) running",
-            self.what, event.n_iter, event.log_likelihood,
-            f"{change:.3g}" if math.isfinite(change) else "-", event.active,
-        )
-        done = 100.0 if event.active == 0 else 100.0 * event.n_iter / max(event.max_iter, 1)
-        update_progress_artifact(self.artifact, min(done, 100.0))
+        n = self.passes(event)
+        if event.phase == "em":
+            line, progress = self._em(event, n), (
+                100.0 if event.active == 0 else
+                min(99.0, 100.0 * event.n_iter / max(event.max_iter, 1)))
+        else:
+            self.ended.clear()
+            line = f"{self.what}: pass {n} ({PHASE_NAMES[event.phase]}) done"
+            if event.phase == "final":
+                line += f": scored the final parameters of {event.n_candidates} candidates"
+            progress = 0.0 if event.phase == "initialization" else 100.0
+        self.log.info("%s", line)
+        update_progress_artifact(self.artifact, progress, description=line)
+
+    def _em(self, event, n):
+        for c in event.candidates:
+            self.ended[c.label] = c
+            if c.error is not None:
+                self.log.warning("%s: %s: failed at iteration %d, left out: %s", self.what,
+                                 c.label, c.n_iter, c.error)
+                continue
+            change = f"{c.change:.3g}" if math.isfinite(c.change) else "-"
+            end = (", converged" if c.converged else
+                   f", stopped at max_iter={event.max_iter}" if c.done else "")
+            self.log.info("%s: %s: iteration %d, mean log-likelihood %.6f, change %s%s",
+                          self.what, c.label, c.n_iter, c.log_likelihood, change, end)
+        head = f"{self.what}: pass {n} (EM)"
+        if event.active:
+            noun = "candidate" if event.n_candidates == 1 else "candidates"
+            return f"{head}: {event.active} of {event.n_candidates} {noun} running"
+        return f"{head}: EM finished, {self._how_em_ended(list(self.ended.values()))}"
+
+    @staticmethod
+    def _how_em_ended(ended) -> str:
+        """'converged at iteration 12', or '6 of 8 candidates converged, 1 stopped at
+        max_iter, 1 failed'."""
+        converged = sum(c.converged for c in ended)
+        failed = sum(c.error is not None for c in ended)
+        if len(ended) == 1:
+            (c,) = ended
+            return (f"converged at iteration {c.n_iter}" if c.converged else
+                    f"failed at iteration {c.n_iter}" if failed else
+                    f"not converged after {c.n_iter} iterations (max_iter)")
+        parts = [f"{converged} of {len(ended)} candidates converged"]
+        if len(ended) - converged - failed:
+            parts.append(f"{len(ended) - converged - failed} stopped at max_iter")
+        if failed:
+            parts.append(f"{failed} failed")
+        return ", ".join(parts)
 
 
 def _progress(key, what, progress):

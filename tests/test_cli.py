@@ -113,3 +113,133 @@ def test_the_installed_command_runs_as_a_program(tmp_path):
                          timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.startswith("daskgmm run: error: ConfigError:")
+
+
+def _screen(bar):
+    """What the progress bar shows now, as plain text."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(bar.bar)
+    return console.file.getvalue().strip()
+
+
+def test_the_progress_bar_shows_phases_passes_and_running_candidates():
+    import io
+
+    import dask.array as da
+    from rich.console import Console
+
+    from daskgmm_pipelines.cli import _ProgressBar
+
+    from .conftest import make_blobs
+
+    X = make_blobs(3_000, 2, 3, seed=5)
+    lazy = da.from_array(X, chunks=(500, 2))
+    terminal = io.StringIO()
+    shown = []
+    with _ProgressBar(Console(file=terminal, force_terminal=True, width=200)) as bar:
+        shown.append(_screen(bar))
+
+        def show(event):
+            bar(event)
+            shown.append((event.phase, _screen(bar)))
+
+        sel = daskgmm.select_model(lazy, [1, 4], ["full", "spherical"], random_state=0,
+                                   init_sample_size=1_000, callback=show)
+        sel.best_.set_threshold(lazy, contamination=0.02, callback=show)
+    assert "starting" in terminal.getvalue()  # the live bar was drawn on the terminal
+    first, shown = shown[0], shown[1:]
+    assert first.endswith("starting · first pass over the data running")
+    assert shown[0][1].endswith("initialisation · 1 pass")
+    assert shown[1][1].endswith("initialisation · 2 passes")
+    em = [text for phase, text in shown if phase == "em"]
+    assert ("EM · 3 passes · iteration 1 (max 100) · 4 of 4 candidates running · best "
+            "log-likelihood -") in em[0]
+    assert "EM finished: 4 of 4 candidates converged" in em[-1]
+    for text in em[:-1]:
+        assert " of 4 candidates running" in text and " 0 of " not in text
+    phase, final = shown[-2]
+    assert phase == "final" and final.endswith(
+        f"final pass · {sel.n_passes_} passes · scored the final parameters of 4 candidates")
+    phase, threshold = shown[-1]
+    assert phase == "threshold" and threshold.endswith(f"threshold · {sel.n_passes_ + 1} passes")
+    for text in [first] + [text for _, text in shown]:  # no fake job size
+        assert "/100" not in text and "%" not in text
+
+    # a single fit: one candidate running, then how it ended
+    with _ProgressBar(Console(file=io.StringIO(), force_terminal=True)) as bar:
+        shown = []
+        gm = daskgmm.GaussianMixture(3, random_state=0).fit(X, callback=show)
+    assert "iteration 1 (max 100) · 1 of 1 candidate running" in shown[1][1]
+    assert gm.converged_ and gm.n_iter_ > 2
+    assert f"EM finished: converged at iteration {gm.n_iter_}" in shown[-1][1]
+    assert not any("0 of 1" in text for _, text in shown)
+
+
+def test_the_progress_bar_is_off_without_a_terminal(capsys):
+    from daskgmm_pipelines.cli import _ProgressBar
+
+    with _ProgressBar() as bar:  # stderr is captured here: not a terminal
+        assert bar.bar is None
+
+
+def test_debug_is_a_global_option_also_after_the_command():
+    from daskgmm_pipelines.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["--debug", "fit", "c.yaml"]).debug is True
+    assert parse(["fit", "c.yaml", "--debug"]).debug is True
+    assert parse(["fit", "c.yaml"]).debug is False
+    assert parse(["inspect", "m", "--debug"]).debug is True
+
+
+def _nan_job(tmp_path):
+    import numpy as np
+    import zarr
+
+    from .conftest import write_demo
+
+    write_demo(tmp_path, rows=20_000)
+    X = zarr.open_group(str(tmp_path / "data" / "demo.zarr"), mode="a")["X"]
+    X[15_003, 2] = np.nan
+    return write_job_config(tmp_path)
+
+
+def test_a_failing_flow_is_one_line_and_debug_shows_the_traceback(tmp_path, prefect_api):
+    """The installed command, on a job whose data hold a NaN: the cause in one line (no
+    Prefect traceback on the terminal); the flow run's state message says the same; with
+    --debug, the traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+
+    config = _nan_job(tmp_path)
+    command = [str(Path(sys.executable).parent / "daskgmm")]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}  # the test server
+    out = subprocess.run(command + ["fit", config, "--run-id", "nan-1"], capture_output=True,
+                         text=True, timeout=300, env=env)
+    cause = ("ValueError: Input X contains NaN or infinity: chunk 0 of Zarr array "
+             f"'{tmp_path / 'data' / 'demo.zarr'}' (array 'X'), rows 0 to 19999, first at row "
+             "15003, column 2.")
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[0].startswith(f"daskgmm fit: error: {cause}")
+    assert out.stderr.splitlines()[1:] == ["(run with --debug for the traceback)"]
+    assert out.stdout == ""
+
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs()
+                if r.parameters.get("run_id") == "nan-1"]
+    assert len(runs) == 1 and runs[0].state.is_failed()
+    line = out.stderr.splitlines()[0].removeprefix("daskgmm fit: error: ")
+    assert runs[0].state.message == f"Flow run encountered an exception: {line}"
+
+    out = subprocess.run(command + ["--debug", "fit", config, "--run-id", "nan-2"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 1 and "Traceback (most recent call last)" in out.stderr
+    assert out.stderr.count(cause) >= 2  # Prefect's log of the run, and the command's line
+    assert f"daskgmm fit: error: {cause}" in out.stderr

@@ -322,3 +322,102 @@ def test_a_source_rewritten_between_fit_and_publish_publishes_nothing(tmp_path):
     # the model of the failed run stays in the store, not current
     assert daskgmm.ModelStore(tmp_path / "models").current()["version"] == \
         first["model_version"]
+
+
+def _run_log(flow_run_id, last):
+    """The messages of a flow run's logs (the Prefect API's copy), once ``last`` is in."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + 60
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(
+                any_=[flow_run_id])))
+            messages = [log.message for log in logs]
+            if last in messages or time.monotonic() > deadline:
+                return messages
+            time.sleep(0.2)
+
+
+def test_fit_log_lines_name_the_candidate_the_pass_and_the_phase(tmp_path):
+    from prefect.artifacts import Artifact
+
+    from daskgmm_pipelines.flows import fit
+
+    write_demo(tmp_path, rows=20_000)
+    config = write_job_config(tmp_path)
+    state = fit(config_path=config, n_components=3, covariance_type="full", run_id="log",
+                return_state=True)
+    n = state.result()["n_iter"]
+    lines = [line for line in _run_log(state.state_details.flow_run_id,
+                                       f"fit: pass {n + 2} (threshold) done")
+             if line.startswith("fit: ")]
+    assert lines[0] == "fit: pass 1 (initialisation) done"
+    assert lines[1].startswith("fit: k=3 full: iteration 1, mean log-likelihood -")
+    assert lines[1].endswith(", change -")  # no change on the first iteration
+    assert lines[2] == "fit: pass 2 (EM): 1 of 1 candidate running"
+    assert lines[-3].startswith(f"fit: k=3 full: iteration {n}, mean log-likelihood")
+    assert lines[-3].endswith(", converged")
+    assert lines[-2] == f"fit: pass {n + 1} (EM): EM finished, converged at iteration {n}"
+    assert lines[-1] == f"fit: pass {n + 2} (threshold) done"
+    assert len(lines) == 2 * n + 2  # per iteration: the candidate's line and the pass's
+    assert not any("0 candidate" in line or "0 of" in line for line in lines)
+    artifact = Artifact.get("t-fit-progress")
+    assert artifact.data == 100.0 and artifact.description == lines[-1]
+
+
+class _Lines(list):
+    """A logger's messages: ``logger.info(...)`` appends the message."""
+
+    def info(self, msg, *args):
+        self.append(msg % args)
+
+    warning = info
+
+
+def test_selection_log_lines_one_per_candidate_per_pass():
+    """Driven by a real selection's events: after each EM pass, one line per candidate
+    that ran in it (labelled), then the pass's line; the phases by name."""
+    import dask.array as da
+    from prefect import flow
+    from prefect.artifacts import Artifact
+
+    from daskgmm_pipelines.flows import _Progress
+
+    from .conftest import make_blobs
+
+    lines, events = _Lines(), []
+
+    @flow(name="test-selection-progress")
+    def selection():  # the artifact belongs to a run
+        progress = _Progress(lines, "t-test-selection-progress", "select")
+
+        def both(event):
+            events.append(event)
+            progress(event)
+
+        lazy = da.from_array(make_blobs(3_000, 2, 3, seed=5), chunks=(500, 2))
+        return daskgmm.select_model(lazy, [1, 3], ["full", "diag"], random_state=0,
+                                    init_sample_size=1_000, callback=both)
+
+    sel = selection()
+    assert lines[:2] == ["select: pass 1 (initialisation) done",
+                         "select: pass 2 (initialisation) done"]
+    at = 2
+    for e in events[2:-1]:  # the EM passes, in order
+        assert e.phase == "em"
+        for c, line in zip(e.candidates, lines[at:at + len(e.candidates)], strict=True):
+            assert line.startswith(f"select: {c.label}: iteration {c.n_iter}, mean "
+                                   f"log-likelihood {c.log_likelihood:.6f}, change ")
+        at += len(e.candidates)
+        assert lines[at].startswith(f"select: pass {e.n_passes} (EM): ")
+        at += 1
+    assert [line.split(": iteration")[0] for line in lines[2:6]] == [
+        "select: k=1 full", "select: k=3 full", "select: k=1 diag", "select: k=3 diag"]
+    assert lines[6] == "select: pass 3 (EM): 4 of 4 candidates running"
+    assert lines[at - 1] == (f"select: pass {sel.n_passes_ - 1} (EM): EM finished, 4 of 4 "
+                             "candidates converged")
+    assert lines[at:] == [f"select: pass {sel.n_passes_} (final pass) done: scored the "
+                          "final parameters of 4 candidates"]
+    assert Artifact.get("t-test-selection-progress").data == 100.0
