@@ -76,6 +76,12 @@ def is_local(fs) -> bool:
     return "file" in ((fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol))
 
 
+def url_of(fs, path: str) -> str:
+    """``path`` on ``fs`` as users write it: a plain local path, else a URL with its
+    protocol (``s3://bucket/key``)."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
 # errno values of a write that found no room: the device is full, or the user's quota is
 _FULL = {errno.ENOSPC} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
 
@@ -89,26 +95,46 @@ class StorageFullError(OSError):
     """
 
 
+class StorageUnreachableError(ConnectionError):
+    """A write could not reach its storage: the endpoint refused or dropped the
+    connection, or timed out (an object store stopped mid-write). A ``ConnectionError``,
+    so an ``OSError``; its message names the path being written, and the storage
+    library's error is its ``__cause__``."""
+
+
+def _unreachable(exc) -> bool:
+    """A lost or refused connection or a timeout, whichever library raised it (botocore,
+    aiohttp, urllib3 and the standard library name these classes alike)."""
+    return any(cls.__name__.endswith(("ConnectionError", "TimeoutError"))
+               for cls in type(exc).__mro__)
+
+
 @contextmanager
 def naming_write_errors(path):
-    """Turn a full filesystem or an exhausted quota met while writing ``path`` (a path or
-    URL, shown without credentials) into a :class:`StorageFullError` naming it.
+    """Name ``path`` (a path or URL, shown without credentials) in the errors of a write:
+    a full filesystem or an exhausted quota becomes a :class:`StorageFullError`, a storage
+    that cannot be reached a :class:`StorageUnreachableError`, each saying what to do.
 
     Other errors, and one already named by an inner block, pass unchanged.
     """
     try:
         yield
-    except StorageFullError:
+    except (StorageFullError, StorageUnreachableError):
         raise
-    except OSError as exc:
-        if exc.errno not in _FULL:
-            raise
+    except Exception as exc:
         shown = redact_url(str(path))
-        raise StorageFullError(
-            exc.errno,
-            f"{os.strerror(exc.errno)} while writing {shown}: free space on the filesystem "
-            f"holding {shown} or choose another location.",
-        ) from exc
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            raise StorageFullError(
+                exc.errno,
+                f"{os.strerror(exc.errno)} while writing {shown}: free space on the "
+                f"filesystem holding {shown} or choose another location.",
+            ) from exc
+        if _unreachable(exc):
+            raise StorageUnreachableError(redact_url(
+                f"Could not reach the storage while writing {shown} ({type(exc).__name__}: "
+                f"{exc}): check that its endpoint is up and reachable, then re-run."
+            )) from exc
+        raise
 
 
 def write_atomic(fs, path: str, data: bytes):
@@ -116,7 +142,7 @@ def write_atomic(fs, path: str, data: bytes):
     local disks (readers see the old or the new file, never part of one), a single PUT on
     object stores (which never expose a partial object). A full filesystem is a
     :class:`StorageFullError` naming ``path``; the old file, if any, is left as it was."""
-    with naming_write_errors(path):
+    with naming_write_errors(url_of(fs, path)):
         parent = path.rsplit("/", 1)[0] if "/" in path else ""
         if parent:
             fs.makedirs(parent, exist_ok=True)

@@ -30,7 +30,7 @@ import re
 import socket
 from datetime import UTC, datetime, timedelta
 
-from ._storage import RUN_ID, is_local, naming_write_errors, put_json, write_atomic
+from ._storage import RUN_ID, is_local, naming_write_errors, put_json, url_of, write_atomic
 from ._version import __version__
 from .checkpoint import Checkpoint
 from .estimator import load, model_id
@@ -168,7 +168,16 @@ class ModelStore:
             current = self.current()
             if current is None:
                 raise FileNotFoundError(f"Model store {self.url!r} has no current model yet.")
-            version = current["version"]
+            version = current.get("version")
+            if not isinstance(version, str) or not _VERSION.fullmatch(version):
+                raise ValueError(
+                    f"The current pointer of model store {self.url!r} is damaged: it names "
+                    f"version {version!r}, not a version of this store. Restore "
+                    f"{self.url}/current from a backup, or make a version current: "
+                    "store.promote(VERSION, reason=...)."
+                )
+        elif not isinstance(version, str) or not _VERSION.fullmatch(version):
+            raise ValueError(f"Not a model store version name: {version!r}.")
         return load(self.version_url(version) + "/model.daskgmm",
                     storage_options=self.storage_options)
 
@@ -237,7 +246,7 @@ class JobLock:
         self.release()
 
     def _create(self, data: bytes):
-        with naming_write_errors(self.path):
+        with naming_write_errors(url_of(self.fs, self.path)):
             if not is_local(self.fs):
                 self.fs.pipe_file(self.path, data, mode="create")
                 return

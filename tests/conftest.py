@@ -199,29 +199,32 @@ def small_disk(tmp_path):
 
 def snapshot(root, exclude=(SmallDisk.FILLER,)):
     """Every file under ``root`` with its bytes, and every directory (None), by relative
-    path: what a reader could see there. Taken again until two readings agree, so that
-    temporaries of writes still ending when an error was raised (Zarr's ``*.partial``
-    files, removed by the thread that wrote them) are not counted; a file that stays is."""
+    path: what a reader could see there. While it finds a temporary file of a write that
+    was still ending when an error was raised (Zarr's ``*.partial``, daskgmm's
+    ``*.tmp-<hex>``, removed by the thread that wrote them) or a file vanishing as it is
+    read, it reads again, for up to a second; a temporary file that stays is counted."""
+    import re
     import time
     from pathlib import Path
 
+    temporary = re.compile(r"\.partial$|\.tmp-[0-9a-f]{8}$")
+
     def read():
-        out = {}
+        out, settled = {}, True
         for path in sorted(Path(root).rglob("*")):
             relative = path.relative_to(root).as_posix()
             if relative in exclude:
                 continue
+            settled = settled and not temporary.search(relative)
             try:
                 out[relative] = None if path.is_dir() else path.read_bytes()
             except FileNotFoundError:
-                out[relative] = "vanished"
-        return out
+                settled = False
+        return out, settled
 
-    last = read()
     for _ in range(50):
+        out, settled = read()
+        if settled:
+            return out
         time.sleep(0.02)
-        now = read()
-        if now == last and "vanished" not in now.values():
-            return now
-        last = now
-    return last
+    return out

@@ -4,13 +4,17 @@ reading it, and retention."""
 from __future__ import annotations
 
 import logging
+import re
 
-from .._storage import join, url_to_fs
-from .formats import FORMAT, ScoreFormat
+from .._storage import RUN_ID, join, url_to_fs
+from .formats import FORMAT, VERSIONS, ScoreFormat
 from .parquet_format import ParquetScores
 from .zarr_format import ZarrScores
 
 logger = logging.getLogger(__name__)
+
+# What a pointer may name: a version directory of its own location, never a path out of it
+_VERSION = re.compile(rf"{VERSIONS}/{RUN_ID.pattern}/[0-9a-f]+")
 
 # Output formats by name: a new format is one module and one entry here.
 FORMATS: dict[str, ScoreFormat] = {f.kind: f for f in (ParquetScores(), ZarrScores())}
@@ -44,9 +48,27 @@ def read_pointer(target, *, storage_options=None) -> dict:
             f"No published scores at {str(target)!r} (no pointer to a version). Publish with "
             "daskgmm.write_scores(model, source, target)."
         )
-    if pointer.get("format") != FORMAT or "version" not in pointer:
-        raise ValueError(f"{str(target)!r} has no valid daskgmm score pointer.")
+    problem = _pointer_problem(pointer, fmt)
+    if problem:
+        raise ValueError(
+            f"The score pointer of {str(target)!r} is damaged: {problem}. Restore it from a "
+            "backup, or publish again (daskgmm.write_scores replaces it)."
+        )
     return pointer
+
+
+def _pointer_problem(pointer, fmt) -> str | None:
+    """What is wrong with a pointer read from a location holding ``fmt`` scores: readers
+    join its version to the target, so it must name a version of that location."""
+    if pointer.get("format") != FORMAT:
+        return f"format {pointer.get('format')!r}, expected {FORMAT!r}"
+    if pointer.get("kind") != fmt.kind:
+        return f"kind {pointer.get('kind')!r}, but the location holds {fmt.kind} scores"
+    version = pointer.get("version")
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        return (f"version {version!r} is not a version of this location "
+                f"({VERSIONS}/<run_id>/<attempt>)")
+    return None
 
 
 def latest_scores(target, *, storage_options=None) -> str:

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
-from .._storage import naming_write_errors
+from .._storage import naming_write_errors, url_of
 from ..quantiles import sketch_points
 from ..versioned import JsonMetadata
 from .formats import ROW_NUMBER, SCORE_FIELDS, VersionedScores, summary
@@ -98,7 +98,7 @@ def _write_part(scores, fs, path, schema, row_start, ids, n_points):
         id_arrays = [table.column(c).combine_chunks() for c in id_columns]
     arrays = id_arrays + [pa.array(scores[name]) for name, _ in SCORE_FIELDS]
     table = pa.Table.from_arrays(arrays, schema=schema)
-    with naming_write_errors(path):
+    with naming_write_errors(url_of(fs, path)):
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         pq.write_table(table, path, filesystem=fs)
     return summary(scores, n_points)

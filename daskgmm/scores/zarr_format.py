@@ -18,7 +18,7 @@ import numpy as np
 import zarr
 from threadpoolctl import threadpool_limits
 
-from .._storage import is_local, naming_write_errors
+from .._storage import is_local, naming_write_errors, url_of
 from ..kernels import SCORE_DTYPE
 from ..quantiles import sketch_points
 from ..versioned import Metadata
@@ -34,12 +34,33 @@ def open_group(fs, root, storage_options, mode, path=None):
 
 
 def _attrs(fs, path):
-    """``attrs["daskgmm"]`` of the Zarr node at path ({} without), None if not Zarr."""
+    """``attrs["daskgmm"]`` of the Zarr node at path ({} without), None if not Zarr.
+    Raises ``ValueError`` naming the file when its metadata or that attribute is not
+    what Zarr and daskgmm write (damaged JSON, a non-object)."""
     try:
-        meta = json.loads(fs.cat_file(f"{path}/zarr.json"))
+        raw = fs.cat_file(f"{path}/zarr.json")
     except FileNotFoundError:
         return None
-    return (meta.get("attributes") or {}).get("daskgmm") or {}
+    where = url_of(fs, f"{path}/zarr.json")
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{where} is damaged (not JSON: {exc}): the Zarr node's metadata cannot be "
+            "read. Restore it from a backup, or choose another location."
+        ) from None
+    value, node = meta, "the metadata"
+    for key, name in (("attributes", "attributes"), ("daskgmm", "attributes['daskgmm']")):
+        if not isinstance(value, dict):
+            break
+        value, node = value.get(key) or {}, name
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{where}: {node} is a JSON {type(value).__name__}, not the object Zarr and "
+            "daskgmm.write_scores write: the node is damaged or not written by daskgmm. "
+            "Restore it from a backup, or choose another location."
+        )
+    return value
 
 
 class ZarrMetadata(Metadata):
@@ -66,15 +87,22 @@ class ZarrMetadata(Metadata):
         return {k: v for k, v in attrs.items() if k != "latest"}
 
     def write_marker(self, fs, root, marker):
-        with naming_write_errors(f"{root}/zarr.json"):
+        with naming_write_errors(url_of(fs, f"{root}/zarr.json")):
             group = open_group(fs, root, self.storage_options, "a")
             group.attrs["daskgmm"] = marker
 
     def read_pointer(self, fs, root):
-        return (_attrs(fs, root) or {}).get("latest")
+        pointer = (_attrs(fs, root) or {}).get("latest")
+        if pointer is not None and not isinstance(pointer, dict):
+            raise ValueError(
+                f"{url_of(fs, root)}/zarr.json: the score pointer attributes['daskgmm']"
+                f"['latest'] is damaged (a JSON {type(pointer).__name__}, not an object). "
+                "Restore it from a backup, or publish again (daskgmm.write_scores replaces it)."
+            )
+        return pointer
 
     def write_pointer(self, fs, root, manifest):
-        with naming_write_errors(f"{root}/zarr.json"):
+        with naming_write_errors(url_of(fs, f"{root}/zarr.json")):
             group = open_group(fs, root, self.storage_options, "r+")
             group.attrs.update({"daskgmm": {**group.attrs["daskgmm"], "latest": manifest}})
 
@@ -83,7 +111,7 @@ class ZarrMetadata(Metadata):
         return attrs if attrs and attrs.get("format") == FORMAT else None
 
     def write_manifest(self, fs, root, path, manifest):
-        with naming_write_errors(f"{path}/zarr.json"):
+        with naming_write_errors(url_of(fs, f"{path}/zarr.json")):
             group = open_group(fs, root, self.storage_options, "r+", path[len(root) + 1:])
             group.attrs.update({"daskgmm": manifest})
 
@@ -102,7 +130,7 @@ class ZarrScores(VersionedScores):
         n = int(scores.shape[0])
         fs, root = location.fs, location.root
         relative = location.relative(version)
-        with naming_write_errors(location.version_path(version)):
+        with naming_write_errors(location.version_url(version)):
             parent = ""
             for part in relative.split("/")[:-1]:  # explicit parent groups: a valid hierarchy
                 parent = f"{parent}/{part}" if parent else part
@@ -140,6 +168,6 @@ def _write_part(scores, where, start, n_points):
     group = open_group(fs, root, storage_options, "r+", version)
     stop = start + scores.shape[0]
     for name, _ in SCORE_FIELDS:
-        with naming_write_errors(f"{root}/{version}/{name}"):
+        with naming_write_errors(url_of(fs, f"{root}/{version}/{name}")):
             group[name][start:stop] = scores[name]
     return summary(scores, n_points)
