@@ -157,9 +157,18 @@ def _promote(args):
     store.info(args.version)  # names the versions there when it is not one of them
     store.load(args.version)  # a version that does not load is never made current
     record = store.promote(args.version, reason=args.reason or "promoted from the command line",
-                           actor=f"daskgmm promote ({os.environ.get('USER', 'unknown user')})")
+                           actor=f"daskgmm promote ({_user()})")
     print(f"model version {args.version} is now current in {store.url} (it replaced "
           f"{record['previous'] or 'no model'}); recorded under {store.url}/promotions/")
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 def _positive_int(text):
@@ -330,14 +339,19 @@ def _prefect_environment():
 
 
 class _TerminalLogFilter(logging.Filter):
-    """Prefect's log lines on the terminal without ``--debug``: warnings, but not the
-    INFO lines (the progress bar shows the progress; the Prefect run logs keep every
-    line) nor the run loggers' errors, which are Prefect's report of the failing task
-    and flow run with its traceback: :func:`main` prints the cause in one line."""
+    """Prefect's log lines on stderr without ``--debug``: never the run loggers'
+    errors, which are Prefect's report of the failing task and flow run with its
+    traceback (:func:`main` prints the cause in one line; the Prefect run logs keep
+    them). INFO lines only when stderr is not a terminal: under cron or in a pipe they
+    are the job's log; in a terminal the progress bar shows the progress."""
+
+    def __init__(self, show_info: bool):
+        super().__init__()
+        self.show_info = show_info
 
     def filter(self, record):
         if record.levelno < logging.WARNING:
-            return False
+            return self.show_info
         return not (record.levelno >= logging.ERROR
                     and record.name in ("prefect.flow_runs", "prefect.task_runs"))
 
@@ -354,7 +368,7 @@ def _quiet_prefect_terminal(until_exit: bool):
     ensure_logging_setup()
     handlers = [h for name in (None, "prefect") for h in logging.getLogger(name).handlers
                 if isinstance(h, PrefectConsoleHandler)]
-    quiet = _TerminalLogFilter()
+    quiet = _TerminalLogFilter(show_info=not sys.stderr.isatty())
     for handler in handlers:
         handler.addFilter(quiet)
     try:
