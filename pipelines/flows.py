@@ -330,7 +330,8 @@ def publish_scores(cfg: JobConfig, model, run_id: str, model_version: str,
     pub = daskgmm.write_scores(
         model, cfg.source.uri, cfg.outputs.scores, run_id=run_id,
         id_columns=cfg.source.id_columns or None, model_version=model_version,
-        target_storage_options=_output_options(cfg) or None, callback=progress,
+        target_storage_options=_output_options(cfg) or None,
+        callback=_progress(_key(cfg.name, "publish-progress"), "publish", progress),
         fingerprint=fingerprint, **_read_kwargs(cfg),
     )
     get_run_logger().info(
