@@ -15,8 +15,10 @@ what a candidate costs is measured, not a share of the pass.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 
 import dask
@@ -130,13 +132,47 @@ def data_pass(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, spli
         for i, block in enumerate(blocks)
     ]
     if split_every is None:
-        with threadpool_limits(limits=1):
+        with threadpool_limits(limits=1), _cluster_lost(dataset, fn):
             (results,) = dask.compute(parts)
         return combine(results)
     root, _ = tree_reduce(parts, combine, split_every)
-    with threadpool_limits(limits=1):
+    with threadpool_limits(limits=1), _cluster_lost(dataset, fn):
         (result,) = dask.compute(root)
     return result
+
+
+class ClusterLostError(ConnectionError):
+    """A pass's tasks were cancelled because the Dask scheduler went away."""
+
+
+_PASS_NAMES = {"em_chunk": "an EM iteration", "hard_assignment_chunk": "the initialisation",
+               "random_resp_chunk": "the initialisation",
+               "_log_likelihood_chunk": "a scoring pass", "_sketch_chunk": "a threshold pass"}
+
+
+@contextlib.contextmanager
+def _cluster_lost(dataset, fn):
+    """distributed cancels every future of a client whose scheduler connection is lost
+    (``FutureCancelledError`` naming a task object); say which scheduler, which pass and
+    what to do instead."""
+    try:
+        yield
+    except CancelledError as exc:
+        address = "(unknown address)"
+        try:
+            from distributed import default_client
+
+            address = default_client().scheduler.address
+        except (ImportError, ValueError, AttributeError):
+            pass
+        what = _PASS_NAMES.get(getattr(fn, "__name__", ""), "a pass")
+        raise ClusterLostError(
+            f"Lost the Dask scheduler {address} during {what} over the "
+            f"{dataset.description} (the pass over the data was cancelled: {exc}). The "
+            "scheduler process died or the network to it failed. Restart the scheduler (or "
+            "the job's cluster) and run again; a fit given a checkpoint resumes from its "
+            "last saved iteration."
+        ) from exc
 
 
 ###############################################################################

@@ -40,7 +40,6 @@ import sys
 import time
 import zipfile
 from collections.abc import Callable
-from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -533,6 +532,63 @@ def reference_exists(see):
     assert name in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, see
 
 
+# --------------------------------------------------------------- damaged or changing sources
+
+def zarr_copy(edit=None):
+    """``prepare``: a copy of the world's Zarr source in the scratch directory, edited."""
+    def prepare(ctx):
+        path = copy_of(ctx, "source.zarr")
+        if edit is not None:
+            edit(ctx, path)
+    return prepare
+
+
+def parquet_copy(edit=None):
+    def prepare(ctx):
+        path = copy_of(ctx, "source-pq")
+        if edit is not None:
+            edit(ctx, path)
+    return prepare
+
+
+def fingerprint_then(edit):
+    """``edit`` of a source copy after its fingerprint (ctx.values['fp']) was taken."""
+    def then(ctx, path):
+        ctx.values["fp"] = daskgmm.source_fingerprint(str(path))
+        ctx.values["ds"] = daskgmm.as_dataset(str(path))
+        edit(ctx, path)
+    return then
+
+
+def rewrite_part(name, rows):
+    def edit(ctx, path):
+        frame = pd.read_parquet(path / name)
+        frame.iloc[:rows].to_parquet(path / name)
+    return edit
+
+
+def corrupt_pages(ctx, path):
+    """A zstd Parquet file (no dictionary) whose first pages do not decode."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X = ctx.world.X
+    path.mkdir()
+    pq.write_table(pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2]}),
+                   path / "part-0.parquet", row_group_size=300, compression="zstd",
+                   use_dictionary=False)
+    raw = bytearray((path / "part-0.parquet").read_bytes())
+    for i in range(60, 400):
+        raw[i] ^= 0x5A
+    (path / "part-0.parquet").write_bytes(bytes(raw))
+
+
+def zero_filled(ctx, result):
+    expected = ctx.world.X.copy()
+    expected[400:800] = 0.0
+    assert_array_equal(result, expected)
+
+
 # --------------------------------------------------------------------------- the cases
 
 P, D, M, PUB, C, S, F = FAMILIES
@@ -711,6 +767,85 @@ CASES = [
          lambda ctx: publish(ctx, X=ctx.world.X[:, :2]), ValueError,
          r"X has 2 features, but GaussianMixture is expecting 3 features as input",
          "both counts (as sklearn)", WORLD),
+
+    # ------------------------------------------------- data: damaged or changing sources
+    Case("zarr-missing-chunk", D, "a Zarr chunk missing from the store (fit)",
+         lambda ctx: fit(ctx, X=str(ctx.scratch / "source.zarr")), daskgmm.MissingChunksError,
+         r"The Zarr array '@S@/source\.zarr' \(array 'X'\) is missing 1 of its 3 stored "
+         r"chunks: chunk 'c/1/0' \(rows 400 to 799\)\. Zarr would read them as the fill "
+         r"value \(0\.0\).*Restore the chunks.*missing_chunks='fill'",
+         "the array, the chunk and its rows, the fix (restore; or opt in to fill values)",
+         WORLD + ", and the damaged copy",
+         prepare=zarr_copy(lambda ctx, p: (p / "X" / "c" / "1" / "0").unlink())),
+    Case("zarr-missing-chunk-publish", D, "a Zarr chunk missing from the store (publication)",
+         lambda ctx: publish(ctx, X=str(ctx.scratch / "source.zarr")),
+         daskgmm.MissingChunksError, r"'@S@/source\.zarr' \(array 'X'\) is missing 1 of its "
+                                     r"3 stored chunks: chunk 'c/1/0' \(rows 400 to 799\)",
+         "the same", "the Parquet target: pointer and current scores",
+         prepare=zarr_copy(lambda ctx, p: (p / "X" / "c" / "1" / "0").unlink())),
+    Case("zarr-missing-chunk-fill", D, "the same with `missing_chunks='fill'` (opt-in)",
+         lambda ctx: daskgmm.as_dataset(str(ctx.scratch / "source.zarr"),
+                                        missing_chunks="fill").array.compute(), None, None,
+         "no error: the missing rows read as the fill value, as asked",
+         WORLD + ", and the copy", check=zero_filled,
+         prepare=zarr_copy(lambda ctx, p: (p / "X" / "c" / "1" / "0").unlink())),
+    Case("zarr-chunk-not-decoding", D, "a Zarr chunk that fails to decompress",
+         lambda ctx: fit(ctx, X=str(ctx.scratch / "source.zarr")), daskgmm.DamagedSourceError,
+         r"Cannot read stored chunk 'c/2/0' \(rows 800 to 1199\) of the Zarr array "
+         r"'@S@/source\.zarr' \(array 'X'\): RuntimeError: Zstd decompression error.*"
+         r"Restore it from a backup or rewrite the array",
+         "the chunk key, its rows, the array, the codec's error, the fix",
+         WORLD + ", and the damaged copy",
+         prepare=zarr_copy(lambda ctx, p: (p / "X" / "c" / "2" / "0").write_bytes(b"x" * 64))),
+    Case("parquet-truncated", D, "a truncated Parquet file (publication)",
+         lambda ctx: publish(ctx, X=str(ctx.scratch / "source-pq"), id_columns=["event_id"]),
+         daskgmm.DamagedSourceError,
+         r"File 'part-1\.parquet' of the Parquet dataset '@S@/source-pq' is not a readable "
+         r"Parquet file \(ArrowInvalid: Parquet magic bytes not found.*restore or rewrite it",
+         "the file, the dataset, pyarrow's error in one line, the fix",
+         "the Parquet target: pointer and current scores",
+         prepare=parquet_copy(lambda ctx, p: (p / "part-1.parquet").write_bytes(
+             (p / "part-1.parquet").read_bytes()[:300]))),
+    Case("parquet-page-not-decoding", D, "a Parquet data page that does not decode",
+         lambda ctx: fit(ctx, X=str(ctx.scratch / "pq")), daskgmm.DamagedSourceError,
+         r"Cannot read row groups 0 to 3 of Parquet file '@S@/pq/part-0\.parquet' "
+         r"\(OSError: .*\)\. The file is damaged", "the file, its row groups, the fix",
+         WORLD + ", and the damaged file",
+         prepare=lambda ctx: corrupt_pages(ctx, ctx.scratch / "pq")),
+    Case("parquet-replaced-since-start", D,
+         "a Parquet file replaced between the job's start and its publication",
+         lambda ctx: publish(ctx, X=str(ctx.scratch / "source-pq"), id_columns=["event_id"],
+                             fingerprint=ctx.values["fp"]), daskgmm.SourceChangedError,
+         r"The Parquet dataset '@S@/source-pq' \(columns event_id, a, b, c\) changed since "
+         r"the job started \(fingerprint taken at .*\): file 'part-1\.parquet' was \d+ bytes, "
+         r"modified .*, now \d+ bytes.*Nothing was scored or published",
+         "the dataset, the file, its size and time before and now",
+         "the Parquet target: pointer and current scores",
+         prepare=parquet_copy(fingerprint_then(rewrite_part("part-1.parquet", 100)))),
+    Case("parquet-rewritten-while-read", D, "a Parquet file rewritten while tasks read it",
+         lambda ctx: ctx.values["ds"].array.compute(), daskgmm.SourceChangedError,
+         r"Parquet file '@S@/source-pq/part-0\.parquet' changed while the job was reading "
+         r"it: it now holds 100 rows in 1 row groups; it held 500 rows in 1",
+         "the file, its rows then and now", WORLD,
+         prepare=parquet_copy(fingerprint_then(rewrite_part("part-0.parquet", 100)))),
+    Case("zarr-resized-since-start", D, "a Zarr array resized between start and publication",
+         lambda ctx: publish(ctx, X=str(ctx.scratch / "source.zarr"),
+                             fingerprint=ctx.values["fp"]), daskgmm.SourceChangedError,
+         r"The Zarr array '@S@/source\.zarr' \(array 'X'\) changed since the job started .*"
+         r"object 'zarr\.json' was \d+ bytes", "the array and its changed objects",
+         "the Parquet target: pointer and current scores",
+         prepare=zarr_copy(fingerprint_then(lambda ctx, p: zarr.open_group(
+             str(p), mode="a")["X"].resize((1_000, 3))))),
+    Case("unreadable-path", D, "a source this process may not read (permissions)", None,
+         PermissionError, r"Permission denied reading",
+         "'Permission denied reading ...: the directory cannot be read by this process (user "
+         "nobody)', not 'No such file'", WORLD,
+         see="tests/test_damaged_sources.py::test_unreadable_paths_are_permission_errors"),
+    Case("parquet-job-without-columns", D, "a Parquet job that does not name its features",
+         None, ValueError, r"source\.columns is not set",
+         "'source.columns is not set', the numeric columns, the ids, a suggested list",
+         "everything: refused by the first task",
+         see="tests/test_flows.py::test_a_parquet_job_names_its_features"),
 
     # ---------------------------------------------------------------- model files
     Case("model-truncated", M, "a model file cut in half",
@@ -1093,14 +1228,11 @@ CASES += [
              "readable"),
     Case("scheduler-killed-mid-fit", F, "the Dask scheduler process killed (SIGKILL) mid-fit",
          scheduler_killed_mid_fit, ConnectionError,
-         r"scheduler tcp://127\.0\.0\.1:\d+.*(EM|pass)",
-         "open defect: `FutureCancelledError: <daskgmm.passes._ChunkTask object at 0x...>-... "
-         "cancelled for reason: scheduler-connection-lost.`", WORLD,
-         xfail="the fit raises distributed's FutureCancelledError naming a task object: no "
-               "scheduler address, no pass, no fix. daskgmm/passes.py should catch the "
-               "cancellation of a pass's futures and raise a ConnectionError naming the "
-               "scheduler's address, the pass (phase, iteration) and the fix (re-run; a "
-               "checkpoint resumes)", xfail_raises=CancelledError),
+         r"Lost the Dask scheduler tcp://127\.0\.0\.1:\d+ during an EM iteration over the "
+         r"dask array .*Restart the scheduler .* a fit given a checkpoint resumes",
+         "`ClusterLostError`: the scheduler's address, the pass, the fix (restart, re-run; a "
+         "checkpoint resumes)", WORLD + " (the harness's scheduler file aside)",
+         scratch_unchanged=False),
 ]
 
 
