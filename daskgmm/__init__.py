@@ -13,11 +13,14 @@ from ._version import __version__
 # public name -> module that defines it
 _NAMES = {
     "Checkpoint": "checkpoint",
+    "ClusterLostError": "passes",
     "Dataset": "sources",
     "DamagedSourceError": "sources",
     "MissingChunksError": "sources",
     "SourceChangedError": "sources",
     "SourceFingerprint": "sources",
+    "StorageFullError": "_storage",
+    "StorageUnreachableError": "_storage",
     "FitSummary": "mixture",
     "GaussianMixture": "estimator",
     "Mixture": "mixture",

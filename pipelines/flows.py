@@ -46,7 +46,9 @@ from daskgmm_pipelines import policy, report
 from daskgmm_pipelines.cluster import dask_client
 from daskgmm_pipelines.config import JobConfig, load_config, resolve_storage_options
 
-_NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# a full disk does not empty itself within a retry's back-off
+_NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                  daskgmm.StorageFullError)
 
 
 def _transient(task, task_run, state) -> bool:
