@@ -17,6 +17,7 @@ the M-step corrects for the shift between the current and the new mean, so no
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -123,6 +124,22 @@ class Workspace:
 # E-step
 
 
+def overflow_is_inf(fn):
+    """Run ``fn`` with float64 overflow silent. A squared distance or a second moment too
+    large for float64 is inf (a log-density is -inf; a sum of overflowing products may
+    be NaN): the result says so, and the callers report it with its location
+    (:func:`daskgmm.passes.data_pass`) or return it (a row whose density underflows has
+    log-density -inf); a warning would only repeat it."""
+
+    @functools.wraps(fn)
+    def silent(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return fn(*args, **kwargs)
+
+    return silent
+
+
+@overflow_is_inf
 def estimate_weighted_log_prob(X, params: Params, ws=None):
     """log p(x_i | k) + log w_k for shifted rows ``X``; shape (n_samples, n_components).
 
@@ -152,6 +169,8 @@ def log_prob_resp(weighted_log_prob, ws=None):
 
     Returns ``log_norm`` (n_samples,) and ``log_resp`` (n_samples, n_components); without
     a workspace ``weighted_log_prob`` is left unchanged, with one it becomes ``log_resp``.
+    A row that is -inf under every component (its density underflows float64) has
+    ``log_norm`` -inf and equal responsibilities.
     """
     n_samples = weighted_log_prob.shape[0]
     if ws is None:
@@ -159,6 +178,7 @@ def log_prob_resp(weighted_log_prob, ws=None):
     else:
         log_resp = weighted_log_prob
     amax = np.max(log_resp, axis=1, out=ws("amax", (n_samples,)))
+    underflow = amax == -np.inf
     amax[~np.isfinite(amax)] = 0.0
     log_resp -= amax[:, None]
     np.maximum(log_resp, _LOG_TINY, out=log_resp)
@@ -168,6 +188,7 @@ def log_prob_resp(weighted_log_prob, ws=None):
         np.log(log_norm, out=log_norm)
     log_resp -= log_norm[:, None]
     log_norm += amax
+    log_norm[underflow] = -np.inf  # not the -700 + log(k) of the clipped terms
     return log_norm, log_resp
 
 
@@ -181,6 +202,7 @@ def empty_stats(params: Params, n_features: int) -> Stats:
     return Stats(np.zeros(k), np.zeros((k, n_features)), np.zeros(shape), 0.0, 0)
 
 
+@overflow_is_inf
 def stats_from_resp(X, resp, params: Params, log_likelihood: float, ws=None,
                     after_e_step=False) -> Stats:
     """Statistics of shifted rows ``X`` under responsibilities ``resp``.
@@ -205,6 +227,7 @@ def _blocks(X, candidates):
         yield start, X[start : start + step]
 
 
+@overflow_is_inf
 def chunk_stats(X, candidates: list[Params]) -> list[Stats]:
     """E-step of every candidate on one chunk of (unshifted) rows, with statistics.
 
@@ -243,6 +266,7 @@ def _e_steps(X, params: Params):
         yield slice(start, start + block.shape[0]), log_norm, log_resp
 
 
+@overflow_is_inf
 def score_chunk(X, params: Params, what):
     """Per-row results of one model on a chunk of (unshifted) rows, block by block.
 
@@ -276,6 +300,7 @@ SCORE_DTYPE = np.dtype([
 ])
 
 
+@overflow_is_inf
 def score_rows(X, params: Params, threshold: float):
     """Anomaly scores of a chunk of (unshifted) rows under one model, block by block.
 
@@ -296,6 +321,7 @@ def score_rows(X, params: Params, threshold: float):
     return out
 
 
+@overflow_is_inf
 def chunk_log_likelihood(X, candidates: list[Params]) -> list[Stats]:
     """Only the log-likelihood (and row count) of every candidate on a chunk of rows.
 
@@ -316,6 +342,7 @@ def chunk_log_likelihood(X, candidates: list[Params]) -> list[Stats]:
     ]
 
 
+@overflow_is_inf
 def responsibility_stats(X, params: Params, resp_fn) -> Stats:
     """Statistics of a chunk of (unshifted) rows under given responsibilities.
 
@@ -383,11 +410,18 @@ def estimate_gaussian_parameters(stats: Stats, current_means, covariance_type, r
     return nk, means, covariances
 
 
-# A variance below (this many float64 epsilons x the data's magnitude)**2 is rounding
-# noise: the component's rows coincide (in some direction) to machine precision.
+# A standard deviation below this many float64 epsilons x the data's magnitude is
+# rounding noise: the component's rows coincide (in some direction) to machine precision.
 _RESOLUTION = 64 * np.finfo(np.float64).eps
+# One below this (~7.5e-155) has a precision, 1 / variance, beyond float64.
+_SMALLEST_STD = 1.0 / math.sqrt(np.finfo(np.float64).max)
+# Moving the second moments from the current means to the new ones (s2 - a d^T - d a^T
+# + n d d^T) rounds each variance by ~eps |d|**2: a standard deviation below this many
+# sqrt(eps) x |d| is that rounding (rows that coincide, seen from a mean that moved).
+_MOVED = 8 * math.sqrt(np.finfo(np.float64).eps)
 
 
+@overflow_is_inf
 def params_from_stats(stats: Stats, params: Params, reg_covar: float,
                       n_samples: float | None = None) -> Params:
     """New parameters from the statistics gathered under ``params`` (whose means the
@@ -396,22 +430,29 @@ def params_from_stats(stats: Stats, params: Params, reg_covar: float,
 
     A covariance that is not positive definite, or whose variance in some direction is
     at the rounding level of the data (collapsed or repeated rows with ``reg_covar=0``),
-    raises :class:`CovarianceError` naming the component, as scikit-learn does.
+    raises :class:`CovarianceError` naming the component, as scikit-learn does; so does
+    a mean or covariance that overflows float64 (statistics of data too large for it).
     """
     nk, means, covariances = estimate_gaussian_parameters(
         stats, params.means, params.covariance_type, reg_covar
     )
     model = params.model
+    _check_finite(means, covariances, params.covariance_type)
     precisions_cholesky = model.precisions_cholesky(covariances)
     # the rounding level of each component's rows: their magnitude in the user's
-    # coordinates, plus the shift they were centred with
+    # coordinates, plus the shift they were centred with; and of the move from the
+    # current means, in proportion to the weight of the rows (0 for an empty component)
     scale = np.abs(means + params.shift).max(axis=1) + np.abs(params.shift).max()
-    floor = (_RESOLUTION * scale) ** 2
-    variances = model.conditional_variances(precisions_cholesky)
-    if len(variances) == 1:  # one covariance for all components ('tied')
-        collapsed = [None] if np.any(variances <= floor.max()) else []
+    moved2 = np.sum((means - params.means) ** 2, axis=1) * (stats.nk / nk)
+    stds = model.conditional_stds(precisions_cholesky)
+    if len(stds) == 1:  # one covariance for all components ('tied')
+        moved = np.sqrt(np.sum(moved2 * nk) / nk.sum())
+        floor = np.fmax.reduce([_RESOLUTION * scale.max(), _MOVED * moved, _SMALLEST_STD])
+        collapsed = [None] if np.any(stds <= floor) else []
     else:
-        collapsed = np.flatnonzero(np.any(variances <= floor[:, None], axis=1))
+        floor = np.fmax.reduce([_RESOLUTION * scale, _MOVED * np.sqrt(moved2),
+                                np.full(len(scale), _SMALLEST_STD)])
+        collapsed = np.flatnonzero(np.any(stds <= floor[:, None], axis=1))
     if len(collapsed):
         c = collapsed[0]
         raise CovarianceError(covariance.ill_defined_message(
@@ -424,6 +465,20 @@ def params_from_stats(stats: Stats, params: Params, reg_covar: float,
         covariances,
         params.shift,
     )
+
+
+def _check_finite(means, covariances, covariance_type):
+    """:class:`CovarianceError` naming the first component whose mean or covariance
+    overflowed (or is NaN)."""
+    ok = np.isfinite(means).all(axis=1)
+    if covariance_type == "tied":
+        if not np.isfinite(covariances).all():
+            raise CovarianceError(covariance.overflow_message(None, covariance_type))
+    else:
+        ok &= np.isfinite(covariances.reshape(len(covariances), -1)).all(axis=1)
+    if not ok.all():
+        raise CovarianceError(covariance.overflow_message(int(np.flatnonzero(~ok)[0]),
+                                                          covariance_type))
 
 
 def m_step(stats: Stats, params: Params, reg_covar: float) -> Params:

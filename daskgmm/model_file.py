@@ -38,8 +38,11 @@ _REQUIRED_META = (
     "n_features_in", "n_iter", "converged", "lower_bound", "lower_bounds",
     "fit_data", "arrays", "model_id",
 )
-# Errors a damaged zip member raises when it is read.
-_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError)
+# Errors zipfile raises for a damaged archive or member: besides BadZipFile, a flipped
+# byte can name an unknown compression method (NotImplementedError), set the encryption
+# flag (RuntimeError: password required), or make a name invalid UTF-8 (ValueError).
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError,
+            NotImplementedError, RuntimeError, OverflowError)
 
 
 class ModelFileError(ValueError):
@@ -150,10 +153,10 @@ def read_model(path, *, storage_options=None, known_params=None) -> ModelRecord:
         raw = f.read()
     try:
         zf = zipfile.ZipFile(io.BytesIO(raw))
-    except zipfile.BadZipFile:
+    except _DAMAGED as exc:
         raise ModelFileError(
             f"{shown!r} is not a daskgmm model file (not a zip archive written by "
-            "GaussianMixture.save)."
+            f"GaussianMixture.save: {type(exc).__name__}: {exc})."
         ) from None
     with zf:
         meta = _read_meta(shown, zf)
@@ -162,13 +165,12 @@ def read_model(path, *, storage_options=None, known_params=None) -> ModelRecord:
     unknown = sorted(set(meta["params"]) - set(known_params or meta["params"]))
     if unknown:
         raise ModelFileError(
-            f"{shown!r} has parameters this daskgmm {__version__} does not know: "
-            f"{', '.join(unknown)} (written by daskgmm {meta.get('library_version')}). "
-            "Upgrade daskgmm to load it."
+            f"{shown!r}: metadata.json has parameters this daskgmm {__version__} does not "
+            f"know: {', '.join(unknown)} (written by daskgmm "
+            f"{meta.get('library_version')}). Upgrade daskgmm to load it."
         )
     covariance_type = meta["covariance_type"]
-    n_components = meta["params"].get("n_components", len(arrays["weights_"]))
-    _check_shapes(shown, arrays, meta, n_components)
+    _check_shapes(shown, arrays, meta)
     _check_values(shown, arrays, covariance_type)
     model = covariance.get(covariance_type)
     covariances = arrays.get("covariances_")
@@ -248,8 +250,9 @@ _FIELD_TYPES = {
     "fit_data": (lambda v: isinstance(v, dict) and all(_is_int(v.get(k))
                                                        for k in ("n_samples", "n_features")),
                  "an object of ints n_samples and n_features"),
-    "arrays": (lambda v: isinstance(v, list) and set(v) <= set(_ARRAYS),
-               f"a list among {list(_ARRAYS)}"),
+    "arrays": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)
+               and set(_REQUIRED_ARRAYS) <= set(v) <= set(_ARRAYS),
+               f"a list among {list(_ARRAYS)} with {list(_REQUIRED_ARRAYS)}"),
     "model_id": (str, "a string"),
     "feature_names": (lambda v: v is None or (isinstance(v, list)
                                               and all(isinstance(x, str) for x in v)),
@@ -260,16 +263,33 @@ _FIELD_TYPES = {
 
 
 def _check_meta_types(shown, meta):
+    def refuse(key, what, value):
+        raise ModelFileError(
+            f"{shown!r}: metadata.json field {key!r} should be {what}, got "
+            f"{json.dumps(value)[:80]}. The file is damaged; re-save the model."
+        )
+
     for key, (check, what) in _FIELD_TYPES.items():
         if key not in meta:
             continue
         value = meta[key]
         ok = isinstance(value, check) if isinstance(check, type) else check(value)
         if not ok:
-            raise ModelFileError(
-                f"{shown!r}: metadata.json field {key!r} should be {what}, got "
-                f"{json.dumps(value)[:80]}. The file is damaged; re-save the model."
-            )
+            refuse(key, what, value)
+    # the sizes the arrays' shapes are checked against
+    if meta["n_features_in"] < 1:
+        refuse("n_features_in", "a positive int", meta["n_features_in"])
+    # the estimator is built from the parameters, the mixture from the arrays: they must
+    # agree on the number of components and the covariance type
+    params = meta["params"]
+    for key in ("n_components", "covariance_type"):
+        if key not in params:
+            refuse("params", f"an object with {key!r}", params)
+    if not (_is_int(params["n_components"]) and params["n_components"] >= 1):
+        refuse("params.n_components", "a positive int", params["n_components"])
+    if params["covariance_type"] != meta["covariance_type"]:
+        refuse("params.covariance_type", f"{meta['covariance_type']!r}, as the field "
+               "'covariance_type'", params["covariance_type"])
     names = meta.get("feature_names")
     if names is not None and len(names) != meta["n_features_in"]:
         raise ModelFileError(
@@ -319,36 +339,47 @@ def _read_meta(shown, zf):
         raise ModelFileError(f"{shown!r} has no metadata.json: not a daskgmm model file.")
     try:
         meta = json.loads(_read_member(shown, zf, "metadata.json"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ModelFileError(
-            f"{shown!r} has an unreadable metadata.json ({exc}); re-save the model."
+            f"{shown!r} has an unreadable metadata.json ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); re-save the model."
         ) from None
     if not isinstance(meta, dict):
         raise ModelFileError(f"{shown!r}: metadata.json is not a JSON object.")
     if meta.get("format") != FORMAT:
         raise ModelFileError(
-            f"{shown!r} is not a daskgmm model file (format {meta.get('format')!r})."
+            f"{shown!r} is not a daskgmm model file (metadata.json has format "
+            f"{json.dumps(meta.get('format'))[:80]}, not {FORMAT!r})."
         )
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not _is_int(version) or version < 1:
         raise ModelFileError(
-            f"{shown!r} has model format version {version!r}, newer than this "
-            f"daskgmm {__version__} reads (up to {FORMAT_VERSION}); it was written by "
+            f"{shown!r}: metadata.json field 'format_version' should be a positive int, "
+            f"got {json.dumps(version)[:80]}. The file is damaged; re-save the model."
+        )
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{shown!r} has model format version {version!r}, newer than this daskgmm "
+            f"{__version__} reads (up to {FORMAT_VERSION}; metadata.json field "
+            f"'format_version'); it was written by "
             f"daskgmm {meta.get('library_version')}. Upgrade daskgmm to load it."
         )
-    missing = [k for k in _REQUIRED_META if k not in meta]
-    missing += [
+    fields = [k for k in _REQUIRED_META if k not in meta]
+    fit_data = meta.get("fit_data")
+    fields += [
         f"fit_data.{k}" for k in ("n_samples", "n_features")
-        if k not in (meta.get("fit_data") or {})
+        if not isinstance(fit_data, dict) or k not in fit_data
     ]
-    missing += [
-        f"arrays/{a}.npy"
-        for a in set(_REQUIRED_ARRAYS) | set(meta.get("arrays", []))
+    listed = meta.get("arrays")
+    listed = [a for a in listed if a in _ARRAYS] if isinstance(listed, list) else []
+    members = sorted(
+        f"arrays/{a}.npy" for a in set(_REQUIRED_ARRAYS) | set(listed)
         if f"arrays/{a}.npy" not in names
-    ]
-    if missing:
+    )
+    if fields or members:
+        missing = [f"{', '.join(sorted(fields))} (fields of metadata.json)"] if fields else []
         raise ModelFileError(
-            f"{shown!r} is incomplete: missing {', '.join(sorted(missing))}. "
+            f"{shown!r} is incomplete: missing {'; '.join(missing + members)}. "
             "Re-save the model with GaussianMixture.save."
         )
     return meta
@@ -383,20 +414,24 @@ def _threshold(shown, anomaly) -> Threshold:
         ) from None
     if out.quantile_levels.shape != out.quantiles.shape:
         raise ModelFileError(
-            f"{shown!r}: anomaly score_quantile_levels and score_quantiles differ in "
-            "length; re-save the model."
+            f"{shown!r}: in the 'anomaly' entry of metadata.json, score_quantile_levels "
+            "and score_quantiles differ in length; re-save the model, or set the threshold "
+            "again with gm.set_threshold(...)."
         )
     return out
 
 
-def _check_shapes(shown, arrays, meta, n_components):
-    """Every array has the shape its covariance type and feature count call for."""
-    d, k = meta["n_features_in"], n_components
+def _check_shapes(shown, arrays, meta):
+    """Every array has the shape its covariance type, component and feature counts (from
+    metadata.json) call for."""
+    d, k = meta["n_features_in"], meta["params"]["n_components"]
     try:
         cov = covariance.get(meta["covariance_type"]).shape(k, d)
     except ValueError:
         raise ModelFileError(
-            f"{shown!r} has an unknown covariance_type {meta['covariance_type']!r}."
+            f"{shown!r}: metadata.json has an unknown covariance_type "
+            f"{meta['covariance_type']!r} (this daskgmm knows "
+            f"{list(covariance.COVARIANCE_TYPES)}). The file is damaged; re-save the model."
         ) from None
     expected = {"weights_": (k,), "means_": (k, d), "covariances_": cov,
                 "precisions_cholesky_": cov}
@@ -405,5 +440,6 @@ def _check_shapes(shown, arrays, meta, n_components):
             raise ModelFileError(
                 f"{shown!r}: arrays/{name}.npy has shape {array.shape}, expected "
                 f"{expected[name]} for {k} components, {d} features, covariance_type="
-                f"{meta['covariance_type']!r}. The file is damaged; re-save the model."
+                f"{meta['covariance_type']!r} (as metadata.json says). The file is "
+                "damaged; re-save the model."
             )

@@ -225,3 +225,91 @@ def test_edited_or_corrupted_files_are_refused(tmp_path, blobs):
     with pytest.raises(daskgmm.model_file.ModelFileError,
                        match=r"member arrays/means_.npy is damaged"):
         daskgmm.load(path)
+
+
+# Regressions found by the property tests (tests/test_properties.py)
+
+
+def _patch_header(raw, name, local=None, central=None):
+    """``raw`` with bytes of member ``name``'s local header and central directory entry
+    changed (as flipped bytes might): ``local`` and ``central`` map an offset in the
+    header to a function of the byte there."""
+    data = bytearray(raw)
+    at = zipfile.ZipFile(io.BytesIO(raw)).getinfo(name).header_offset
+    for offset, fn in (local or {}).items():
+        data[at + offset] = fn(data[at + offset])
+    at = raw.rindex(b"PK\x01\x02", 0, raw.rindex(name.encode()))
+    for offset, fn in (central or {}).items():
+        data[at + offset] = fn(data[at + offset])
+    return bytes(data)
+
+
+def _meta_edit(fn, rehash=False):
+    """An edit of metadata.json; ``rehash``: with the model id made to match, as a
+    tamperer would (the content id of the edited model; no anomaly threshold)."""
+    def edit(members):
+        meta = json.loads(members["metadata.json"])
+        fn(meta)
+        if rehash:
+            arrays = [np.load(io.BytesIO(members[f"arrays/{name}.npy"])) for name in (
+                "weights_", "means_", "precisions_cholesky_", "covariances_")]
+            meta["model_id"] = daskgmm.model_file.content_id(daskgmm.model_file.ModelRecord(
+                params=meta["params"], mixture=daskgmm.Mixture(meta["covariance_type"], *arrays),
+                fit=daskgmm.FitSummary(0, False, 0.0), n_features_in=meta["n_features_in"]))
+        members["metadata.json"] = json.dumps(meta).encode()
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    # was TypeError: len() of unsized object
+    (lambda m: m.update({"arrays/weights_.npy": _npy(np.float64(1.0))}),
+     r"arrays/weights_.npy has shape \(\), expected \(2,\)"),
+    # was TypeError: unhashable type: 'list'
+    (_meta_edit(lambda m: m.update(arrays=[["weights_"]])),
+     r"metadata.json field 'arrays' should be a list among"),
+    # was KeyError: 'weights_'
+    (_meta_edit(lambda m: m.update(arrays=["means_", "precisions_cholesky_"])),
+     r"metadata.json field 'arrays' should be a list among .* with \['weights_'"),
+    # was "format version '1', newer than this daskgmm reads"
+    (_meta_edit(lambda m: m.update(format_version="1")),
+     r"metadata.json field 'format_version' should be a positive int, got \"1\""),
+    # was a shape error naming the array for -5 features
+    (_meta_edit(lambda m: m.update(n_features_in=-5)),
+     r"metadata.json field 'n_features_in' should be a positive int, got -5"),
+    (_meta_edit(lambda m: m["params"].update(n_components="2")),
+     r"metadata.json field 'params.n_components' should be a positive int, got \"2\""),
+    # was ValueError from GaussianMixture.set_fitted (the estimator is built from the
+    # parameters, the mixture from the arrays)
+    (_meta_edit(lambda m: m["params"].update(covariance_type="diag"), rehash=True),
+     r"field 'params.covariance_type' should be 'full', as the field 'covariance_type', "
+     r"got \"diag\""),
+    (_meta_edit(lambda m: m["params"].pop("n_components"), rehash=True),
+     r"field 'params' should be an object with 'n_components'"),
+])
+def test_inconsistent_files_are_refused_with_the_piece_named(tmp_path, blobs, edit, message):
+    path = tmp_path / "gm.daskgmm"
+    GaussianMixture(2, random_state=0).fit(blobs).save(path)
+    _rewrite(path, edit)
+    with pytest.raises(daskgmm.model_file.ModelFileError, match=message) as info:
+        daskgmm.load(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(("patch", "message"), [
+    # an unknown compression method (was NotImplementedError)
+    ({"local": {8: lambda b: 99}, "central": {10: lambda b: 99}},
+     r"member arrays/means_.npy is damaged \(NotImplementedError"),
+    # the encryption flag (was RuntimeError: password required for extraction)
+    ({"local": {6: lambda b: b | 1}, "central": {8: lambda b: b | 1}},
+     r"member arrays/means_.npy is damaged \(RuntimeError"),
+    # the UTF-8 flag on a name that is not UTF-8 (was UnicodeDecodeError)
+    ({"central": {9: lambda b: b | 8, 46: lambda b: 0xFF}},
+     r"is not a daskgmm model file \(not a zip archive .*UnicodeDecodeError"),
+])
+def test_damaged_zip_headers_are_refused(tmp_path, blobs, patch, message):
+    path = tmp_path / "gm.daskgmm"
+    GaussianMixture(2, random_state=0).fit(blobs).save(path)
+    path.write_bytes(_patch_header(path.read_bytes(), "arrays/means_.npy", **patch))
+    with pytest.raises(daskgmm.model_file.ModelFileError, match=message) as info:
+        daskgmm.load(path)
+    assert str(path) in str(info.value)

@@ -19,7 +19,7 @@ type        covariances_ / precisions_cholesky_    s2 statistic (centred on curr
 from __future__ import annotations
 
 from . import diag, full, spherical, tied
-from ._base import CovarianceError, CovarianceModel, ill_defined_message
+from ._base import CovarianceError, CovarianceModel, ill_defined_message, overflow_message
 
 _MODELS = {m.MODEL.name: m.MODEL for m in (full, tied, diag, spherical)}
 
@@ -44,4 +44,4 @@ def n_parameters(n_components, n_features, covariance_type) -> int:
 
 
 __all__ = ["COVARIANCE_TYPES", "CovarianceError", "CovarianceModel", "get",
-           "ill_defined_message", "n_parameters"]
+           "ill_defined_message", "n_parameters", "overflow_message"]

@@ -28,6 +28,21 @@ def ill_defined_message(component, covariance_type):
     )
 
 
+def overflow_message(component, covariance_type):
+    """The message for a mean or covariance that float64 cannot hold, with the component
+    (when one is to blame) and the fix."""
+    where = (
+        f"(covariance_type={covariance_type!r})" if component is None
+        else f"of component {component} (covariance_type={covariance_type!r})"
+    )
+    return (
+        f"Fitting the mixture model failed because the mean or covariance {where} is not "
+        "a finite float64: the data are too large or too spread out for float64 "
+        "arithmetic (their squares overflow). Scale the input data, for instance with "
+        "sklearn.preprocessing.StandardScaler."
+    )
+
+
 def add_to_diagonal(a, value):
     """``a[..., i, i] += value`` in place; returns ``a``."""
     n = a.shape[-1]
@@ -99,10 +114,11 @@ class CovarianceModel(abc.ABC):
         component when a covariance is not positive definite."""
 
     @abc.abstractmethod
-    def conditional_variances(self, precisions_cholesky):
-        """Per component (rows; one row for 'tied') the variance of each feature given
-        the features before it: 1 / (diagonal of the precision factor)**2. A covariance
-        is ill-defined when one of them is at the rounding level of the data."""
+    def conditional_stds(self, precisions_cholesky):
+        """Per component (rows; one row for 'tied') the standard deviation of each
+        feature given the features before it: 1 / (diagonal of the precision factor). A
+        covariance is ill-defined when one of them is at the rounding level of the data.
+        (Not the variances: their squares overflow or underflow for data beyond 1e154.)"""
 
     @abc.abstractmethod
     def precisions_cholesky_from_precisions(self, precisions):
@@ -157,9 +173,9 @@ class MatrixModel(CovarianceModel):
     def covariances_from_precisions(self, precisions):
         return np.linalg.inv(precisions)
 
-    def conditional_variances(self, precisions_cholesky):
+    def conditional_stds(self, precisions_cholesky):
         mats = precisions_cholesky if precisions_cholesky.ndim == 3 else precisions_cholesky[None]
-        return 1.0 / np.diagonal(mats, axis1=1, axis2=2) ** 2
+        return 1.0 / np.diagonal(mats, axis1=1, axis2=2)
 
 
 class VarianceModel(CovarianceModel):
@@ -185,9 +201,8 @@ class VarianceModel(CovarianceModel):
     def covariances_from_precisions(self, precisions):
         return 1.0 / precisions
 
-    def conditional_variances(self, precisions_cholesky):
-        pc = precisions_cholesky.reshape(len(precisions_cholesky), -1)
-        return 1.0 / pc**2
+    def conditional_stds(self, precisions_cholesky):
+        return 1.0 / precisions_cholesky.reshape(len(precisions_cholesky), -1)
 
     def check_precisions(self, precisions, n_components, n_features):
         self.check_shape(precisions, n_components, n_features)
@@ -238,6 +253,36 @@ def weighted_squares(D2, weights, ws):
     return out
 
 
+def refine_overflowed(out, X, means, whiten):
+    """``out``, squared distances (n_rows, k) from a fast path, with the entries that
+    overflowed there (inf, or NaN from inf - inf) recomputed by whitening the difference
+    before squaring: ``whiten(k, x - mu_k)`` is its product with component k's precision
+    factor. The fast paths square (x - mu) or multiply x by the factor before
+    subtracting, so they overflow for rows and means beyond ~1e154 in whitened units even
+    when the distance is a normal float; after this an entry is inf only when the
+    distance itself exceeds float64. Returns ``out``."""
+    bad = ~np.isfinite(out)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        for k in range(means.shape[0]):
+            y = whiten(k, X[rows] - means[k])
+            out[rows, k] = np.einsum("nd,nd->n", y, y)
+    return out
+
+
+def refine_statistic(s2, X, resp, means, moment):
+    """``s2`` (one statistic per component, first axis) with the components whose sum
+    overflowed recomputed over the rows they weigh only: a row with responsibility 0
+    adds 0 even when its squared distance overflows (the fast paths make 0 * inf = NaN
+    of it). ``moment(diff, r)`` is the weighted sum of one component's rows. After this a
+    component's statistic is inf or NaN only when its own rows overflow."""
+    bad = np.flatnonzero(~np.isfinite(s2.reshape(len(s2), -1)).all(axis=1))
+    for k in bad:
+        used = resp[:, k] > 0
+        s2[k] = moment(X[used] - means[k], resp[used, k])
+    return s2
+
+
 def squares_statistic(X, resp, means, ws, after_e_step):
     """sum_i r_ik (x_i - mu_k)**2, shape (k, n_features); reuses the E-step's centred
     squares when ``after_e_step``."""
@@ -252,7 +297,7 @@ def squares_statistic(X, resp, means, ws, after_e_step):
     s2 = np.empty((n_components, n_features))
     for k in range(n_components):
         np.dot(D2[k], respT[k], out=s2[k])
-    return s2
+    return refine_statistic(s2, X, resp, means, lambda diff, r: r @ (diff * diff))
 
 
 def outer_products(X, resp, means, ws):
@@ -271,7 +316,7 @@ def outer_products(X, resp, means, ws):
         np.subtract(XT, means[k][:, None], out=diff)
         np.multiply(diff, respT[k], out=weighted)
         np.matmul(diff, weighted.T, out=s2[k])
-    return s2
+    return refine_statistic(s2, X, resp, means, lambda diff, r: (diff * r[:, None]).T @ diff)
 
 
 def scatter_matrices(stats, means, current_means):

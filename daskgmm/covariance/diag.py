@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import VarianceModel, centred_squares, scatter_diagonals, weighted_squares
+from ._base import (
+    VarianceModel,
+    centred_squares,
+    refine_overflowed,
+    scatter_diagonals,
+    weighted_squares,
+)
 
 
 class Diag(VarianceModel):
@@ -28,7 +34,8 @@ class Diag(VarianceModel):
         return np.sum(np.log(precisions_cholesky), axis=1)
 
     def squared_mahalanobis(self, X, means, precisions_cholesky, ws):
-        return weighted_squares(centred_squares(X, means, ws), precisions_cholesky**2, ws)
+        out = weighted_squares(centred_squares(X, means, ws), precisions_cholesky**2, ws)
+        return refine_overflowed(out, X, means, lambda k, diff: diff * precisions_cholesky[k])
 
     def covariances(self, stats, nk, means, current_means, reg_covar):
         return scatter_diagonals(stats, means, current_means) / nk[:, None] + reg_covar

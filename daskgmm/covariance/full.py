@@ -16,6 +16,7 @@ from ._base import (
     check_symmetric_positive_definite,
     cholesky_precisions,
     flip,
+    refine_overflowed,
     scatter_matrices,
 )
 
@@ -43,8 +44,9 @@ class Full(MatrixModel):
         np.matmul(X, W, out=Y)
         Y -= b
         Y3 = Y.reshape(X.shape[0], n_components, n_features)
-        return np.einsum("nkd,nkd->nk", Y3, Y3,
-                         out=ws("mahalanobis", (X.shape[0], n_components)))
+        out = np.einsum("nkd,nkd->nk", Y3, Y3,
+                        out=ws("mahalanobis", (X.shape[0], n_components)))
+        return refine_overflowed(out, X, means, lambda k, diff: diff @ precisions_cholesky[k])
 
     def covariances(self, stats, nk, means, current_means, reg_covar):
         cov = scatter_matrices(stats, means, current_means)

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import VarianceModel, centred_squares, scatter_diagonals, weighted_squares
+from ._base import (
+    VarianceModel,
+    centred_squares,
+    refine_overflowed,
+    scatter_diagonals,
+    weighted_squares,
+)
 
 
 class Spherical(VarianceModel):
@@ -26,7 +32,8 @@ class Spherical(VarianceModel):
 
     def squared_mahalanobis(self, X, means, precisions_cholesky, ws):
         precisions = np.repeat((precisions_cholesky**2)[:, None], means.shape[1], axis=1)
-        return weighted_squares(centred_squares(X, means, ws), precisions, ws)
+        out = weighted_squares(centred_squares(X, means, ws), precisions, ws)
+        return refine_overflowed(out, X, means, lambda k, diff: diff * precisions_cholesky[k])
 
     def covariances(self, stats, nk, means, current_means, reg_covar):
         diag = scatter_diagonals(stats, means, current_means) / nk[:, None] + reg_covar

@@ -16,6 +16,7 @@ from ._base import (
     check_symmetric_positive_definite,
     cholesky_precisions,
     flip,
+    refine_overflowed,
     scatter_matrices,
 )
 
@@ -38,7 +39,8 @@ class Tied(MatrixModel):
         mb = means @ precisions_cholesky
         D = ws("D", (X.shape[0], n_components, n_features))
         np.subtract(Y[:, None, :], mb[None, :, :], out=D)
-        return np.einsum("nkd,nkd->nk", D, D, out=ws("mahalanobis", (X.shape[0], n_components)))
+        out = np.einsum("nkd,nkd->nk", D, D, out=ws("mahalanobis", (X.shape[0], n_components)))
+        return refine_overflowed(out, X, means, lambda k, diff: diff @ precisions_cholesky)
 
     def covariances(self, stats, nk, means, current_means, reg_covar):
         cov = scatter_matrices(stats, means, current_means).sum(axis=0)
