@@ -384,6 +384,13 @@ def load(path, *, storage_options=None) -> GaussianMixture:
     """Read a model written by :meth:`GaussianMixture.save` (no pickle is involved)."""
     record = model_file.read_model(path, storage_options=storage_options,
                                    known_params=GaussianMixture().get_params())
+    try:
+        validation.check_params(record.params)
+    except ValueError as exc:
+        raise model_file.ModelFileError(
+            f"{str(path)!r}: metadata.json holds parameters this daskgmm refuses ({exc}). "
+            "The file was damaged or edited; re-save the model."
+        ) from None
     return GaussianMixture(**record.params).set_fitted(
         record.mixture, record.fit, record.threshold, feature_names=record.feature_names)
 

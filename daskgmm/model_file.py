@@ -161,7 +161,8 @@ def read_model(path, *, storage_options=None, known_params=None) -> ModelRecord:
     with zf:
         meta = _read_meta(shown, zf)
         _check_meta_types(shown, meta)
-        arrays = {a: _read_array(shown, zf, f"arrays/{a}.npy") for a in meta["arrays"]}
+        limit = _array_bytes_limit(meta)
+        arrays = {a: _read_array(shown, zf, f"arrays/{a}.npy", limit) for a in meta["arrays"]}
     unknown = sorted(set(meta["params"]) - set(known_params or meta["params"]))
     if unknown:
         raise ModelFileError(
@@ -200,7 +201,29 @@ def read_model(path, *, storage_options=None, known_params=None) -> ModelRecord:
     return record
 
 
-def _read_member(shown, zf, name) -> bytes:
+# metadata.json holds parameters, feature names and a fit summary: a few MiB at most
+_META_BYTES = 64 * 2**20
+
+
+def _array_bytes_limit(meta) -> int:
+    """The most bytes an array member can need for the component and feature counts of
+    metadata.json (a member claiming more, say a decompression bomb, is refused unread)."""
+    d, k = meta["n_features_in"], meta["params"].get("n_components", 1)
+    if not (_is_int(d) and _is_int(k)):
+        return 4096
+    return 8 * max(k, 1) * max(d, 1) ** 2 + 4096
+
+
+def _read_member(shown, zf, name, limit=_META_BYTES) -> bytes:
+    try:
+        size = zf.getinfo(name).file_size
+    except KeyError:
+        raise ModelFileError(f"{shown!r} is incomplete: missing {name}.") from None
+    if size > limit:
+        raise ModelFileError(
+            f"{shown!r}: member {name} claims {size:,} bytes uncompressed, more than the "
+            f"{limit:,} its metadata allows; the file is damaged or hostile and is not read."
+        )
     try:
         return zf.read(name)
     except _DAMAGED as exc:
@@ -210,8 +233,8 @@ def _read_member(shown, zf, name) -> bytes:
         ) from None
 
 
-def _read_array(shown, zf, name) -> np.ndarray:
-    data = _read_member(shown, zf, name)
+def _read_array(shown, zf, name, limit) -> np.ndarray:
+    data = _read_member(shown, zf, name, limit)
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, EOFError, OSError) as exc:

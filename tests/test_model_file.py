@@ -313,3 +313,40 @@ def test_damaged_zip_headers_are_refused(tmp_path, blobs, patch, message):
     with pytest.raises(daskgmm.model_file.ModelFileError, match=message) as info:
         daskgmm.load(path)
     assert str(path) in str(info.value)
+
+
+def test_oversized_members_and_invalid_parameters_are_refused(tmp_path):
+    """A member claiming more bytes than its shapes allow (a decompression bomb) is not
+    read; parameters the estimator refuses are named even with a recomputed model id."""
+    import zipfile
+
+    from daskgmm.model_file import ModelFileError, content_id, read_model, write_model
+
+    X = np.random.default_rng(0).normal(size=(200, 3))
+    gm = daskgmm.GaussianMixture(2, random_state=0).fit(X)
+    path = tmp_path / "m.daskgmm"
+    gm.save(path)
+    members = {}
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            members[name] = zf.read(name)
+    bomb = tmp_path / "bomb.daskgmm"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data + b"\0" * 50_000_000 if name == "arrays/means_.npy"
+                        else data)
+    assert bomb.stat().st_size < 1_000_000
+    with pytest.raises(ModelFileError, match=r"member arrays/means_\.npy claims 50,000,\d+ "
+                                             r"bytes uncompressed, more than the 4,240 its "
+                                             r"metadata allows"):
+        daskgmm.load(bomb)
+
+    record = read_model(path)
+    record.params["tol"] = -1.0  # a parameter the estimator refuses, hashed anew
+    bad = tmp_path / "bad.daskgmm"
+    write_model(bad, record)
+    assert content_id(read_model(bad)) == content_id(record)
+    with pytest.raises(ModelFileError, match=r"bad\.daskgmm': metadata\.json holds parameters "
+                                             r"this daskgmm refuses \(The 'tol' parameter of "
+                                             r"GaussianMixture must be a float"):
+        daskgmm.load(bad)
