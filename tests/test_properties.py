@@ -43,6 +43,13 @@ from daskgmm.model_file import ModelFileError
 
 from .conftest import COVARIANCE_TYPES
 
+# The strategies draw from numpy generators seeded by hypothesis, never from `random`.
+# Other threads of the test session (the Dask client's, Prefect's server's) do use the
+# global `random` state, and hypothesis would take their draws for the strategies'.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies")
+
+
 EPS = np.finfo(np.float64).eps
 
 
