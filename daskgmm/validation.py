@@ -182,12 +182,42 @@ def predict_dataset(est, X) -> Dataset:
     return _dataset(est, X, reset=False)
 
 
+def _locate_text(X, exc):
+    """scikit-learn's "could not convert string to float" for an object array (or a
+    list of rows) holding text, with the row and column of the first such value."""
+    if "could not convert" not in str(exc):
+        return None
+    try:
+        cells = np.asarray(X, dtype=object)
+    except (TypeError, ValueError):
+        return None
+    if cells.ndim != 2:
+        return None
+    for (row, col), value in np.ndenumerate(cells):
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return ValueError(
+                f"X holds a value that is not a number at row {row}, column {col}: "
+                f"{value!r:.60} ({type(value).__name__}; {exc}). Gaussian mixtures need "
+                "numbers: convert or drop that column, e.g. X[:, numeric_columns]"
+                ".astype(float), or encode text as numbers first."
+            )
+    return None
+
+
 def _dataset(est, X, *, reset, fit=False):
     if not is_lazy_source(X):
-        X = validate_data(
-            est, X, reset=reset, dtype=[np.float64, np.float32],
-            ensure_all_finite=False, ensure_min_samples=2 if fit else 1,
-        )
+        try:
+            X = validate_data(
+                est, X, reset=reset, dtype=[np.float64, np.float32],
+                ensure_all_finite=False, ensure_min_samples=2 if fit else 1,
+            )
+        except ValueError as exc:
+            located = _locate_text(X, exc)
+            if located is None:
+                raise
+            raise located from None
         return as_dataset(X, chunk_rows=est.chunk_rows if fit else "auto")
     columns = est.columns
     fitted = None if reset else getattr(est, "feature_names_in_", None)

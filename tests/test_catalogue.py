@@ -745,8 +745,9 @@ CASES = [
          "as sklearn", WORLD),
     Case("text-in-object-array", D, "an object array holding text",
          lambda ctx: fit(ctx, X=np.array([[1.0, "x"], [2.0, 3.0], [4.0, 5.0]], dtype=object)),
-         ValueError, r"could not convert string to float: 'x'",
-         "the value (as sklearn; no row or column)", WORLD),
+         ValueError, r"X holds a value that is not a number at row 0, column 1: 'x' \(str; "
+                     r"could not convert string to float: 'x'\)\. .*convert or drop that column",
+         "the row, the column, the value, the fix", WORLD),
     Case("empty-array", D, "an empty array (0 rows)", lambda ctx: fit(ctx, X=np.empty((0, 3))),
          ValueError, r"Found array with 0 sample\(s\) \(shape=\(0, 3\)\) while a minimum of 2 "
                      r"is required by GaussianMixture", "the shape and the minimum", WORLD),

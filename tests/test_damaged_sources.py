@@ -133,8 +133,13 @@ def test_corrupt_parquet_page_is_named_with_its_row_groups(tmp_path, data, clust
 
 def test_text_in_object_array_is_a_clear_error():
     X = np.array([[1.0, 2.0], [3.0, "x"]], dtype=object)
-    with pytest.raises(ValueError, match="could not convert string to float: 'x'"):
+    with pytest.raises(ValueError, match=r"X holds a value that is not a number at row 1, "
+                                         r"column 1: 'x' \(str; could not convert string to "
+                                         r"float: 'x'\)\. Gaussian mixtures need numbers"):
         daskgmm.GaussianMixture(1).fit(X)
+    fitted = daskgmm.GaussianMixture(1).fit(np.ones((3, 2)) + np.eye(3, 2))
+    with pytest.raises(ValueError, match=r"row 0, column 1: 'abc' \(str"):
+        fitted.score_samples([[1.0, "abc"]])  # a list of rows, when scoring
 
 
 ###############################################################################
