@@ -17,6 +17,7 @@ _NAMES = {
     "Dataset": "sources",
     "DamagedSourceError": "sources",
     "MissingChunksError": "sources",
+    "ModelFileError": "model_file",
     "SourceChangedError": "sources",
     "SourceFingerprint": "sources",
     "StorageFullError": "_storage",

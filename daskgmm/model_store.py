@@ -156,9 +156,12 @@ class ModelStore:
     def info(self, version: str) -> dict:
         info = self.location.manifest(version) if _VERSION.fullmatch(version) else None
         if info is None:
+            versions = self.versions()
+            shown = (f"the latest 5 of {len(versions)}: " if len(versions) > 5 else "") + \
+                str(versions[-5:])
             raise FileNotFoundError(
-                f"No model version {version!r} in {self.url!r}; versions there: "
-                f"{self.versions()[-5:]}."
+                f"No model version {version!r} in {self.url!r}; versions there: {shown} "
+                "(daskgmm inspect lists them all)."
             )
         return info
 

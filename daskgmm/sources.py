@@ -608,10 +608,13 @@ def _from_path(X, columns, array_name, storage_options, chunk_rows, missing_chun
             f"Entries found: {[p.rsplit('/', 1)[-1] for p in found]}. Pass the path of the "
             "Zarr store or of the Parquet file(s)."
         )
+    relative = "://" not in raw and not os.path.isabs(raw)
     raise FileNotFoundError(
-        f"No such file or directory: {shown!r}. Looked for a Zarr array or group (a "
-        f"directory holding {', '.join(_ZARR_MARKERS)}), a Parquet file or a directory of "
-        "*.parquet files. Check the path"
+        f"No such file or directory: {shown!r}"
+        + (f" (relative to the working directory {os.getcwd()})" if relative else "")
+        + f". Looked for a Zarr array or group (a directory holding "
+        f"{', '.join(_ZARR_MARKERS)}), a Parquet file or a directory of *.parquet files. "
+        "Check the path"
         + (", and storage_options for remote URLs." if "://" in shown else ".")
     )
 

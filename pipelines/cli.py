@@ -185,11 +185,16 @@ def _positive_int(text):
 def _demo_data(args):
     from daskgmm_pipelines.demo_data import write_demo_data
 
+    kept = not args.overwrite and all(
+        os.path.exists(os.path.join(args.out, name)) for name in ("demo.zarr", "demo-parquet"))
     paths = write_demo_data(args.out, n_samples=args.rows, n_features=args.features,
                             n_components=args.components, seed=args.seed,
                             anomaly_fraction=args.anomaly_fraction, overwrite=args.overwrite)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
+    if kept:
+        print(f"(demo data already in {args.out}: kept as it is; --overwrite writes it again "
+              "with these options)")
 
 
 def _inspect(args):
@@ -197,6 +202,12 @@ def _inspect(args):
 
     target = args.model
     options = None
+    if target.lower().endswith((".yaml", ".yml")):
+        from daskgmm_pipelines.config import load_config
+
+        store = load_config(target).outputs.model_store
+        raise ValueError(f"{target} is a job file; inspect takes a model store, a version of "
+                         f"it or a model file: daskgmm inspect {store}")
     is_store = os.path.isdir(target) or (
         "://" in target and not target.endswith(".daskgmm"))
     if is_store:

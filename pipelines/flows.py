@@ -238,7 +238,14 @@ def current_model(cfg: JobConfig, version: str | None = None):
     info = store.current() if version is None else store.info(version)
     if info is None:
         return None, None
-    return info, store.load(info["version"])
+    try:
+        return info, store.load(info["version"])
+    except daskgmm.ModelFileError as exc:
+        raise daskgmm.ModelFileError(
+            f"{exc} Model version {info['version']} of {store.url} cannot be used: make a "
+            f"version you trust current with 'daskgmm promote CONFIG VERSION' (daskgmm "
+            f"inspect {store.url} lists them), then run again."
+        ) from exc
 
 
 @task(name="select-model", **IO)

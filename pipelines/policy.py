@@ -141,13 +141,14 @@ def feature_columns(columns, id_columns, numeric_columns, description) -> list[s
     silently become a feature. The error suggests the numeric columns that are not ids."""
     if columns is not None:
         return list(columns)
-    suggestion = [c for c in numeric_columns or [] if c not in set(id_columns)]
+    candidates = [c for c in numeric_columns or [] if c not in set(id_columns)]
     ids = f" (id_columns, never features: {', '.join(id_columns)})" if id_columns else ""
     raise ValueError(
         f"source.columns is not set: a Parquet job names its feature columns, so that an "
         f"id, a label or a column added upstream never becomes a feature. The "
         f"{description} has the numeric columns {', '.join(numeric_columns or [])}{ids}; "
-        f"add e.g. 'columns: [{', '.join(suggestion)}]' to the source section."
+        f"add 'columns: [...]' to the source section with the features among "
+        f"{', '.join(candidates)} (leave out labels, targets and other ids)."
     )
 
 
@@ -179,7 +180,9 @@ def model_info(job: dict, run_id, model, *, selected_at, selection_version, drif
         "threshold": float(model.threshold_), "selected_at": selected_at,
         "selection_version": selection_version,
         "drift": None if drift is None else drift.as_dict(), "reselect_reasons": reasons,
-        "promotion": None if promotion is None else promotion.as_dict(),
+        # the nightly's checks when it saved the version; a promotion (nightly or by
+        # hand) adds promoted_at/by, promotion_reason and previous to the pointer
+        "nightly_verdict": None if promotion is None else promotion.as_dict(),
         "source": job["source"], "config": job["config"],
     }
 

@@ -74,7 +74,8 @@ def test_feature_columns_are_named_by_a_parquet_job():
     with pytest.raises(ValueError, match=r"source\.columns is not set: a Parquet job names "
                                          r".* The Parquet dataset 'p' has the numeric columns "
                                          r"event_id, a, b, label \(id_columns, never features: "
-                                         r"event_id\); add e\.g\. 'columns: \[a, b, label\]'"):
+                                         r"event_id\); add 'columns: \[\.\.\.\]' .* with the "
+                                         r"features among a, b, label \(leave out labels"):
         policy.feature_columns(None, ["event_id"], numeric, "Parquet dataset 'p'")
 
 

@@ -41,7 +41,7 @@ def test_readme_examples_run_as_written(tmp_path, monkeypatch, capsys):
     oracle = logsumexp([np.log(w) + multivariate_normal(m, c).logpdf(X) for w, m, c in
                         zip(gm.weights_, gm.means_, covariances, strict=True)], axis=0)
     published = np.asarray(
-        zarr.open_group(namespace["daskgmm"].latest_scores("demo-data/demo.zarr/scores"),
+        zarr.open_group(namespace["daskgmm"].latest_scores("demo-data/example-scores.zarr"),
                         mode="r")["log_density"][:])
     assert_allclose(published, oracle, rtol=1e-9)
     assert namespace["sel"].best_.n_components >= 2
