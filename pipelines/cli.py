@@ -389,11 +389,40 @@ def _quiet_prefect_terminal(until_exit: bool):
             handler.removeFilter(quiet)
 
 
+def _ctrl_c_for_this_process_only():
+    """Ctrl-C in a terminal signals the whole foreground process group: Prefect's
+    temporary server and the Dask worker processes too, which then die mid-run, print
+    their own tracebacks and leave this process retrying a dead server. Block SIGINT in
+    this thread before any other thread or child process exists (both inherit the mask,
+    and a blocked signal stays blocked across exec), and take it in one thread that
+    leaves it unblocked: Python runs the handler, KeyboardInterrupt, in the main thread,
+    which then shuts the run down in order (flow state, lock, cluster, server)."""
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_sigmask") or threading.active_count() > 1:
+        return
+    # multiprocessing's resource tracker, started on first use, unblocks SIGINT in the
+    # thread that starts it: start it now, before the mask is set
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def receive():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        threading.Event().wait()
+
+    threading.Thread(target=receive, name="daskgmm-ctrl-c", daemon=True).start()
+
+
 def main(argv=None) -> int:
     """Run a command. An error prints one line naming its type and message (and a hint
     at ``--debug``, which prints the traceback and all of Prefect's log lines); it exits
     with 1, a usage error with 2 (argparse), an interruption with 130."""
     args = build_parser().parse_args(argv)
+    if argv is None:  # the installed command, not a call from Python
+        _ctrl_c_for_this_process_only()
     debug = args.debug
     _prefect_environment()
     try:

@@ -8,7 +8,7 @@ import pytest
 import daskgmm
 from daskgmm_pipelines.cli import main
 
-from .conftest import write_job_config
+from .conftest import write_demo, write_job_config
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -200,8 +200,6 @@ def _nan_job(tmp_path):
     import numpy as np
     import zarr
 
-    from .conftest import write_demo
-
     write_demo(tmp_path, rows=20_000)
     X = zarr.open_group(str(tmp_path / "data" / "demo.zarr"), mode="a")["X"]
     X[15_003, 2] = np.nan
@@ -249,3 +247,36 @@ def test_a_failing_flow_is_one_line_and_debug_shows_the_traceback(tmp_path, pref
     assert out.returncode == 1 and "Traceback (most recent call last)" in out.stderr
     assert out.stderr.count(cause) >= 2  # Prefect's log of the run, and the command's line
     assert f"daskgmm fit: error: {cause}" in out.stderr
+
+
+def test_ctrl_c_stops_the_run_in_order_and_releases_the_lock(tmp_path):
+    """Ctrl-C in a terminal signals the whole process group (here: SIGINT to the group
+    of a command started in its own session): Prefect's server and the Dask worker
+    processes must not die first; the command exits 130, prints no traceback and
+    releases the job's lock, so the next run starts."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write_demo(tmp_path, rows=60_000)
+    config = write_job_config(tmp_path, cluster={"processes": True},
+                              nightly={"warm_start": False})
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # its own server
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "daskgmm"), "run", config, "--run-id", "c1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True)
+    lock = tmp_path / "models" / "lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert lock.exists(), "the run never took its lock"
+    time.sleep(2)  # the cluster starts, the first pass runs
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-3000:]
+    assert "interrupted" in err.splitlines()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert not lock.exists()
