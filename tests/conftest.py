@@ -228,3 +228,27 @@ def snapshot(root, exclude=(SmallDisk.FILLER,)):
             return out
         time.sleep(0.02)
     return out
+
+
+def rewrite_zip(path, edit):
+    """Rewrite the zip at ``path`` (a model file, a checkpoint) with ``edit(members)``
+    applied to its ``{name: bytes}`` members."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    edit(members)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def edit_json(member, fn):
+    """A :func:`rewrite_zip` edit applying ``fn`` to the JSON member ``member``."""
+    import json
+
+    def edit(members):
+        data = json.loads(members[member])
+        fn(data)
+        members[member] = json.dumps(data).encode()
+    return edit

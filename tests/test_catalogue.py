@@ -59,7 +59,7 @@ from daskgmm._storage import StorageFullError, StorageUnreachableError
 from daskgmm.model_file import ModelFileError
 from daskgmm_pipelines.config import ConfigError, load_config, resolve_storage_options
 
-from .conftest import make_blobs, small_disk_at, snapshot
+from .conftest import edit_json, make_blobs, rewrite_zip, small_disk_at, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("parameters", "data", "model files and checkpoints", "publication", "configs",
@@ -188,24 +188,6 @@ def npy(array, allow_pickle=False) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=allow_pickle)
     return buf.getvalue()
-
-
-def rezip(path, edit):
-    """Rewrite the zip at ``path`` with ``edit(members)`` applied to its members."""
-    with zipfile.ZipFile(path) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    edit(members)
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-
-
-def edit_json(member, fn):
-    def edit(members):
-        data = json.loads(members[member])
-        fn(data)
-        members[member] = json.dumps(data).encode()
-    return edit
 
 
 def flip_byte(path, member):
@@ -863,37 +845,37 @@ CASES = [
          publish_damaged_model, ModelFileError,
          r"'@S@/model\.daskgmm' is incomplete: missing arrays/means_\.npy",
          "the file and the missing member", WORLD + ", and the damaged file",
-         prepare=damaged_model(lambda p: rezip(p, lambda m: m.pop("arrays/means_.npy")))),
+         prepare=damaged_model(lambda p: rewrite_zip(p, lambda m: m.pop("arrays/means_.npy")))),
     Case("model-pickle-member", M, "a member holding a pickled object array",
          publish_damaged_model, ModelFileError,
          r"'@S@/model\.daskgmm': member arrays/means_\.npy holds Python objects, which are "
          r"never unpickled", "the file and the member; nothing is unpickled",
          WORLD + ", and the damaged file",
-         prepare=damaged_model(lambda p: rezip(p, lambda m: m.update({
+         prepare=damaged_model(lambda p: rewrite_zip(p, lambda m: m.update({
              "arrays/means_.npy": npy(np.array([["a"] * 3] * 3, dtype=object), True)})))),
     Case("model-nan-weights", M, "NaN in the weights", publish_damaged_model, ModelFileError,
          r"'@S@/model\.daskgmm': arrays/weights_\.npy holds nan at \(0,\)",
          "the file, the member, the value and index", WORLD + ", and the damaged file",
-         prepare=damaged_model(lambda p: rezip(p, lambda m: m.update({
+         prepare=damaged_model(lambda p: rewrite_zip(p, lambda m: m.update({
              "arrays/weights_.npy": npy(np.array([np.nan, 0.5, 0.5]))})))),
     Case("model-weights-sum-5", M, "weights summing to 5", publish_damaged_model,
          ModelFileError, r"'@S@/model\.daskgmm': arrays/weights_\.npy must be positive and sum "
                          r"to 1; got minimum 1 and sum 5", "the file, the member, the sum",
          WORLD + ", and the damaged file",
-         prepare=damaged_model(lambda p: rezip(p, lambda m: m.update({
+         prepare=damaged_model(lambda p: rewrite_zip(p, lambda m: m.update({
              "arrays/weights_.npy": npy(np.array([1.0, 1.0, 3.0]))})))),
     Case("model-tampered-id", M, "a threshold edited by hand (the model id no longer matches)",
          publish_damaged_model, ModelFileError,
          r"'@S@/model\.daskgmm' was changed after it was written: its content does not hash "
          r"to its model id", "the file; refit, or load a copy you trust",
          WORLD + ", and the damaged file",
-         prepare=damaged_model(lambda p: rezip(p, edit_json("metadata.json", lambda m: m[
+         prepare=damaged_model(lambda p: rewrite_zip(p, edit_json("metadata.json", lambda m: m[
              "anomaly"].update(threshold=m["anomaly"]["threshold"] - 5))))),
     Case("model-newer-format", M, "a model file of a newer format version",
          lambda ctx: daskgmm.load(ctx.scratch / "model.daskgmm"), ModelFileError,
          r"'@S@/model\.daskgmm' has model format version 99, newer than this daskgmm .* "
          r"Upgrade daskgmm", "the file, both versions, the fix", WORLD + ", and the file",
-         prepare=damaged_model(lambda p: rezip(p, edit_json(
+         prepare=damaged_model(lambda p: rewrite_zip(p, edit_json(
              "metadata.json", lambda m: m.update(format_version=99))))),
     Case("model-not-a-zip", M, "a text file given as a model",
          lambda ctx: daskgmm.load(ctx.scratch / "model.daskgmm"), ModelFileError,
@@ -955,20 +937,20 @@ CASES += [
                      r"ignoring damaged checkpoint @S@/run\.ckpt \(member c0/means\.npy: "
                      r"BadZipFile: Bad CRC"),
     _checkpoint_case("checkpoint-missing-member", "a checkpoint without `c0/weights.npy`",
-                     lambda p: rezip(p, lambda m: m.pop("c0/weights.npy")),
+                     lambda p: rewrite_zip(p, lambda m: m.pop("c0/weights.npy")),
                      r"ignoring damaged checkpoint @S@/run\.ckpt \(member c0/weights\.npy"),
     _checkpoint_case("checkpoint-nan", "NaN in a checkpoint's means",
-                     lambda p: rezip(p, lambda m: m.update(
+                     lambda p: rewrite_zip(p, lambda m: m.update(
                          {"c0/means.npy": npy(np.full((3, 3), np.nan))})),
                      r"ignoring damaged checkpoint @S@/run\.ckpt \(member c0/means\.npy: not "
                      r"finite float64 values\)"),
     _checkpoint_case("checkpoint-pickle", "a checkpoint member holding a pickle",
-                     lambda p: rezip(p, lambda m: m.update(
+                     lambda p: rewrite_zip(p, lambda m: m.update(
                          {"c0/means.npy": npy(np.array([[{}] * 3] * 3, dtype=object), True)})),
                      r"ignoring damaged checkpoint @S@/run\.ckpt \(member c0/means\.npy: not a "
                      r"float array \(Object arrays cannot be loaded when allow_pickle=False"),
     _checkpoint_case("checkpoint-state-not-json", "a checkpoint whose `state.json` is not JSON",
-                     lambda p: rezip(p, lambda m: m.update({"state.json": b"{half"})),
+                     lambda p: rewrite_zip(p, lambda m: m.update({"state.json": b"{half"})),
                      r"ignoring damaged checkpoint @S@/run\.ckpt \(JSONDecodeError"),
     _checkpoint_case("checkpoint-other-fit", "the checkpoint of a different fit (another seed)",
                      lambda p: None,

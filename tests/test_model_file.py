@@ -1,5 +1,6 @@
 """Model files: round trip, no pickle, clear errors."""
 
+import functools
 import io
 import json
 import zipfile
@@ -11,7 +12,9 @@ from numpy.testing import assert_allclose, assert_array_equal
 import daskgmm
 from daskgmm import GaussianMixture
 
-from .conftest import COVARIANCE_TYPES, make_blobs
+from .conftest import COVARIANCE_TYPES, edit_json, make_blobs, rewrite_zip
+
+meta_edit = functools.partial(edit_json, "metadata.json")
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
@@ -44,15 +47,6 @@ def test_files_hold_no_pickle(tmp_path, blobs):
                 json.loads(data)
 
 
-def _rewrite(path, edit):
-    with zipfile.ZipFile(path) as zf:
-        members = {n: zf.read(n) for n in zf.namelist()}
-    edit(members)
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-
-
 def test_newer_format_version_is_refused(tmp_path, blobs):
     path = tmp_path / "gm.daskgmm"
     GaussianMixture(2, random_state=0).fit(blobs).save(path)
@@ -62,7 +56,7 @@ def test_newer_format_version_is_refused(tmp_path, blobs):
         meta["format_version"] = 99
         members["metadata.json"] = json.dumps(meta).encode()
 
-    _rewrite(path, bump)
+    rewrite_zip(path, bump)
     with pytest.raises(daskgmm.model_file.ModelFileError, match="format version 99, newer"):
         daskgmm.load(path)
 
@@ -70,7 +64,7 @@ def test_newer_format_version_is_refused(tmp_path, blobs):
 def test_missing_pieces_are_named(tmp_path, blobs):
     path = tmp_path / "gm.daskgmm"
     GaussianMixture(2, random_state=0).fit(blobs).save(path)
-    _rewrite(path, lambda m: m.pop("arrays/means_.npy"))
+    rewrite_zip(path, lambda m: m.pop("arrays/means_.npy"))
     with pytest.raises(daskgmm.model_file.ModelFileError, match="missing arrays/means_.npy"):
         daskgmm.load(path)
 
@@ -89,13 +83,6 @@ def test_damaged_files_are_refused_with_the_piece_named(tmp_path, blobs):
     GaussianMixture(2, random_state=0).fit(blobs).save(path)
     original = path.read_bytes()
 
-    def meta_edit(fn):
-        def edit(members):
-            meta = json.loads(members["metadata.json"])
-            fn(meta)
-            members["metadata.json"] = json.dumps(meta).encode()
-        return edit
-
     def wrong_means(members):
         buf = io.BytesIO()
         np.save(buf, np.zeros((2, 5)))
@@ -109,7 +96,7 @@ def test_damaged_files_are_refused_with_the_piece_named(tmp_path, blobs):
     ]
     for edit, message in cases:
         path.write_bytes(original)
-        _rewrite(path, edit)
+        rewrite_zip(path, edit)
         with pytest.raises(daskgmm.model_file.ModelFileError, match=message):
             daskgmm.load(path)
 
@@ -174,7 +161,7 @@ def _npy(array, allow_pickle=False):
 def test_damaged_arrays_are_refused_with_the_member_named(tmp_path, blobs, edit, message):
     path = tmp_path / "gm.daskgmm"
     GaussianMixture(2, random_state=0).fit(blobs).save(path)
-    _rewrite(path, edit)
+    rewrite_zip(path, edit)
     with pytest.raises(daskgmm.model_file.ModelFileError, match=message):
         daskgmm.load(path)
 
@@ -184,13 +171,6 @@ def test_edited_or_corrupted_files_are_refused(tmp_path, blobs):
     gm = GaussianMixture(2, random_state=0).fit(blobs).set_threshold(blobs)
     gm.save(path)
     original = path.read_bytes()
-
-    def meta_edit(fn):
-        def edit(members):
-            meta = json.loads(members["metadata.json"])
-            fn(meta)
-            members["metadata.json"] = json.dumps(meta).encode()
-        return edit
 
     cases = [
         # a plausible edit: a lower threshold flags fewer rows, and nothing else says so
@@ -211,7 +191,7 @@ def test_edited_or_corrupted_files_are_refused(tmp_path, blobs):
     ]
     for edit, message in cases:
         path.write_bytes(original)
-        _rewrite(path, edit)
+        rewrite_zip(path, edit)
         with pytest.raises(daskgmm.model_file.ModelFileError, match=message):
             daskgmm.load(path)
     # a flipped byte inside a compressed member: the zip's CRC names the member
@@ -289,7 +269,7 @@ def _meta_edit(fn, rehash=False):
 def test_inconsistent_files_are_refused_with_the_piece_named(tmp_path, blobs, edit, message):
     path = tmp_path / "gm.daskgmm"
     GaussianMixture(2, random_state=0).fit(blobs).save(path)
-    _rewrite(path, edit)
+    rewrite_zip(path, edit)
     with pytest.raises(daskgmm.model_file.ModelFileError, match=message) as info:
         daskgmm.load(path)
     assert str(path) in str(info.value)
