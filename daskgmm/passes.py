@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
@@ -155,24 +156,26 @@ def _cluster_lost(dataset, fn):
     """distributed cancels every future of a client whose scheduler connection is lost
     (``FutureCancelledError`` naming a task object); say which scheduler, which pass and
     what to do instead."""
+    address = _scheduler_address()  # before the pass: once lost, the client forgets it
     try:
         yield
     except CancelledError as exc:
-        address = "(unknown address)"
-        try:
-            from distributed import default_client
-
-            address = default_client().scheduler.address
-        except (ImportError, ValueError, AttributeError):
-            pass
         what = _PASS_NAMES.get(getattr(fn, "__name__", ""), "a pass")
         raise ClusterLostError(
             f"Lost the Dask scheduler {address} during {what} over the "
-            f"{dataset.description} (the pass over the data was cancelled: {exc}). The "
+            f"{dataset.description} (the client cancelled the pass's tasks). The "
             "scheduler process died or the network to it failed. Restart the scheduler (or "
             "the job's cluster) and run again; a fit given a checkpoint resumes from its "
             "last saved iteration."
         ) from exc
+
+
+def _scheduler_address():
+    distributed = sys.modules.get("distributed")  # no client without it: do not import it
+    try:
+        return distributed.default_client().scheduler.address
+    except (ValueError, AttributeError):
+        return "(address unknown: no distributed client)"
 
 
 ###############################################################################
