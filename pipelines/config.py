@@ -36,6 +36,7 @@ import copy
 import difflib
 import os
 import re
+import typing
 import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,6 +51,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -58,15 +60,21 @@ from daskgmm.covariance import COVARIANCE_TYPES
 from daskgmm.validation import INIT_PARAMS
 
 __all__ = [
+    "AdaptConfig",
     "AnomalyConfig",
+    "BACKENDS",
     "ClusterConfig",
     "ConfigError",
     "JobConfig",
+    "JobqueueConfig",
+    "KubernetesConfig",
     "ModelConfig",
     "NightlyConfig",
     "OutputsConfig",
     "ScheduleConfig",
+    "SecretReference",
     "SourceConfig",
+    "TLSConfig",
     "load_config",
     "resolve_storage_options",
 ]
@@ -457,15 +465,375 @@ def _check_address(value):
     return value
 
 
-class ClusterConfig(_Section):
-    """The Dask cluster: an existing scheduler, or an embedded LocalCluster when
-    ``address`` is null (``n_workers`` ... ``processes`` apply to the LocalCluster)."""
+# --- the cluster ----------------------------------------------------------------------------
 
-    address: Annotated[str | None, AfterValidator(_check_address)] = None
+BACKENDS = ("local", "address", "slurm", "pbs", "kubernetes")
+# backend: (the module it imports, its distribution, the extra of daskgmm that installs it)
+BACKEND_LIBRARIES = {
+    "slurm": ("dask_jobqueue", "dask-jobqueue", "slurm"),
+    "pbs": ("dask_jobqueue", "dask-jobqueue", "slurm"),
+    "kubernetes": ("dask_kubernetes", "dask-kubernetes", "kubernetes"),
+}
+# the keys of ClusterConfig that belong to one backend, and the backends they belong to
+_BACKEND_KEYS = {
+    "n_workers": ("local",), "threads_per_worker": ("local",), "memory_limit": ("local",),
+    "processes": ("local",), "address": ("address",), "tls": ("address",),
+    "jobqueue": ("slurm", "pbs"), "kubernetes": ("kubernetes",),
+}
+_MAX_PEM_BYTES = 1024 * 1024
+_MAKE_CERTS = "python deploy/local/make-certs.py deploy/local/tls"
+
+
+def _readable_file(value: str) -> str:
+    """A path this process can read (TLS files are read when the job connects: a wrong
+    path is better found when the job file is loaded)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected the path of a PEM file")
+    try:
+        with open(value, "rb") as file:
+            if len(file.read(_MAX_PEM_BYTES + 1)) > _MAX_PEM_BYTES:
+                raise ValueError(f"{value!r} is larger than {_MAX_PEM_BYTES:,} bytes: not a "
+                                 f"PEM certificate or key")
+    except FileNotFoundError:
+        raise ValueError(f"no file {value!r} (relative paths start at the working directory "
+                         f"{os.getcwd()}); for throwaway certificates run "
+                         f"{_MAKE_CERTS}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{value!r} is a directory; give the PEM file in it") from None
+    except PermissionError:
+        raise ValueError(f"{value!r} cannot be read by this process (permission denied); "
+                         f"let the job's user read it (chmod/chown)") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {value!r}: {exc.strerror or exc}") from None
+    return value
+
+
+PemFile = Annotated[str, AfterValidator(_readable_file)]
+
+
+def _pem_holds(path: str, marker: bytes) -> bool:
+    with open(path, "rb") as file:
+        return marker in file.read(_MAX_PEM_BYTES)
+
+
+def _no_password():
+    raise ValueError("encrypted")
+
+
+class TLSConfig(_Section):
+    """The job's TLS files for a ``tls://`` scheduler: the CA that signed the cluster's
+    certificates, and the job's own certificate and private key (PEM). Checked when the
+    job file is loaded: readable, PEM, the key belongs to the certificate."""
+
+    ca_file: PemFile
+    cert_file: PemFile
+    key_file: PemFile | None = None
+
+    @model_validator(mode="after")
+    def _check_pem(self):
+        import ssl
+
+        problems = []
+        for key in ("ca_file", "cert_file"):
+            if not _pem_holds(getattr(self, key), b"-----BEGIN CERTIFICATE-----"):
+                problems.append(((key,), f"{getattr(self, key)!r} holds no PEM certificate "
+                                         f"(-----BEGIN CERTIFICATE-----)"))
+        key_key, key_path = ("key_file", self.key_file) if self.key_file else (
+            "cert_file", self.cert_file)
+        if not _pem_holds(key_path, b"PRIVATE KEY-----"):
+            problems.append(((key_key,), f"{key_path!r} holds no PEM private key" + (
+                "" if self.key_file else "; give the job's key as cluster.tls.key_file")))
+        if problems:
+            raise _located(problems)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_verify_locations(self.ca_file)
+        except ssl.SSLError as exc:
+            problems.append((("ca_file",), f"{self.ca_file!r} cannot be read as CA "
+                                           f"certificates: {exc.reason or exc}"))
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file, password=_no_password)
+        except ValueError:  # the callback: a passphrase would be asked on the terminal
+            problems.append(((key_key,), f"{key_path!r} is encrypted with a passphrase, "
+                                         f"which Dask cannot ask for; decrypt it (openssl "
+                                         f"pkey -in KEY -out KEY.plain) and keep it readable "
+                                         f"by the job's user only"))
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                text = (f"{key_path!r} is not the private key of cert_file "
+                        f"{self.cert_file!r}; give the key made with that certificate")
+            else:
+                text = (f"{self.cert_file!r} and {key_path!r} cannot be used as a "
+                        f"certificate and its key ({exc.reason or exc})")
+            problems.append(((key_key,), text))
+        if problems:
+            raise _located(problems)
+        return self
+
+
+class AdaptConfig(_Section):
+    """Adaptive scaling bounds: the cluster grows with the work queued and shrinks when
+    workers idle, between ``minimum`` and ``maximum`` (jobs, or Kubernetes workers)."""
+
+    minimum: Int = Field(0, ge=0)
+    maximum: Int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.minimum > self.maximum:
+            raise _located([(("minimum",), f"{self.minimum} is above maximum "
+                                           f"{self.maximum}; need minimum <= maximum")])
+        return self
+
+
+def _check_job_memory(value):
+    if value is None or value == "auto":
+        raise ValueError(f"a job asks the scheduler for a memory size such as '2GiB', got "
+                         f"{value!r}")
+    return _check_memory_limit(value)
+
+
+_WALLTIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}")
+_ASSIGNMENT = re.compile(r"\s*(?:export\s+)?(?P<name>[A-Za-z_]\w*)=(?P<value>\S.*)")
+
+
+def _check_walltime(value: str) -> str:
+    if not _WALLTIME.fullmatch(value):
+        raise ValueError(f"a walltime looks like '01:00:00' (hours:minutes:seconds) or "
+                         f"'1-00:00:00' (days-hours:...), got {value!r}")
+    return value
+
+
+def _check_prologue(lines: list[str]) -> list[str]:
+    """No secret written into a job script (it lands in the queue's spool and job logs)."""
+    problems = []
+    for i, line in enumerate(lines):
+        match = _ASSIGNMENT.match(line)
+        if (match and _SECRET_WORDS.search(match["name"])
+                and not match["value"].startswith(("$", '"$'))):
+            # never quote the line: it holds the secret
+            problems.append(((i,), f"sets {match['name']} to a value written in the job file; "
+                                   f"job scripts are kept by the queue: export it where the "
+                                   f"job runs and write {match['name']}=${match['name']}, "
+                                   f"or read it from a file readable by the job's user only"))
+    if problems:
+        raise _located(problems)
+    return lines
+
+
+class JobqueueConfig(_Section):
+    """Batch jobs that run the Dask workers (dask-jobqueue's SLURMCluster or PBSCluster);
+    the scheduler runs in the job's own process. Unset keys take dask-jobqueue's
+    defaults (and its ``jobqueue.slurm`` / ``jobqueue.pbs`` dask config)."""
+
+    queue: str | None = None
+    account: str | None = None
+    cores: Int = Field(1, ge=1)
+    processes: Int = Field(1, ge=1)
+    memory: Annotated[str, BeforeValidator(_check_job_memory)] = "2GiB"
+    walltime: Annotated[str, AfterValidator(_check_walltime)] = "01:00:00"
+    interface: str | None = None
+    local_directory: str | None = None
+    log_directory: str | None = None
+    python: str | None = None
+    job_extra_directives: list[str] = []
+    job_script_prologue: Annotated[list[str], AfterValidator(_check_prologue)] = []
+    jobs: Int = Field(1, ge=1)
+    adapt: AdaptConfig | None = None
+
+    @model_validator(mode="after")
+    def _check_jobs(self):
+        problems = []
+        if self.adapt is not None and "jobs" in self.model_fields_set:
+            problems.append((("jobs",), "give jobs (a fixed number) or adapt (bounds), not "
+                                        "both"))
+        if self.processes > self.cores:
+            problems.append((("processes",), f"{self.processes} worker processes cannot share "
+                                             f"{self.cores} cores (each needs a thread); "
+                                             f"need processes <= cores"))
+        if problems:
+            raise _located(problems)
+        return self
+
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+_ENV_VARIABLE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class SecretReference(_Section):
+    """An environment variable taken from a key of a Kubernetes Secret."""
+
+    secret: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$")
+
+
+def _scalar_text(value):
+    # YAML reads 1, 2.5 as numbers: an environment value is text
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _check_env(env: dict) -> dict:
+    problems = [((name,), f"inline secret; store it in a Kubernetes Secret and write "
+                          f"{name}: {{secret: SECRET_NAME, key: KEY}}")
+                for name, value in env.items()
+                if isinstance(value, str) and _SECRET_WORDS.search(name)]
+    if problems:
+        raise _located(problems)
+    return env
+
+
+EnvValue = Annotated[str, BeforeValidator(_scalar_text)] | SecretReference
+
+
+class KubernetesConfig(_Section):
+    """A DaskCluster of the dask-kubernetes operator: created for the job (and deleted
+    after it), or an ``existing`` one the job connects to by name and leaves running."""
+
+    name: str = Field("daskgmm", pattern=_DNS_LABEL, max_length=50)
+    namespace: str | None = Field(None, pattern=_DNS_LABEL)
+    existing: bool = False
+    image: str = Field("ghcr.io/example/daskgmm:latest", min_length=1)
+    n_workers: Int = Field(2, ge=1)
+    resources: dict[Literal["limits", "requests"], dict[str, str | Int | Float]] = {}
+    env: Annotated[dict[Annotated[str, Field(pattern=_ENV_VARIABLE)], EnvValue],
+                   AfterValidator(_check_env)] = {}
+    adapt: AdaptConfig | None = None
+
+    @model_validator(mode="after")
+    def _check_existing(self):
+        problems = []
+        if self.existing:
+            problems += [((key,), f"applies to a DaskCluster the job creates; with existing: "
+                                  f"true the job uses DaskCluster {self.name!r} as it is "
+                                  f"(set this in its manifest)")
+                         for key in ("image", "n_workers", "resources", "env")
+                         if key in self.model_fields_set]
+        elif self.adapt is not None and "n_workers" in self.model_fields_set:
+            problems.append((("n_workers",), "give n_workers (a fixed number) or adapt "
+                                             "(bounds), not both"))
+        if problems:
+            raise _located(problems)
+        return self
+
+
+def _check_dashboard_url(value):
+    _no_credentials(value)
+    if value is not None and not re.fullmatch(r"https?://\S+", value):
+        raise ValueError(f"a dashboard link looks like 'https://dask.example.org/status', "
+                         f"got {value!r}")
+    return value
+
+
+def _seconds(value):
+    """A duration: seconds as a number, or text such as '90s', '10 minutes', '1h'."""
+    from dask.utils import parse_timedelta
+
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as '10 minutes', got {value!r}")
+    try:
+        seconds = parse_timedelta(value, default="seconds")
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"cannot read {value!r} as a duration; write for example 600, "
+                         f"'90s', '10 minutes' or '1h'") from None
+    if not (seconds is not None and 0 < seconds < float("inf")):
+        raise ValueError(f"a duration is > 0, got {value!r}")
+    return float(seconds)
+
+
+class ClusterConfig(_Section):
+    """The Dask cluster the job runs on, chosen by ``backend``:
+
+    - ``local`` (the default without ``address``): a LocalCluster in the job's process,
+      ``n_workers`` workers of ``threads_per_worker`` threads and ``memory_limit`` each,
+      worker processes or (``processes: false``) threads;
+    - ``address`` (the default with ``address``): an existing scheduler, over TLS with
+      the ``tls`` files for a ``tls://`` address;
+    - ``slurm`` or ``pbs``: workers as batch jobs (``jobqueue``), extra ``daskgmm[slurm]``;
+    - ``kubernetes``: a DaskCluster of the dask-kubernetes operator (``kubernetes``),
+      extra ``daskgmm[kubernetes]``.
+
+    ``dashboard_url`` replaces the dashboard link the job logs; ``start_timeout`` (not for
+    ``local``) bounds the wait for the first worker: 2 minutes for ``address``, 30 for
+    ``slurm``/``pbs`` (queued jobs), 10 for ``kubernetes`` (pulling images).
+    Keys of a backend other than the chosen one are errors.
+    """
+
+    backend: Literal[BACKENDS] = "local"
     n_workers: Int = Field(2, ge=1)
     threads_per_worker: Int = Field(1, ge=1)
     memory_limit: Annotated[str | None, BeforeValidator(_check_memory_limit)] = "2GiB"
     processes: bool = True
+    address: Annotated[str | None, AfterValidator(_check_address)] = None
+    tls: TLSConfig | None = None
+    jobqueue: JobqueueConfig | None = None
+    kubernetes: KubernetesConfig | None = None
+    dashboard_url: Annotated[str | None, AfterValidator(_check_dashboard_url)] = None
+    start_timeout: Annotated[float | None, BeforeValidator(_seconds)] = None
+
+    @model_validator(mode="after")
+    def _check_backend(self):
+        given = {key for key in self.model_fields_set if getattr(self, key) is not None}
+        if "backend" not in self.model_fields_set:
+            self.backend = "address" if self.address is not None else "local"
+        problems = [((key,), f"applies to backend {' or '.join(backends)}, not "
+                             f"{self.backend}; remove it, or set backend: {backends[0]}")
+                    for key, backends in _BACKEND_KEYS.items()
+                    if key in given and self.backend not in backends]
+        if self.backend == "local" and "start_timeout" in given:
+            problems.append((("start_timeout",), "applies to backends whose workers start "
+                                                 "elsewhere, not local"))
+        if self.backend == "address":
+            problems += self._address_problems()
+        if self.backend in ("slurm", "pbs") and self.jobqueue is None:
+            self.jobqueue = JobqueueConfig()
+        if self.backend == "kubernetes" and self.kubernetes is None:
+            self.kubernetes = KubernetesConfig()
+        if self.backend in BACKEND_LIBRARIES and not problems:
+            problems += _missing_library(self.backend)
+        if problems:
+            raise _located(problems)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _only_this_backend(self, handler):
+        """The keys of the chosen backend and the common ones: the dump (reports, a
+        model's info.json) reads like a job file and validates again."""
+        data = handler(self)
+        return {key: value for key, value in data.items()
+                if self.backend in _BACKEND_KEYS.get(key, (self.backend,))}
+
+    def _address_problems(self) -> list:
+        if self.address is None:
+            return [(("address",), "backend address needs the scheduler's address, e.g. "
+                                   "address: tls://dask-scheduler:8786")]
+        secure = self.address.startswith(("tls://", "wss://"))
+        if secure and self.tls is None:
+            return [(("tls",), f"a {self.address.split('://')[0]}:// address needs the job's "
+                               f"TLS files: tls: {{ca_file: ..., cert_file: ..., key_file: "
+                               f"...}} (throwaway ones: {_MAKE_CERTS})")]
+        if not secure and self.tls is not None:
+            return [(("tls",), f"the address {self.address!r} is not encrypted, so the TLS "
+                               f"files would not be used; write the address as tls://...")]
+        return []
+
+
+def _missing_library(backend) -> list:
+    import importlib.util
+
+    module, distribution, extra = BACKEND_LIBRARIES[backend]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return []
+    return [(("backend",), f"backend {backend} needs {distribution}, which is not installed "
+                           f"in this environment; install it with pip install "
+                           f"'daskgmm[{extra}]'")]
 
 
 def _check_timezone(name):
@@ -693,9 +1061,12 @@ def _unknown_key(loc) -> str:
     section = JobConfig
     for key in loc[:-1]:
         field = section.model_fields.get(key) if isinstance(key, str) else None
-        if field is None or not isinstance(field.annotation, type):
+        # a section, or an optional one (``TLSConfig | None``)
+        kinds = [kind for kind in (*typing.get_args(field.annotation), field.annotation)
+                 if isinstance(kind, type) and issubclass(kind, BaseModel)] if field else []
+        if not kinds:
             return "unknown key"
-        section = field.annotation
+        section = kinds[0]
     known = list(section.model_fields)
     close = difflib.get_close_matches(str(loc[-1]), known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
