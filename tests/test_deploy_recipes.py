@@ -1,0 +1,525 @@
+"""The deployment recipes as written: deploy/docker (image, compose file) and
+deploy/kubernetes (DaskCluster, Prefect worker), with their job configs.
+
+There is no container runtime or Kubernetes cluster here, so each file is checked with the
+real validator of its format (the Compose specification's JSON schema, Kubernetes' OpenAPI
+schemas, the dask-kubernetes operator's CRD), and the compose stack is run as plain
+processes: every service's command and environment, as Compose would interpolate them from
+example.env, with the services' host names replaced by 127.0.0.1 and free ports, MinIO by
+the suite's S3 server (moto) and Postgres by SQLite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "deploy" / "docker"
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+BIN = Path(sys.executable).parent
+# the image's paths (Dockerfile WORKDIR and the user's home) as they are here
+IMAGE_HOME = "/opt/daskgmm"
+USER_HOME = "/home/daskgmm"
+POOL = "daskgmm-compose"
+
+
+# --- Compose, the way docker compose reads it -----------------------------------------------
+
+_VARIABLE = re.compile(r"\$(?:(?P<escaped>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A-Za-z_]\w*))")
+_BRACED = re.compile(r"(?P<name>[A-Za-z_]\w*)(?:(?P<op>:-|-|:\?|\?)(?P<arg>.*))?", re.DOTALL)
+
+
+def interpolate(value, env):
+    """``value`` (any YAML node) with Compose's interpolation applied: ``$$``, ``$NAME``,
+    ``${NAME}``, ``${NAME:-default}``, ``${NAME-default}``, ``${NAME:?error}``,
+    ``${NAME?error}``. A required variable that is unset raises, as compose does."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, env) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(match):
+        if match["escaped"]:
+            return "$"
+        if match["named"]:
+            return env.get(match["named"], "")
+        parts = _BRACED.fullmatch(match["braced"])
+        assert parts, f"Compose cannot read ${{{match['braced']}}}"
+        name, op, arg = parts["name"], parts["op"], parts["arg"]
+        have = env.get(name)
+        if op in (":-", ":?") and have == "":
+            have = None
+        if have is not None:
+            return have
+        if op in (":?", "?"):
+            raise KeyError(f"required variable {name} is not set: {arg}")
+        return arg if op in (":-", "-") else ""
+
+    return _VARIABLE.sub(one, value)
+
+
+def read_env_file(path) -> dict:
+    """KEY=VALUE lines of a Compose .env file (comments and blank lines skipped)."""
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def compose_file(**env) -> dict:
+    """deploy/docker/compose.yaml, interpolated from example.env plus ``env``."""
+    raw = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    return interpolate(raw, {**read_env_file(DOCKER / "example.env"), **env})
+
+
+def service_argv(service: dict) -> list[str]:
+    """What a container of ``service`` runs: its entrypoint, then its command (the image
+    has no ENTRYPOINT; its CMD applies when the service gives no command)."""
+    def words(value):
+        if value is None:
+            return []
+        return shlex.split(value) if isinstance(value, str) else list(value)
+
+    argv = words(service.get("entrypoint")) + words(service.get("command"))
+    assert argv, f"service without a command: {service}"
+    return argv
+
+
+def dockerfile_env() -> dict:
+    """The ENV of deploy/docker/Dockerfile (its final stage)."""
+    text = (DOCKER / "Dockerfile").read_text().replace("\\\n", " ")
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            env.update(word.split("=", 1) for word in shlex.split(line[4:]))
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Here:
+    """Where the compose services' addresses and paths are on this machine."""
+
+    def __init__(self, s3_endpoint, prefect_port, home):
+        self.ports = {"dask-scheduler:8786": free_port(), "dask-scheduler:8787": free_port(),
+                      "prefect-server:4200": prefect_port}
+        self.s3_endpoint = s3_endpoint
+        self.home = home
+
+    def address(self, service):
+        return f"127.0.0.1:{self.ports[service]}"
+
+    def text(self, value: str) -> str:
+        value = value.replace("http://minio:9000", self.s3_endpoint)
+        for service in self.ports:
+            value = value.replace(service, self.address(service))
+        value = value.replace(USER_HOME, str(self.home)).replace(IMAGE_HOME, str(ROOT))
+        return value.replace("0.0.0.0", "127.0.0.1")
+
+    def argv(self, argv: list[str], service: str) -> list[str]:
+        """``argv`` of ``service`` with its listening port and its peers' addresses
+        moved here; the executable is found on this venv's PATH."""
+        out = []
+        for i, word in enumerate(argv):
+            flag = argv[i - 1] if i else ""
+            if flag == "--port":
+                word = str(self.ports[f"{service}:{word}"])
+            elif flag == "--dashboard-address":
+                word = f"127.0.0.1:{self.ports[f'{service}{word}']}"
+            out.append(self.text(word))
+        return out
+
+    def env(self, service: dict, **more) -> dict:
+        """The environment of a container of ``service``: the image's ENV and the
+        service's ``environment``, moved here; nothing of this process's Prefect, AWS or
+        Dask settings."""
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("PREFECT_", "AWS_", "DASK_"))}
+        env.update({key: self.text(value) for key, value in dockerfile_env().items()})
+        env.update({key: self.text(str(value))
+                    for key, value in (service.get("environment") or {}).items()})
+        env["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+        env["HOME"] = str(self.home)
+        env.update(more)
+        return env
+
+    def cwd(self, service: dict) -> str:
+        return self.text(service.get("working_dir", IMAGE_HOME))
+
+
+class Processes:
+    """Processes started in their own session, logged to files, stopped (SIGTERM, then
+    SIGKILL to their process group) by :meth:`stop`."""
+
+    def __init__(self, logs: Path):
+        self.logs = logs
+        self.started = []
+
+    def start(self, name, argv, env, cwd):
+        log = open(self.logs / f"{name}.log", "wb")  # closed by stop()
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.started.append((proc, log))
+        return proc
+
+    def log(self, name) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+
+    def stop(self):
+        for proc, _ in reversed(self.started):
+            with _gone():
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc, log in reversed(self.started):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with _gone():
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            with _gone():  # children left behind in the group (a flow run, uvicorn)
+                os.killpg(proc.pid, signal.SIGKILL)
+            log.close()
+
+
+def _gone():
+    return contextlib.suppress(ProcessLookupError, PermissionError)
+
+
+def wait_until(check, what, timeout=120, proc=None, log=""):
+    """Poll ``check()`` until it returns a true value; fail naming ``what`` (and the
+    process's log) after ``timeout`` seconds or when ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"{what}: the process exited with {proc.returncode}:\n{log()}")
+        time.sleep(0.5)
+    pytest.fail(f"{what}: not after {timeout} s" + (f":\n{log()}" if log else ""))
+
+
+def get_json(url, body=None):
+    request = urllib.request.Request(
+        url, data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or "null")
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def run(argv, env, cwd, timeout=300):
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, (
+        f"{shlex.join(argv)} exited with {done.returncode}:\n{done.stdout[-3000:]}\n"
+        f"{done.stderr[-3000:]}")
+    return done.stdout + done.stderr
+
+
+# --- the compose file and the image, read ---------------------------------------------------
+
+SERVICES = {"postgres", "prefect-server", "prefect-worker", "dask-scheduler", "dask-worker-1",
+            "dask-worker-2", "minio", "demo-data", "deploy"}
+
+
+def check_jsonschema(schema, *files):
+    return subprocess.run([str(BIN / "check-jsonschema"), "--schemafile", str(schema),
+                           *map(str, files)], capture_output=True, text=True, timeout=120)
+
+
+def test_compose_file_is_valid_compose(tmp_path):
+    done = check_jsonschema(SCHEMAS / "compose-spec.json", DOCKER / "compose.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # the schema is in force: a misspelt condition is refused, naming it
+    broken = (DOCKER / "compose.yaml").read_text().replace(
+        "condition: service_healthy", "condition: service_ready", 1)
+    (tmp_path / "compose.yaml").write_text(broken)
+    done = check_jsonschema(SCHEMAS / "compose-spec.json", tmp_path / "compose.yaml")
+    assert done.returncode == 1 and "service_ready" in done.stdout
+
+
+def test_compose_services_and_secrets():
+    compose = compose_file()
+    services = compose["services"]
+    assert set(services) == SERVICES
+    built = {name for name, s in services.items() if "build" in s}
+    assert built == SERVICES - {"postgres", "minio"}
+    for name in built:
+        assert services[name]["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+    assert all(services[n]["depends_on"] for n in SERVICES - {"postgres", "minio",
+                                                              "dask-scheduler"})
+    server = services["prefect-server"]["environment"]
+    assert server["PREFECT_API_DATABASE_CONNECTION_URL"].startswith(
+        "postgresql+asyncpg://prefect:FAKE-postgres-password-change-me@postgres:5432/")
+    assert services["prefect-worker"]["environment"]["PREFECT_API_URL"] == (
+        "http://prefect-server:4200/api")
+    for worker in ("dask-worker-1", "dask-worker-2"):
+        argv = service_argv(services[worker])
+        assert argv[argv.index("--memory-limit") + 1] == "2GiB"
+        bigger = service_argv(compose_file(DASK_WORKER_MEMORY="6GiB")["services"][worker])
+        assert bigger[bigger.index("--memory-limit") + 1] == "6GiB"
+
+    # secrets come from .env only: without them compose refuses to start, naming them
+    for name in ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY"):
+        with pytest.raises(KeyError, match=f"{name} is not set: set {name} in "):
+            compose_file(**{name: ""})
+    text = (DOCKER / "compose.yaml").read_text()
+    for value in read_env_file(DOCKER / "example.env").values():
+        if "FAKE" in value:
+            assert value not in text
+    assert all("FAKE" in v for k, v in read_env_file(DOCKER / "example.env").items()
+               if re.search("PASSWORD|SECRET|KEY", k))
+
+
+def test_dockerfile():
+    text = (DOCKER / "Dockerfile").read_text()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, re.M)[1]
+    assert re.fullmatch(r"python:3\.1[12]-slim(-\w+)?(@sha256:[0-9a-f]{64})?", base)
+    assert f"{sys.version_info.major}.{sys.version_info.minor}" in base  # the venv's Python
+    instructions = [line.split(None, 1) for line in text.replace("\\\n", " ").splitlines()
+                    if line and not line.startswith("#")]
+    assert instructions[-1][0] == "CMD"
+    users = [args for op, args in instructions if op == "USER"]
+    assert users and not users[-1].startswith(("root", "0"))
+    # named sources only: .env files, keys and certificates cannot be copied in
+    sources = [shlex.split(args)[:-1] for op, args in instructions if op == "COPY"]
+    copied = {source for group in sources for source in group}
+    assert copied == {"deploy/docker/constraints.txt", "pyproject.toml", "README.md",
+                      "daskgmm", "pipelines", "configs", "deploy/docker/prefect.yaml"}
+    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().split()
+    assert {"**/.env", "**/*.pem", ".venv/"} <= set(ignore)
+    for op, args in instructions:
+        if op in ("ENV", "ARG"):
+            assert not re.search(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN", args), args
+    install = next(args for op, args in instructions if op == "RUN" and ".[" in args)
+    assert "--constraint deploy/docker/constraints.txt" in install
+    assert '".[pipelines,s3,slurm,kubernetes]"' in install and "pip check" in install
+
+
+def test_constraints_pin_what_the_project_requires():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = [line for line in (DOCKER / "constraints.txt").read_text().splitlines()
+             if line and not line.startswith("#")]
+    pins = {}
+    for line in lines:
+        name, version = re.fullmatch(r"([A-Za-z0-9_.\-\[\]]+)==(\S+)", line).groups()
+        pins[canonicalize_name(name)] = version
+    assert len(pins) == len(lines)
+    assert "daskgmm" not in pins
+    test_only = {"pytest", "pytest-timeout", "ruff", "moto", "hypothesis", "duckdb",
+                 "import-linter", "check-jsonschema", "kubernetes-validate"}
+    assert not test_only & set(pins)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    wanted = project["dependencies"] + [r for extra in ("pipelines", "s3", "slurm",
+                                                        "kubernetes") for r in extras[extra]]
+    for text in wanted:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement.name} is required but not pinned"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {name}=={pins[name]}, pyproject requires {text}")
+    # the server and flow-run parts the image needs beyond the project's own list
+    assert {"asyncpg", "uvicorn", "distributed", "s3fs", "bokeh"} <= set(pins)
+
+
+def test_compose_job_config():
+    from daskgmm_pipelines.config import load_config
+
+    compose = compose_file()
+    config = load_config(ROOT / "configs" / "compose.yaml")
+    names = [yaml.safe_load(p.read_text())["name"] for p in (ROOT / "configs").glob("*.yaml")]
+    assert names.count(config.name) == 1
+    scheduler = service_argv(compose["services"]["dask-scheduler"])
+    port = scheduler[scheduler.index("--port") + 1]
+    assert config.cluster.address == f"tcp://dask-scheduler:{port}"
+    assert config.cluster.address in service_argv(compose["services"]["dask-worker-1"])
+    options = config.source.storage_options
+    assert options["client_kwargs"]["endpoint_url"] == "http://minio:9000"
+    assert options["key"] == {"env": "AWS_ACCESS_KEY_ID"}
+    environment = compose["services"]["prefect-worker"]["environment"]
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(environment)
+    # the data step writes where the job reads; the deployment runs this job on this pool
+    demo = " ".join(service_argv(compose["services"]["demo-data"]))
+    assert f"--out {config.source.uri.removesuffix('/demo.zarr')} " in demo
+    deployment = yaml.safe_load((DOCKER / "prefect.yaml").read_text())
+    for entry in deployment["deployments"]:
+        assert entry["parameters"]["config_path"] == "configs/compose.yaml"
+        assert entry["work_pool"]["name"] == POOL
+        assert (ROOT / entry["entrypoint"].split(":")[0]).exists()
+    worker = service_argv(compose["services"]["prefect-worker"])
+    assert worker[worker.index("--pool") + 1] == POOL
+    assert worker[worker.index("--type") + 1] == "process"
+
+
+# --- the compose stack, run as processes ----------------------------------------------------
+
+class Stack:
+    """The compose stack's services as processes here (see the module's docstring)."""
+
+    def __init__(self, here, processes, compose, config):
+        self.here, self.processes, self.compose, self.config = here, processes, compose, config
+        self.api = f"http://{here.address('prefect-server:4200')}/api"
+
+    def service(self, name):
+        return self.compose["services"][name]
+
+    def start(self, name, **env):
+        service = self.service(name)
+        return self.processes.start(name, self.here.argv(service_argv(service), name),
+                                    self.here.env(service, **env), self.here.cwd(service))
+
+    def run(self, name, **env):
+        service = self.service(name)
+        return run(self.here.argv(service_argv(service), name),
+                   self.here.env(service, **env), self.here.cwd(service))
+
+
+@pytest.fixture(scope="module")
+def stack(s3, prefect_api, tmp_path_factory):
+    """The compose stack as processes, started in its dependency order: the demo-data
+    step on the suite's S3 server, the Dask scheduler and two workers, the Prefect worker
+    and the deploy step against the suite's Prefect API (the prefect-server service's
+    command is checked by test_compose_prefect_server_command: a second server would cost
+    the suite a minute on 2 busy cores)."""
+    from distributed import Client
+
+    fs, options = s3
+    tmp = tmp_path_factory.mktemp("compose")
+    (tmp / "home").mkdir()
+    (tmp / "logs").mkdir()
+    prefect_port = int(re.fullmatch(r"http://127\.0\.0\.1:(\d+)/api", prefect_api)[1])
+    here = Here(options["client_kwargs"]["endpoint_url"], prefect_port, tmp / "home")
+    compose = compose_file(DEMO_ROWS="4000")
+    # the job file as the containers read it, moved here like the commands
+    config = tmp / "compose.yaml"
+    config.write_text(here.text((ROOT / "configs" / "compose.yaml").read_text()))
+    processes = Processes(tmp / "logs")
+    stack = Stack(here, processes, compose, config)
+    try:
+        stack.demo_data_output = stack.run("demo-data")
+        scheduler = stack.start("dask-scheduler")
+        for name in ("dask-worker-1", "dask-worker-2"):
+            stack.start(name)
+        address = f"tcp://{here.address('dask-scheduler:8786')}"
+        wait_until(lambda: _connects(address), "the Dask scheduler", proc=scheduler,
+                   log=lambda: processes.log("dask-scheduler"))
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=120)
+        worker = stack.start("prefect-worker")
+        wait_until(lambda: get_json(f"{stack.api}/work_pools/{POOL}"),
+                   f"the worker's work pool {POOL}", proc=worker,
+                   log=lambda: processes.log("prefect-worker"))
+        stack.deploy_output = stack.run("deploy")
+        yield stack
+    finally:
+        processes.stop()
+
+
+def _connects(address):
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_compose_demo_data_step_writes_to_s3(stack, s3):
+    import zarr
+
+    fs, options = s3
+    fs.invalidate_cache()
+    assert fs.exists("daskgmm/demo-data/demo.zarr/zarr.json"), stack.demo_data_output
+    group = zarr.open_group("s3://daskgmm/demo-data/demo.zarr", mode="r",
+                            storage_options=options)
+    assert group["X"].shape == (4000, 6) and group["labels"].shape == (4000,)
+    # a second `docker compose up` keeps the data
+    assert "demo data already in s3://daskgmm/demo-data: kept" in stack.run("demo-data")
+
+
+def test_compose_dask_cluster_fits_the_s3_data(stack, monkeypatch):
+    from distributed import Client
+
+    import daskgmm
+    from daskgmm_pipelines.config import load_config, resolve_storage_options
+
+    config = load_config(stack.config)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, stack.here.env(stack.service("dask-worker-1"))[name])
+    options = resolve_storage_options(config.source.storage_options)
+    with Client(config.cluster.address, timeout="30s") as client:
+        workers = client.scheduler_info()["workers"].values()
+        assert sorted(w["name"] for w in workers) == ["dask-worker-1", "dask-worker-2"]
+        assert [w["memory_limit"] for w in workers] == [2 * 2**30] * 2
+        assert [w["nthreads"] for w in workers] == [1, 1]
+        gm = daskgmm.GaussianMixture(n_components=3, random_state=0, array_name="X",
+                                     storage_options=options)
+        gm.fit(config.source.uri)
+        ran = client.run(lambda dask_worker: len(dask_worker.state.log))
+    assert gm.converged_ and gm.means_.shape == (3, 6)
+    assert sum(ran.values()) > 0  # the fit ran on the stack's workers
+
+
+def test_compose_prefect_worker_and_deploy_step(stack):
+    pool = get_json(f"{stack.api}/work_pools/{POOL}")
+    assert pool["type"] == "process"
+    workers = get_json(f"{stack.api}/work_pools/{POOL}/workers/filter", {})
+    assert [w["name"] for w in workers] == ["compose-worker"]
+    deployment = get_json(f"{stack.api}/deployments/name/daskgmm-nightly/compose-nightly")
+    assert deployment, stack.deploy_output
+    assert deployment["work_pool_name"] == POOL
+    assert deployment["parameters"] == {"config_path": "configs/compose.yaml"}
+    assert deployment["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {
+        "directory": str(ROOT)}}]
+    assert get_json(f"{stack.api}/deployments/name/daskgmm-score/compose-score")
+
+
+def test_compose_prefect_server_command():
+    """The prefect-server service's command names options the installed Prefect has, and
+    its database URL is one Prefect's server can open (Postgres through asyncpg)."""
+    import sqlalchemy
+
+    service = compose_file()["services"]["prefect-server"]
+    argv = service_argv(service)
+    assert argv[:3] == ["prefect", "server", "start"]
+    done = subprocess.run([str(BIN / "prefect"), *argv[1:3], "--help"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    for option in (word for word in argv if word.startswith("--")):
+        assert re.search(rf"{option}\b", done.stdout), f"prefect server start has no {option}"
+    url = sqlalchemy.engine.make_url(service["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"])
+    assert (url.drivername, url.host, url.port) == ("postgresql+asyncpg", "postgres", 5432)
+    assert url.password == read_env_file(DOCKER / "example.env")["POSTGRES_PASSWORD"]
+    import asyncpg  # noqa: F401  (the driver is in the image: constraints.txt pins it)
