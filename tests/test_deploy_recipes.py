@@ -12,6 +12,7 @@ the suite's S3 server (moto) and Postgres by SQLite.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -523,3 +524,204 @@ def test_compose_prefect_server_command():
     assert (url.drivername, url.host, url.port) == ("postgresql+asyncpg", "postgres", 5432)
     assert url.password == read_env_file(DOCKER / "example.env")["POSTGRES_PASSWORD"]
     import asyncpg  # noqa: F401  (the driver is in the image: constraints.txt pins it)
+
+
+# --- Kubernetes -----------------------------------------------------------------------------
+
+KUBERNETES_VERSION = "1.30.0"   # the oldest minor version the recipe supports
+
+
+def manifests(name) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all((KUBERNETES / name).read_text()) if doc]
+
+
+def read_yaml(path):
+    """A YAML file, read by libyaml when PyYAML has it (the CRD is 280 kB)."""
+    return yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+@functools.cache
+def crd_validator(crd_path=SCHEMAS / "daskcluster-crd.yaml"):
+    """A JSON-schema validator of the DaskCluster CRD's openAPIV3Schema (version v1), made
+    strict as ``kubectl apply --validate=strict`` is: a field the schema does not declare
+    is an error (the API server would drop it silently)."""
+    import copy
+
+    import jsonschema
+
+    crd = read_yaml(crd_path)
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
+
+    def strict(node):
+        if isinstance(node, dict):
+            if ("properties" in node and "additionalProperties" not in node
+                    and not node.get("x-kubernetes-preserve-unknown-fields")):
+                node["additionalProperties"] = False
+            for value in node.values():
+                strict(value)
+        elif isinstance(node, list):
+            for value in node:
+                strict(value)
+
+    strict(schema)
+    # what every object has besides its schema's fields
+    schema["properties"].update({"apiVersion": {"enum": ["kubernetes.dask.org/v1"]},
+                                 "kind": {"enum": [crd["spec"]["names"]["kind"]]},
+                                 "metadata": {"type": "object"}})
+    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind"})
+    return jsonschema.Draft7Validator(schema)
+
+
+def crd_errors(resource) -> list[str]:
+    """What the API server would refuse in ``resource``; null values are dropped first,
+    as it drops them (fields not marked nullable)."""
+    def pruned(node):
+        if isinstance(node, dict):
+            return {k: pruned(v) for k, v in node.items() if v is not None}
+        if isinstance(node, list):
+            return [pruned(v) for v in node]
+        return node
+
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in crd_validator().iter_errors(pruned(resource))]
+
+
+def test_vendored_crd_matches_the_installed_operator():
+    """tests/schemas/daskcluster-crd.yaml is the resolved form of the CRD templates the
+    installed dask-kubernetes ships (same group, kind, version, and spec fields)."""
+    import dask_kubernetes.operator
+
+    package = Path(dask_kubernetes.operator.__file__).parent / "customresources"
+    installed = yaml.safe_load((package / "daskcluster.yaml").read_text())
+    vendored = read_yaml(SCHEMAS / "daskcluster-crd.yaml")
+    for key in ("group", "names", "scope"):
+        assert vendored["spec"][key] == installed["spec"][key]
+    assert [v["name"] for v in vendored["spec"]["versions"]] == [
+        v["name"] for v in installed["spec"]["versions"]] == ["v1"]
+    templates = yaml.safe_load((package / "templates.yaml").read_text())["definitions"]
+    spec = templates["dask.k8s.api.v1.DaskCluster"]["properties"]["spec"]
+    resolved = vendored["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    assert set(resolved["spec"]["properties"]) == set(spec["properties"])
+    assert resolved["spec"]["required"] == spec["required"]
+    for part in ("scheduler", "worker"):
+        template = templates[f"dask.k8s.api.v1.Dask{part.title()}"]
+        assert set(resolved["spec"]["properties"][part]["properties"]) == set(
+            template["properties"])
+
+
+def test_daskcluster_manifest_is_valid_for_the_operator():
+    (cluster,) = manifests("daskcluster.yaml")
+    assert crd_errors(cluster) == []
+    # the validator has teeth: a misspelt field, a wrong type, a missing part
+    bad = json.loads(json.dumps(cluster))
+    bad["spec"]["worker"]["replica"] = bad["spec"]["worker"].pop("replicas")
+    bad["spec"]["scheduler"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "8786"
+    del bad["spec"]["scheduler"]["service"]
+    errors = crd_errors(bad)
+    assert any("'replica' was unexpected" in e for e in errors), errors
+    assert any("containerPort: '8786' is not of type 'integer'" in e for e in errors), errors
+    assert any("'service' is a required property" in e for e in errors), errors
+    # the workers' S3 keys come from a Secret, never inline
+    (worker,) = cluster["spec"]["worker"]["spec"]["containers"]
+    assert all("valueFrom" in variable for variable in worker["env"])
+
+
+def test_kubernetes_core_resources_are_valid():
+    import kubernetes_validate
+
+    resources = manifests("prefect-worker.yaml")
+    assert [r["kind"] for r in resources] == ["ServiceAccount", "Role", "RoleBinding",
+                                              "Deployment"]
+    for resource in resources:
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+    deployment = resources[-1]
+    bad = json.loads(json.dumps(deployment))
+    bad["spec"]["template"]["spec"]["containers"][0]["workingdir"] = "/opt/daskgmm"
+    with pytest.raises(kubernetes_validate.ValidationError, match="workingdir"):
+        kubernetes_validate.validate(bad, KUBERNETES_VERSION, strict=True)
+
+    # the pieces refer to each other, and to the DaskCluster's namespace
+    account, role, binding, deployment = resources
+    (cluster,) = manifests("daskcluster.yaml")
+    namespace = cluster["metadata"]["namespace"]
+    assert {r["metadata"]["namespace"] for r in resources} == {namespace}
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "namespace": namespace,
+                                    "name": account["metadata"]["name"]}]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    granted = {(group, resource, verb) for rule in role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]
+               for verb in rule["verbs"]}
+    for verb in ("get", "list", "watch", "patch", "create", "delete"):
+        assert ("kubernetes.dask.org", "daskclusters", verb) in granted
+    (container,) = pod["containers"]
+    assert container["image"] == cluster["spec"]["worker"]["spec"]["containers"][0]["image"]
+    args = container["args"]
+    deployment_file = yaml.safe_load((KUBERNETES / "prefect.yaml").read_text())
+    (entry,) = deployment_file["deployments"]
+    assert args[:3] == ["prefect", "worker", "start"]
+    assert args[args.index("--pool") + 1] == entry["work_pool"]["name"]
+    assert entry["parameters"] == {"config_path": "configs/kubernetes.yaml"}
+    names = {variable["name"] for variable in container["env"]}
+    assert {"PREFECT_API_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= names
+    for variable in container["env"]:
+        if re.search("KEY|SECRET|TOKEN|PASSWORD", variable["name"]):
+            assert "valueFrom" in variable and "value" not in variable
+
+
+def test_kubernetes_job_config(tmp_path):
+    """configs/kubernetes.yaml loads and names the manifest's DaskCluster; the same
+    section with existing: false and the manifest's image, workers, resources and S3
+    Secret makes (through dask-kubernetes' make_cluster_spec, which KubeCluster uses) a
+    DaskCluster the operator accepts."""
+    from dask_kubernetes.operator import make_cluster_spec
+
+    from daskgmm_pipelines.config import load_config
+
+    path = ROOT / "configs" / "kubernetes.yaml"
+    config = load_config(path)
+    names = [yaml.safe_load(p.read_text())["name"] for p in (ROOT / "configs").glob("*.yaml")]
+    assert names.count(config.name) == 1
+    assert config.source.uri.startswith("s3://")
+    assert config.cluster.backend == "kubernetes"
+    kube = config.cluster.kubernetes
+    (cluster,) = manifests("daskcluster.yaml")
+    assert kube.existing
+    assert (kube.name, kube.namespace) == (cluster["metadata"]["name"],
+                                           cluster["metadata"]["namespace"])
+
+    (worker,) = cluster["spec"]["worker"]["spec"]["containers"]
+    data = yaml.safe_load(path.read_text())
+    data["cluster"]["kubernetes"].update(
+        existing=False, image=worker["image"], n_workers=cluster["spec"]["worker"]["replicas"],
+        resources=worker["resources"],
+        env={v["name"]: {"secret": v["valueFrom"]["secretKeyRef"]["name"],
+                         "key": v["valueFrom"]["secretKeyRef"]["key"]} for v in worker["env"]})
+    (tmp_path / "created.yaml").write_text(yaml.safe_dump(data))
+    created = load_config(tmp_path / "created.yaml").cluster.kubernetes
+    env = [{"name": name, "valueFrom": {"secretKeyRef": {"name": value.secret,
+                                                         "key": value.key}}}
+           for name, value in created.env.items()]
+    spec = make_cluster_spec(name=created.name, image=created.image,
+                             n_workers=created.n_workers, resources=dict(created.resources),
+                             env=env)
+    assert crd_errors(spec) == []
+    assert spec["spec"]["worker"]["replicas"] == cluster["spec"]["worker"]["replicas"]
+    made = spec["spec"]["worker"]["spec"]["containers"][0]
+    assert (made["image"], made["env"], made["resources"]) == (
+        worker["image"], worker["env"], worker["resources"])
+    # the config's defaults make a valid one too
+    default = load_config(_with_kubernetes(tmp_path, path, {"name": "daskgmm"}))
+    kube = default.cluster.kubernetes
+    assert crd_errors(make_cluster_spec(name=kube.name, image=kube.image,
+                                        n_workers=kube.n_workers,
+                                        resources=dict(kube.resources), env=[])) == []
+
+
+def _with_kubernetes(tmp_path, path, section):
+    data = yaml.safe_load(path.read_text())
+    data["cluster"]["kubernetes"] = section
+    (tmp_path / "default.yaml").write_text(yaml.safe_dump(data))
+    return tmp_path / "default.yaml"
