@@ -17,6 +17,14 @@ Promotion. The nightly run promotes its model only when :func:`policy.promotion_
 says so, and publishes tonight's scores with the model that is current after that
 decision. ``fit`` and ``select`` save a version without making it current unless asked
 (``promote=True``; the CLI's ``--promote``, or ``daskgmm promote``).
+
+Time limit and retries. Every flow run ends as ``TimedOut`` (a failed state) after
+``DASKGMM_FLOW_TIMEOUT_SECONDS`` (default 43200, 12 hours: under the lock's default 24
+hours, so a hung run ends before another run may take its lock over). The flows whose
+rerun is safe retry ``DASKGMM_FLOW_RETRIES`` times (default 0: an in-process caller such
+as the CLI gets the error at once), ``DASKGMM_FLOW_RETRY_DELAY_SECONDS`` (default 600)
+later; deploy/prefect.yaml sets them for the deployments. Both are read when this module
+is imported: a deployment's worker imports it in the flow run's own process.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Callable
@@ -56,6 +65,32 @@ def _transient(task, task_run, state) -> bool:
     exc = state.result(raise_on_failure=False)
     return isinstance(exc, (OSError, TimeoutError)) and not isinstance(exc, _NOT_TRANSIENT)
 
+
+def _env_number(name: str, default: float, minimum: float, integer: bool = False):
+    """The number in the environment variable ``name`` (``default`` when unset); an error
+    naming the variable, its value and the fix otherwise."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= minimum) or (integer and value % 1):
+        what = "a whole number" if integer else "a number"
+        raise ValueError(
+            f"The environment variable {name}={text!r} is not {what} >= {minimum:g}: set "
+            f"it to one (deploy/prefect.yaml sets it in each deployment's job_variables "
+            f"env), or unset it for the default {default:g}.")
+    return int(value) if integer else value
+
+
+# Read at import: Prefect takes a flow's time limit and retries from its decorator.
+TIMEOUT_SECONDS = _env_number("DASKGMM_FLOW_TIMEOUT_SECONDS", 12 * 3600, 1)
+RETRIES = _env_number("DASKGMM_FLOW_RETRIES", 0, 0, integer=True)
+RETRY_DELAY_SECONDS = _env_number("DASKGMM_FLOW_RETRY_DELAY_SECONDS", 600, 0)
+# a flow whose rerun is safe; see each flow's decorator for why it is
+RERUN_SAFE = dict(retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS)
 
 IO = dict(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
           retry_jitter_factor=0.5, retry_condition_fn=_transient, cache_policy=NO_CACHE)
@@ -363,12 +398,15 @@ def write_report(cfg: JobConfig, version: str, summary: dict, plots: dict, key: 
     """PNG plots and the markdown summary into the model version; a markdown artifact."""
     store = _store(cfg)
     urls = write_plots.fn(cfg, version, plots)
-    # the file links its plots relatively (they sit next to it); the artifact in full
+    # the file links its plots relatively (they sit next to it); the artifact, shown by
+    # the Prefect UI, which cannot read the model store, embeds them
     local = report.summary_markdown({**summary, "plots": {
         title: f"{name}.png" for title, (name, _) in plots.items()}})
     summary = {**summary, "plots": urls}
     summary["report_url"] = store.write_file(version, "report/summary.md", local.encode())
-    create_markdown_artifact(report.summary_markdown(summary), key=_key(key, "summary"),
+    images = {title: report.png_data_uri(png) for title, (_, png) in plots.items()}
+    create_markdown_artifact(report.summary_markdown(summary, images=images),
+                             key=_key(key, "summary"),
                              description=f"daskgmm run {summary['run_id']}")
     return summary
 
@@ -434,7 +472,12 @@ def _plots(model, pub, selection=None):
     return plots
 
 
-@flow(name="daskgmm-nightly")
+# Retries: a retry keeps the run id (the run's scheduled date), so a fit that failed
+# resumes from the run's checkpoint, the scores replace only the run's earlier attempt,
+# and the model is promoted only after they are published; a retry after the promotion (a
+# failed report or pruning) warm-starts from the model just promoted and saves one more
+# version. Nothing readers see is left half-done either way.
+@flow(name="daskgmm-nightly", timeout_seconds=TIMEOUT_SECONDS, **RERUN_SAFE)
 def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None,
             progress: Callable | None = None) -> dict:
     """The nightly job: warm-start EM on tonight's data from the current model (or re-run
@@ -518,7 +561,9 @@ def _night(cfg, run_id, key, log, t0, progress):
     return summary, pub
 
 
-@flow(name="daskgmm-select")
+# No retries: the BIC grid is not checkpointed, so a rerun repeats every candidate's
+# passes from the start, and what fails a grid (the data, the config) fails it again.
+@flow(name="daskgmm-select", timeout_seconds=TIMEOUT_SECONDS)
 def select(config_path: str, run_id: str | None = None, promote_model: bool = False,
            progress: Callable | None = None) -> dict:
     """Run the BIC grid of the config and save the chosen model as a new version; it
@@ -556,7 +601,9 @@ def _promote_if_asked(cfg, version, run_id, asked, what):
             "promote <config> %s", version, version)
 
 
-@flow(name="daskgmm-fit")
+# Retries: a retry keeps the run id, so the fit resumes from its checkpoint and reaches
+# the same model; it saves a version, and promotes only when asked, as its last step.
+@flow(name="daskgmm-fit", timeout_seconds=TIMEOUT_SECONDS, **RERUN_SAFE)
 def fit(config_path: str, n_components: int | None = None,
         covariance_type: str | None = None, run_id: str | None = None,
         promote_model: bool = False, progress: Callable | None = None) -> dict:
@@ -590,7 +637,9 @@ def fit(config_path: str, n_components: int | None = None,
             "seconds": time.perf_counter() - t0, "plots": urls}
 
 
-@flow(name="daskgmm-score")
+# Retries: one pass over the data, and publishing a run id again replaces only that run's
+# earlier attempt; the model is read, never written.
+@flow(name="daskgmm-score", timeout_seconds=TIMEOUT_SECONDS, **RERUN_SAFE)
 def score(config_path: str, model_version: str | None = None, source: str | None = None,
           run_id: str | None = None, progress: Callable | None = None) -> dict:
     """Score a source (default: the config's) with a stored model (default: the current

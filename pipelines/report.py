@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
+
+# The largest PNG embedded in a markdown artifact (the plots are 20-60 KiB): the artifact
+# is stored in the Prefect server's database and sent whole to the UI.
+EMBED_MAX_BYTES = 256 * 1024
 
 _COLOURS = {"full": "tab:blue", "tied": "tab:orange", "diag": "tab:green",
             "spherical": "tab:red"}
@@ -79,6 +84,17 @@ def score_histogram(sketch, threshold, bins=80) -> bytes:
     return _png(plt, fig)
 
 
+def png_data_uri(png: bytes, max_bytes: int = EMBED_MAX_BYTES) -> str | None:
+    """The PNG as a ``data:image/png;base64,...`` URI, which a markdown image shows with
+    no file to fetch (the Prefect UI renders it); None when it is larger than
+    ``max_bytes``."""
+    if not png.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ValueError(f"Not a PNG: the data start with {png[:8]!r}.")
+    if len(png) > max_bytes:
+        return None
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def _table(rows):
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -97,8 +113,13 @@ def _promotion_line(s: dict) -> str:
             f"`{s.get('scored_with')}`")
 
 
-def summary_markdown(s: dict) -> str:
-    """The run's markdown summary from the dict the nightly flow assembles."""
+def summary_markdown(s: dict, images: dict | None = None) -> str:
+    """The run's markdown summary from the dict the nightly flow assembles.
+
+    ``s["plots"]`` maps each plot's title to its file, shown and linked. ``images`` maps
+    titles to what to show instead (:func:`png_data_uri`), the file then named below it;
+    None for a plot too large to embed, then only linked."""
+    images = images or {}
     drift = s.get("drift")
     if drift is None:
         drift_line = f"not checked ({s.get('drift_note') or 'no warm start'})"
@@ -133,7 +154,14 @@ def summary_markdown(s: dict) -> str:
         "",
     ]
     for title, url in s.get("plots", {}).items():
-        lines += [f"### {title}", "", f"![{title}]({url})", "", f"[{url}]({url})", ""]
+        src = images.get(title, url)
+        if src is None:
+            lines += [f"### {title}", "", f"Larger than {EMBED_MAX_BYTES // 1024} KiB, not "
+                      f"shown here: [{url}]({url})", ""]
+        elif src == url:
+            lines += [f"### {title}", "", f"![{title}]({url})", "", f"[{url}]({url})", ""]
+        else:
+            lines += [f"### {title}", "", f"![{title}]({src})", "", f"File: `{url}`", ""]
     if s.get("selection_table"):
         lines += ["## Model selection", "", _table(s["selection_table"]), ""]
     return "\n".join(lines)
