@@ -197,10 +197,34 @@ def _connect_problem(cluster, exc) -> str:
                 f"does to a plain tcp:// client. If it runs with --protocol tls, write the "
                 f"address as tls://... and give the job's certificate in cluster.tls.")
     if "Timed out" in str(exc) or has(TimeoutError):
-        return (f"{lead}: no answer before the connect timeout "
-                f"(distributed.comm.timeouts.connect). Is the host reachable from here "
-                f"(firewall, network), and is the port the scheduler's?")
+        # distributed keeps only its last attempt's error, often a timeout of its own:
+        # ask the network directly
+        return f"{lead}: {_probe(address)}"
     return f"{lead}: {type(exc).__name__}: {exc}"
+
+
+def _probe(address) -> str:
+    """Why a connection to ``address`` timed out, from one plain TCP connection."""
+    import socket
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    host, port = parse_host_port(parse_address(address)[1])
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            pass
+    except socket.gaierror:
+        return f"the host name {host!r} does not resolve. Check the address."
+    except ConnectionRefusedError:
+        return ("nothing listens there (connection refused). Is the scheduler running, on "
+                "this host and port? Start it with dask scheduler (see "
+                "deploy/local/README.md) or fix cluster.address.")
+    except OSError as exc:
+        return (f"no answer ({exc.strerror or type(exc).__name__}). Is the host reachable from "
+                f"here (firewall, network), and is the port the scheduler's?")
+    return ("the port accepts connections, but no Dask scheduler answered before the connect "
+            "timeout (distributed.comm.timeouts.connect). Is it the scheduler's port (not "
+            "the dashboard's), and is the scheduler overloaded?")
 
 
 def _wait_for_a_worker(client, timeout, problem):
@@ -308,6 +332,8 @@ def _kubernetes(cluster, log, stack):
     from distributed import Client
 
     KubeCluster = _import("kubernetes", "KubeCluster")  # noqa: N806 - a class
+    from dask_kubernetes.operator.kubecluster.kubecluster import CreateMode
+
     kube_config = cluster.kubernetes
     where = {"namespace": kube_config.namespace} if kube_config.namespace else {}
     adapt = kube_config.adapt
@@ -323,7 +349,11 @@ def _kubernetes(cluster, log, stack):
             n_workers = max(1, adapt.minimum) if adapt is not None else kube_config.n_workers
             kube = KubeCluster(name=kube_config.name, image=kube_config.image,
                                n_workers=n_workers, resources=dict(kube_config.resources),
-                               env=env, shutdown_on_close=True, **where)
+                               env=env, create_mode=CreateMode.CREATE_ONLY,
+                               # not before it exists: a KubeCluster that failed to start
+                               # would try to delete it at exit, with a traceback
+                               shutdown_on_close=False, **where)
+            kube.shutdown_on_close = True  # created by the job: deleted when it ends
             what = f"a DaskCluster {kube_config.name!r} (image {kube_config.image})"
     except Exception as exc:  # noqa: BLE001 - the API's, the operator's or the config's
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -334,7 +364,10 @@ def _kubernetes(cluster, log, stack):
             f"kubectl reaches the cluster (kubectl config current-context), that the "
             f"dask-kubernetes operator is installed (kubectl get crd daskclusters.kubernetes."
             f"dask.org)" + (f", and that the DaskCluster exists (kubectl get daskcluster "
-                            f"{kube_config.name})" if kube_config.existing else "") + "."
+                            f"{kube_config.name})" if kube_config.existing else
+                            f"; a DaskCluster {kube_config.name!r} left by an earlier run is "
+                            f"not reused: delete it (kubectl delete daskcluster "
+                            f"{kube_config.name}) or set existing: true") + "."
         ) from exc
     stack.callback(kube.close)  # deletes a DaskCluster the job created, not an existing one
     client = Client(kube, set_as_default=True)
