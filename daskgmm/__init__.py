@@ -13,6 +13,8 @@ from ._version import __version__
 # public name -> module that defines it
 _NAMES = {
     "Checkpoint": "checkpoint",
+    "ChunkBudget": "sources",
+    "ChunkMemoryWarning": "sources",
     "ClusterLostError": "passes",
     "Dataset": "sources",
     "DamagedSourceError": "sources",
@@ -31,6 +33,7 @@ _NAMES = {
     "Publication": "scores",
     "SCORE_DTYPE": "kernels",
     "as_dataset": "sources",
+    "chunk_budget": "sources",
     "check_score_target": "scores",
     "latest_scores": "scores",
     "load": "estimator",

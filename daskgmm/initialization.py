@@ -47,7 +47,7 @@ def draw_sample(dataset: Dataset, size: int, random_state):
     else:
         rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
         idx = np.sort(rng.choice(n, size=size, replace=False))
-        sample = np.asarray(dataset.array[idx].compute(), dtype=np.float64)
+        sample = passes.take_rows(dataset, idx)
     bad = kernels.find_nonfinite(sample)
     if bad is not None:
         row = bad[0] if idx is None else int(idx[bad[0]])

@@ -148,7 +148,8 @@ class ClusterLostError(ConnectionError):
 
 _PASS_NAMES = {"em_chunk": "an EM iteration", "hard_assignment_chunk": "the initialisation",
                "random_resp_chunk": "the initialisation",
-               "_log_likelihood_chunk": "a scoring pass", "_sketch_chunk": "a threshold pass"}
+               "_log_likelihood_chunk": "a scoring pass", "_sketch_chunk": "a threshold pass",
+               "_take": "the initialisation's sample"}
 
 
 @contextlib.contextmanager
@@ -282,3 +283,26 @@ def map_rows(dataset: Dataset, fn, params: Params, dtype, n_columns=None):
         task, params, dtype=dtype, block_info=True,
         chunks=(dataset.array.chunks[0], (n_columns,)), meta=np.empty((0, 0), dtype=dtype),
     )
+
+
+def _take(block, local_rows):
+    return np.array(block[local_rows], dtype=np.float64)  # a copy: the chunk can go
+
+
+def take_rows(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
+    """The rows at the sorted global indices ``rows``, as a numpy array: each chunk that
+    holds some of them is read by a task that keeps only those rows (dask's own fancy
+    indexing would shuffle whole chunks between workers). One compute."""
+    offsets = dataset.row_offsets
+    bounds = np.searchsorted(rows, offsets)
+    blocks = dataset.array.to_delayed(optimize_graph=True).ravel()
+    parts = [
+        dask.delayed(_take, pure=True)(block, rows[lo:hi] - offsets[i])
+        for i, (block, lo, hi) in enumerate(zip(blocks, bounds[:-1], bounds[1:], strict=True))
+        if hi > lo
+    ]
+    if not parts:
+        return np.empty((0, dataset.n_features), dtype=np.float64)
+    with threadpool_limits(limits=1), _cluster_lost(dataset, _take):
+        (taken,) = dask.compute(parts)
+    return np.concatenate(taken)

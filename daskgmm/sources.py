@@ -17,8 +17,11 @@ import numbers
 import os
 import re
 import stat
+import sys
+import warnings
 from dataclasses import dataclass, field
 
+import dask
 import dask.array as da
 import numpy as np
 import pyarrow as pa
@@ -30,13 +33,18 @@ from ._storage import expand, redact_url, url_to_fs
 
 logger = logging.getLogger(__name__)
 
-# "auto" chunking: row chunks of about this many bytes of float64 ...
+# "auto" chunking (see chunk_budget): row chunks of at most this many bytes of float64,
+# less when the workers' memory asks for it ...
 _TARGET_CHUNK_BYTES = 32 * 2**20
 # ... and existing row chunks smaller than this (median) are merged up to the target.
 _TINY_CHUNK_BYTES = 4 * 2**20
-# A Parquet file whose selected columns take more than this as float64 is split into
-# pieces of consecutive row groups of at most this size (or one row group).
-_PARQUET_PIECE_BYTES = 64 * 2**20
+# What a worker process holds before any chunk: the interpreter, distributed, numpy,
+# zarr, pyarrow and daskgmm's passes (measured: 130 MiB at rest after a Zarr fit, 190
+# MiB after a Parquet one, Linux, Python 3.11).
+_WORKER_FIXED_BYTES = 192 * 2**20
+# A task holds about this many chunk-sized buffers at its peak (measured: 4x for a Zarr
+# chunk, 4.5x for a Parquet piece: what the reader decodes, the float64 block, copies).
+_TASK_COPIES = 5
 _PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 MISSING_CHUNKS = ("raise", "fill")
@@ -281,10 +289,14 @@ def as_dataset(
         "client_kwargs": {"endpoint_url": ...}}`` for S3.
     chunk_rows : int, 'auto' or None, default='auto'
         Rows per chunk. An int: exactly that many (the last chunk may be shorter).
-        'auto': chunks of about 32 MiB of float64 for in-memory input; the input's own
-        chunks for dask and Zarr input, with adjacent chunks merged to about 32 MiB when
-        they are small (median under 4 MiB); one chunk per Parquet file (see Notes).
+        'auto': chunks of the size :func:`chunk_budget` picks from the workers' memory
+        (32 MiB of float64 at most) for in-memory input; the input's own chunks for dask
+        and Zarr input, with adjacent chunks merged up to that size when they are small
+        (median under 4 MiB) and a Zarr shard read by its inner chunks; for Parquet,
+        runs of whole row groups up to that size (see Notes).
         None: the input's own row chunks (as 'auto' for in-memory and Parquet input).
+        A chunk larger than the workers can hold (by the rule of :class:`ChunkBudget`)
+        gives a :class:`ChunkMemoryWarning` that says which chunks and what to do.
     feature_names : list of str, default=None
         Column names, overriding those of the input.
     missing_chunks : {'raise', 'fill'}, default='raise'
@@ -306,10 +318,10 @@ def as_dataset(
     are not read as columns); names starting with ``_`` or ``.`` are skipped. Rows are
     in lexicographic order of the file paths (``part.10`` sorts before ``part.2``: pad
     numbers with zeros to keep the writing order). Each file is one chunk, except a
-    file whose selected columns exceed 64 MiB as float64, which is split into runs of
-    consecutive row groups. Every file must hold the selected columns with a numeric
-    type (integer widths and float precisions may differ between files); nulls become
-    NaN. Empty files are skipped.
+    file whose selected columns exceed the chunk size as float64, which is split into
+    runs of consecutive row groups (a row group is never split). Every file must hold
+    the selected columns with a numeric type (integer widths and float precisions may
+    differ between files); nulls become NaN. Empty files are skipped.
     """
     _check_chunk_rows(chunk_rows)
     if missing_chunks not in MISSING_CHUNKS:
@@ -417,17 +429,18 @@ def _checked_feature_names(feature_names, dataset):
 # Row chunks
 
 
-def _auto_rows(n_samples, n_features):
-    """Rows in about ``_TARGET_CHUNK_BYTES`` of float64, between 1 and n_samples."""
-    return int(min(max(1, _TARGET_CHUNK_BYTES // (8 * max(n_features, 1))), n_samples))
+def _auto_rows(n_samples, n_features, target_bytes=_TARGET_CHUNK_BYTES):
+    """Rows in about ``target_bytes`` of float64, between 1 and n_samples."""
+    return int(min(max(1, target_bytes // (8 * max(n_features, 1))), n_samples))
 
 
-def _merged_row_chunks(chunks, n_features):
-    """Adjacent row chunks merged up to about 32 MiB when they are small, else unchanged."""
+def _merged_row_chunks(chunks, n_features, target_bytes):
+    """Adjacent row chunks merged up to about ``target_bytes`` when they are small, else
+    unchanged."""
     row_bytes = 8 * max(n_features, 1)
-    if np.median(chunks) * row_bytes >= _TINY_CHUNK_BYTES:
+    if np.median(chunks) * row_bytes >= min(_TINY_CHUNK_BYTES, target_bytes):
         return tuple(chunks)
-    target = _auto_rows(sum(chunks), n_features)
+    target = _auto_rows(sum(chunks), n_features, target_bytes)
     merged, run = [], 0
     for rows in chunks:
         if run and run + rows > target:
@@ -478,6 +491,75 @@ def _from_dataset(dataset):
 
 
 ###############################################################################
+# Chunk sizes from the workers' memory
+
+
+class ChunkMemoryWarning(UserWarning):
+    """A chunk of the input is too large for the workers' memory: a worker holding one
+    per thread would pause (and its nanny may restart it)."""
+
+
+@dataclass(frozen=True)
+class ChunkBudget:
+    """The chunk size daskgmm picks, and the largest chunk the workers can hold.
+
+    The rule: a worker of ``memory_limit`` M and T threads pauses at ``pause`` x M
+    (distributed's ``distributed.worker.memory.pause``, 0.8 by default) and holds
+    ``_WORKER_FIXED_BYTES`` (192 MiB) before any chunk; each of its T tasks holds about
+    ``_TASK_COPIES`` (5) chunk-sized buffers at its peak. So the largest chunk (as
+    float64) is ``(pause x M - 192 MiB) / (5 T)``, over the tightest worker; daskgmm's own chunks
+    ("auto") are that, at most 32 MiB and at least 1 MiB. Without a distributed client,
+    or when the workers have no memory limit, chunks are 32 MiB and nothing is checked.
+    """
+
+    target_bytes: int
+    largest_bytes: int | None = None  # None: no limit known
+    workers: str = "no distributed client"
+
+    def check(self, chunk_bytes: int, what: str, fix: str):
+        """Warn (``ChunkMemoryWarning``) when ``chunk_bytes`` exceed what fits."""
+        if self.largest_bytes is None or chunk_bytes <= self.largest_bytes:
+            return
+        fits = (f"chunks up to {_mib(self.largest_bytes)} fit"
+                if self.largest_bytes > 0 else "no chunk fits beside what a worker holds")
+        warnings.warn(
+            f"{what} take {_mib(chunk_bytes)} as float64 each, too large for the "
+            f"workers ({self.workers}: {fits}): a worker would pause or be restarted by "
+            f"its nanny. {fix}, or give the workers more memory or fewer threads.",
+            ChunkMemoryWarning, stacklevel=4,
+        )
+
+
+def _mib(n):
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**20:.2f} MiB"
+
+
+def chunk_budget() -> ChunkBudget:
+    """The :class:`ChunkBudget` for the workers of the current distributed client."""
+    distributed = sys.modules.get("distributed")  # no client without it: do not import it
+    try:
+        client = distributed.default_client()
+        try:
+            info = client.scheduler_info(n_workers=-1)  # all workers, not the first 5
+        except TypeError:  # distributed before 2025.4 lists them all anyway
+            info = client.scheduler_info()
+        workers = info["workers"].values()
+    except (AttributeError, ValueError, KeyError, OSError):
+        return ChunkBudget(_TARGET_CHUNK_BYTES)
+    limits = [(int(w.get("memory_limit") or 0), max(int(w.get("nthreads") or 1), 1))
+              for w in workers]
+    if not limits or not all(m for m, _ in limits):
+        return ChunkBudget(_TARGET_CHUNK_BYTES, workers="workers without a memory limit")
+    pause = dask.config.get("distributed.worker.memory.pause", 0.8) or 0.95
+    largest = min(max(0, int(pause * m) - _WORKER_FIXED_BYTES) // (_TASK_COPIES * t)
+                  for m, t in limits)
+    memory, threads = min(limits)
+    shown = (f"{len(limits)} worker{'s' * (len(limits) > 1)}, the smallest with "
+             f"memory_limit {_mib(memory)} and {threads} thread{'s' * (threads > 1)}")
+    return ChunkBudget(min(_TARGET_CHUNK_BYTES, max(largest, 2**20)), largest, shown)
+
+
+###############################################################################
 # In-memory and dask input
 
 
@@ -511,9 +593,15 @@ def _from_memory(X, chunk_rows):
     _check_2d(array.shape, description)
     _check_numeric(array.dtype, description)
     _check_not_empty(array.shape, description)
-    rows = _auto_rows(*array.shape) if not isinstance(chunk_rows, numbers.Integral) else int(
-        chunk_rows
-    )
+    budget = chunk_budget()
+    if isinstance(chunk_rows, numbers.Integral):
+        rows = int(chunk_rows)
+        budget.check(min(rows, array.shape[0]) * array.shape[1] * 8,
+                     f"Chunks of {rows} rows of the {description}",
+                     f"Pass chunk_rows={_auto_rows(*array.shape, budget.target_bytes)} "
+                     "or 'auto'")
+    else:
+        rows = _auto_rows(*array.shape, budget.target_bytes)
     out = da.from_array(array, chunks=(rows, array.shape[1])).astype(np.float64)
     return Dataset(out, names, description, _index_labels(out), lazy=False)
 
@@ -552,12 +640,20 @@ def _from_dask(X, chunk_rows):
     _check_numeric(X.dtype, description)
     _check_not_empty(X.shape, description)
     rows = X.chunks[0]
+    budget = chunk_budget()
     if isinstance(chunk_rows, numbers.Integral):
         rows = int(chunk_rows)
     elif chunk_rows == "auto":
-        rows = _merged_row_chunks(rows, X.shape[1])
+        rows = _merged_row_chunks(rows, X.shape[1], budget.target_bytes)
     if rows != X.chunks[0] or len(X.chunks[1]) > 1:
         X = X.rechunk({0: rows, 1: -1})
+    good = _auto_rows(X.shape[0], X.shape[1], budget.target_bytes)
+    blocksize = _mib(good * X.shape[1] * 8).replace(" ", "")
+    budget.check(max(X.chunks[0]) * X.shape[1] * 8,
+                 f"The largest row chunks of the {description} ({max(X.chunks[0])} rows)",
+                 f"Build it with chunks of about {good} rows where its chunks are made "
+                 f"(da.from_zarr(..., chunks=({good}, -1)), dd.read_parquet(..., "
+                 f"blocksize='{blocksize}')), or pass the Zarr or Parquet path itself")
     out = X.astype(np.float64)
     return Dataset(out, None, description, _index_labels(out), lazy=True)
 
@@ -724,15 +820,26 @@ def _from_zarr_array(z, chunk_rows, description, reshape_hint="X", missing_chunk
     if missing_chunks == "raise":
         _check_no_missing_chunks(z, description)
     n_samples, n_features = (int(s) for s in z.shape)
+    inner = int(z.chunks[0])
     stored = int((getattr(z, "shards", None) or z.chunks)[0])
+    budget = chunk_budget()
+    target = _auto_rows(n_samples, n_features, budget.target_bytes)
     if isinstance(chunk_rows, numbers.Integral):
         rows = int(chunk_rows)
-    elif chunk_rows == "auto" and stored * n_features * 8 < _TINY_CHUNK_BYTES:
+    elif chunk_rows == "auto" and stored * n_features * 8 < min(_TINY_CHUNK_BYTES,
+                                                                 budget.target_bytes):
         # Whole stored chunks per dask chunk, so that each task reads each chunk once.
-        target = _auto_rows(n_samples, n_features)
         rows = n_samples if target >= n_samples else stored * max(1, target // stored)
+    elif chunk_rows == "auto" and stored > inner and stored > target:
+        # A shard is read by its inner chunks: whole inner chunks per dask chunk.
+        rows = inner * max(1, target // inner)
     else:
         rows = stored
+    budget.check(max(min(rows, n_samples), min(inner, n_samples)) * n_features * 8,
+                 f"Chunks of {max(rows, inner)} rows of the {description}",
+                 f"Write the array with chunks of about {target} rows "
+                 f"(zarr.create_array(..., chunks=({target}, {n_features})))"
+                 + (", or pass chunk_rows='auto'" if rows > max(inner, target) else ""))
     # Reading straight at the target chunks (no rechunk layer); one chunk across columns.
     reader = _ZarrRows(z, description)
     chunks = (min(rows, n_samples), n_features)
@@ -938,14 +1045,15 @@ def _check_file_columns(columns, schema, relative, description):
             )
 
 
-def _pieces(n_rows, row_groups, n_columns):
-    """Runs of consecutive row groups of at most ``_PARQUET_PIECE_BYTES`` as float64."""
+def _pieces(n_rows, row_groups, n_columns, target_bytes):
+    """Runs of consecutive row groups of at most ``target_bytes`` as float64 (or one row
+    group)."""
     row_bytes = 8 * n_columns
-    if n_rows * row_bytes <= _PARQUET_PIECE_BYTES or len(row_groups) < 2:
+    if n_rows * row_bytes <= target_bytes or len(row_groups) < 2:
         return [(0, len(row_groups))]
     runs, first, size = [], 0, 0
     for i, rows in enumerate(row_groups):
-        if i > first and (size + rows) * row_bytes > _PARQUET_PIECE_BYTES:
+        if i > first and (size + rows) * row_bytes > target_bytes:
             runs.append((first, i))
             first, size = i, 0
         size += rows
@@ -968,6 +1076,7 @@ def _from_parquet(fs, files, shown, columns, chunk_rows, url, root):
         _check_file_columns(columns, schema, relative, description)
     description = f"{description} ({_describe_columns(columns)})"
 
+    budget = chunk_budget()
     kept, chunks, labels, versions, kept_schemas = [], [], [], [], []
     for (path, relative, info), meta, schema in zip(files, metas, schemas, strict=True):
         if meta.num_rows == 0:
@@ -976,7 +1085,7 @@ def _from_parquet(fs, files, shown, columns, chunk_rows, url, root):
         kept.append((path, relative, row_groups))
         versions.append(sorted((k, str(v)) for k, v in info.items()))
         kept_schemas.append(schema)
-        runs = _pieces(meta.num_rows, row_groups, len(columns))
+        runs = _pieces(meta.num_rows, row_groups, len(columns), budget.target_bytes)
         for first, stop in runs:
             chunks.append(sum(row_groups[first:stop]))
             if len(runs) == 1:
@@ -996,8 +1105,19 @@ def _from_parquet(fs, files, shown, columns, chunk_rows, url, root):
     reader = _ParquetRows(fs, [(p, rg) for p, _, rg in kept], columns)
     if isinstance(chunk_rows, numbers.Integral):
         row_chunks = int(chunk_rows)
+        largest = min(row_chunks, n_rows)
     else:
         row_chunks = tuple(chunks)
+        largest = max(max(rg) for _, _, rg in kept)  # a piece is one row group at least
+    target = _auto_rows(n_rows, len(columns), budget.target_bytes)
+    budget.check(largest * len(columns) * 8,
+                 f"Row groups of {largest} rows of the {description}" if not isinstance(
+                     chunk_rows, numbers.Integral) else
+                 f"Chunks of {largest} rows of the {description}",
+                 f"Write the files with row groups of about {target} rows "
+                 f"(pyarrow.parquet.write_table(..., row_group_size={target}))"
+                 if not isinstance(chunk_rows, numbers.Integral) else
+                 "Pass chunk_rows='auto'")
     # Same files (size, modification time or ETag), columns and chunks: same name.
     name = "parquet-" + tokenize(fs, [(p, rg) for p, _, rg in kept], versions, columns,
                                  row_chunks)
@@ -1081,28 +1201,43 @@ class _ParquetRows:
         return out[::step][:, cols]
 
     def _read(self, path, row_groups, lo, hi):
-        """Rows lo:hi (within the file) of the selected columns, as float64."""
+        """Rows lo:hi (within the file) of the selected columns, as float64: one row
+        group at a time into the output, so that a read holds the output and one row
+        group's decoded columns, not a whole piece twice."""
         bounds = np.concatenate([[0], np.cumsum(row_groups)])
         first = int(np.searchsorted(bounds, lo, side="right")) - 1
         last = int(np.searchsorted(bounds, hi, side="left"))
-        groups = list(range(first, last))
+        out = np.empty((hi - lo, len(self.columns)), dtype=np.float64)
         try:
-            with pq.ParquetFile(path, filesystem=self.fs) as f:
+            with pq.ParquetFile(path, filesystem=self.fs, pre_buffer=False) as f:
                 _check_same_row_groups(f.metadata, row_groups, path)
-                table = f.read_row_groups(groups, columns=self.columns, use_threads=False)
+                for g in range(first, last):
+                    table = f.read_row_group(g, columns=self.columns, use_threads=False)
+                    self._fill(out, table, int(bounds[g]), lo, hi)
+                    del table
+                    # Arrow's allocator keeps what a read freed for the next one (some
+                    # 100 MiB per worker); give it back so the worker's memory is its chunks'
+                    pa.default_memory_pool().release_unused()
         except PermissionError as exc:
             raise PermissionError(
                 f"Permission denied reading Parquet file {path!r}: {exc}. Grant this "
                 "process read access to it."
             ) from None
         except (OSError, pa.ArrowException) as exc:
-            table = self._decoded_or_damaged(path, groups, exc)
-        table = table.slice(int(lo - bounds[first]), int(hi - lo))
-        out = np.empty((table.num_rows, len(self.columns)), dtype=np.float64)
-        for j, name in enumerate(self.columns):
-            column = table.column(name).cast(pa.float64(), safe=False)
-            out[:, j] = column.to_numpy(zero_copy_only=False)
+            table = self._decoded_or_damaged(path, list(range(first, last)), exc)
+            self._fill(out, table, int(bounds[first]), lo, hi)
         return out
+
+    def _fill(self, out, table, table_start, lo, hi):
+        """Copy the rows of ``table`` (file rows from ``table_start``) that fall in the
+        file rows lo:hi into ``out`` (whose row 0 is file row lo)."""
+        a, b = max(lo, table_start), min(hi, table_start + table.num_rows)
+        if a >= b:
+            return
+        part = table.slice(a - table_start, b - a)
+        for j, name in enumerate(self.columns):
+            column = part.column(name).cast(pa.float64(), safe=False)
+            out[a - lo:b - lo, j] = column.to_numpy(zero_copy_only=False)
 
     def _decoded_or_damaged(self, path, groups, exc):
         """After a failed read: the file's bytes read again through fsspec (an I/O

@@ -291,7 +291,7 @@ def test_parquet_large_file_is_split_by_row_groups(tmp_path, monkeypatch):
     data = np.random.default_rng(2).normal(size=(100, 2))
     path = tmp_path / "big.parquet"
     pq.write_table(pa.table({"x": data[:, 0], "y": data[:, 1]}), path, row_group_size=20)
-    monkeypatch.setattr(sources, "_PARQUET_PIECE_BYTES", 16 * 40)  # 40 rows of 2 float64
+    monkeypatch.setattr(sources, "_TARGET_CHUNK_BYTES", 16 * 40)  # 40 rows of 2 float64
     ds = as_dataset(str(path))
     assert ds.array.chunks == ((40, 40, 20), (2,))
     assert ds.chunk_labels == [
@@ -405,3 +405,81 @@ def test_cache_auto_persists_small_data_and_streams_large(cluster_client):
     large = as_dataset(da.zeros((2**28, 4), chunks=(2**22, 4)))
     assert sources.fits_in_memory(small)
     assert not sources.fits_in_memory(large)
+
+
+###############################################################################
+# Chunk sizes from the workers' memory (the rule of sources.ChunkBudget)
+
+MiB = 2**20
+
+
+@pytest.fixture
+def thread_workers():
+    """A real scheduler with in-process workers: 1 worker, 32 threads, 4 GiB. Under the
+    documented rule its largest chunk is (0.8 x 4 GiB - 192 MiB) / (5 x 32) = 19.3 MiB."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=32, memory_limit="4GiB",
+                      processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def test_chunk_budget_without_a_client_is_the_default():
+    budget = sources.chunk_budget()
+    assert budget.target_bytes == 32 * MiB
+    assert budget.largest_bytes is None
+
+
+def test_chunk_budget_follows_the_workers_memory(thread_workers):
+    budget = sources.chunk_budget()
+    largest = (int(0.8 * 4 * 2**30) - 192 * MiB) // (5 * 32)
+    assert budget.largest_bytes == largest
+    assert budget.target_bytes == largest  # under the 32 MiB cap
+    assert "memory_limit 4096 MiB and 32 threads" in budget.workers
+
+
+def test_auto_chunks_fit_the_workers(thread_workers, tmp_path):
+    largest = (int(0.8 * 4 * 2**30) - 192 * MiB) // (5 * 32)
+    rows = largest // (8 * 16)
+    X = np.zeros((5 * rows, 16))
+    assert as_dataset(X).array.chunks[0][0] == rows
+    # Parquet: pieces of whole row groups up to the budget (3 groups of rows / 3 rows)
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({f"f{j}": np.zeros(2 * rows) for j in range(16)}), path,
+                   row_group_size=rows // 3)
+    assert max(as_dataset(str(path)).array.chunks[0]) == 3 * (rows // 3)
+
+
+def test_chunks_too_large_for_the_workers_warn(thread_workers, tmp_path):
+    rows = 200_000  # 24.4 MiB of 16 float64 columns, above the 19.3 MiB that fit
+    X = da.zeros((2 * rows, 16), chunks=(rows, 16))
+    with pytest.warns(sources.ChunkMemoryWarning,
+                      match=r"The largest row chunks of the dask array \(200000 rows\) take "
+                            r"24 MiB as float64 each, too large for the workers \(1 worker, "
+                            r".*chunks up to 19 MiB fit\).*chunks=\(15[78][0-9]{3}, -1\)"):
+        as_dataset(X)
+    z = zarr.create_array(str(tmp_path / "z.zarr"), shape=(2 * rows, 16), chunks=(rows, 16),
+                          dtype="f8")
+    with pytest.warns(sources.ChunkMemoryWarning,
+                      match=r"Chunks of 200000 rows of the Zarr array .* Write the array "
+                            r"with chunks of about 15[78][0-9]{3} rows"):
+        as_dataset(z, missing_chunks="fill")
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.table({f"f{j}": np.zeros(rows) for j in range(16)}), path,
+                   row_group_size=rows)
+    with pytest.warns(sources.ChunkMemoryWarning,
+                      match=r"Row groups of 200000 rows of the Parquet dataset .* "
+                            r"row_group_size=15[78][0-9]{3}"):
+        as_dataset(str(path))
+    with pytest.warns(sources.ChunkMemoryWarning, match=r"Pass chunk_rows=15[78][0-9]{3}"):
+        as_dataset(np.zeros((2 * rows, 16)), chunk_rows=rows)
+
+
+def test_chunks_that_fit_do_not_warn(thread_workers):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sources.ChunkMemoryWarning)
+        as_dataset(da.zeros((400_000, 16), chunks=(100_000, 16)))
+        as_dataset(np.zeros((400_000, 16)))
