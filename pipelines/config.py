@@ -655,9 +655,25 @@ class JobqueueConfig(_Section):
             raise _located(problems)
         return self
 
+    @model_serializer(mode="wrap")
+    def _without_unused(self, handler):
+        data = handler(self)  # jobs is not used with adapt: the dump validates again
+        return {key: value for key, value in data.items()
+                if not (key == "jobs" and self.adapt is not None)}
 
-_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
 _ENV_VARIABLE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _dns_label(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?", value):
+        raise ValueError(f"a Kubernetes name is lowercase letters, digits and '-', starts "
+                         f"and ends with a letter or digit, at most 50 characters; got "
+                         f"{value!r}")
+    return value
+
+
+KubernetesName = Annotated[str, AfterValidator(_dns_label)]
 
 
 class SecretReference(_Section):
@@ -691,8 +707,8 @@ class KubernetesConfig(_Section):
     """A DaskCluster of the dask-kubernetes operator: created for the job (and deleted
     after it), or an ``existing`` one the job connects to by name and leaves running."""
 
-    name: str = Field("daskgmm", pattern=_DNS_LABEL, max_length=50)
-    namespace: str | None = Field(None, pattern=_DNS_LABEL)
+    name: KubernetesName = "daskgmm"
+    namespace: KubernetesName | None = None
     existing: bool = False
     image: str = Field("ghcr.io/example/daskgmm:latest", min_length=1)
     n_workers: Int = Field(2, ge=1)
@@ -716,6 +732,13 @@ class KubernetesConfig(_Section):
         if problems:
             raise _located(problems)
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unused(self, handler):
+        data = handler(self)  # keys not used stay out of the dump, which validates again
+        unused = ({"image", "n_workers", "resources", "env"} if self.existing
+                  else {"n_workers"} if self.adapt is not None else set())
+        return {key: value for key, value in data.items() if key not in unused}
 
 
 def _check_dashboard_url(value):

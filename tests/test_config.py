@@ -519,3 +519,320 @@ def test_non_finite_numbers_are_refused(tmp_path, key, value):
     with pytest.raises(ConfigError, match=rf"{dotted} \(line 7\): Input should be (a finite "
                                           rf"number|greater than or equal to 0), got"):
         load_config(path)
+
+
+# --- the cluster: backends ------------------------------------------------------------------
+
+def _make_certs():
+    spec = importlib.util.spec_from_file_location(
+        "make_certs", CONFIGS.parent / "deploy" / "local" / "make-certs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_certificates
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    """Throwaway certificates of deploy/local/make-certs.py: two CAs' sets."""
+    made = {}
+    for name in ("ca", "other"):
+        made[name] = tmp_path_factory.mktemp(name)
+        _make_certs()(made[name])
+    return made
+
+
+def cluster_file(tmp_path, text):
+    return write(tmp_path, MINIMAL + "cluster:\n" + textwrap.indent(textwrap.dedent(text), "  "))
+
+
+def tls_section(directory, key=True):
+    text = f"tls:\n  ca_file: {directory}/ca.pem\n  cert_file: {directory}/client.pem\n"
+    return text + (f"  key_file: {directory}/client-key.pem\n" if key else "")
+
+
+@pytest.mark.parametrize(("name", "backend"), [
+    ("demo.yaml", "local"), ("demo-parquet.yaml", "local"), ("s3-example.yaml", "address"),
+    ("local-scheduler.yaml", "address")])
+def test_shipped_configs_keep_their_backend(name, backend):
+    cluster = load_config(CONFIGS / name).cluster
+    assert cluster.backend == backend
+    assert (cluster.jobqueue, cluster.kubernetes, cluster.tls) == (None, None, None)
+
+
+def test_the_tls_recipe_config_loads_where_its_certificates_are(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # its paths are relative to the working directory
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS / "local-scheduler-tls.yaml")
+    assert re.search(r"cluster\.tls\.ca_file \(line \d+\): no file 'deploy/local/tls/ca\.pem' "
+                     rf"\(relative paths start at the working directory {re.escape(str(tmp_path))}"
+                     r"\); for throwaway certificates run python deploy/local/make-certs\.py "
+                     r"deploy/local/tls", str(info.value))
+    _make_certs()(tmp_path / "deploy" / "local" / "tls")
+    config = load_config(CONFIGS / "local-scheduler-tls.yaml")
+    assert config.name == "local-scheduler-tls"
+    assert config.cluster.backend == "address"
+    assert config.cluster.address == "tls://127.0.0.1:8786"
+    assert config.cluster.tls.key_file == "deploy/local/tls/client-key.pem"
+    assert config.outputs.model_store == "demo-data/models-local-scheduler-tls"
+    assert JobConfig.model_validate(config.summary()) == config
+
+
+def test_backend_defaults_to_address_when_an_address_is_given(tmp_path):
+    assert load(tmp_path, MINIMAL).cluster.backend == "local"
+    assert load(tmp_path, MINIMAL + "cluster:\n  address: null\n").cluster.backend == "local"
+    config = load(tmp_path, MINIMAL + "cluster:\n  address: tcp://h:8786\n")
+    assert config.cluster.backend == "address"
+
+
+def test_unknown_backend_lists_the_backends(tmp_path):
+    with pytest.raises(ConfigError, match=r"cluster\.backend \(line 7\): Input should be "
+                                          r"'local', 'address', 'slurm', 'pbs' or "
+                                          r"'kubernetes', got 'slrum'"):
+        load(tmp_path, MINIMAL + "cluster:\n  backend: slrum\n")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("jobqueue: {cores: 2}\n", r"cluster\.jobqueue \(line 7\): applies to backend slurm or "
+                               r"pbs, not local; remove it, or set backend: slurm"),
+    ("address: tcp://h:8786\nn_workers: 3\n",
+     r"cluster\.n_workers \(line 8\): applies to backend local, not address"),
+    ("backend: slurm\nkubernetes: {name: x}\n",
+     r"cluster\.kubernetes \(line 8\): applies to backend kubernetes, not slurm"),
+    ("backend: kubernetes\naddress: tcp://h:8786\n",
+     r"cluster\.address \(line 8\): applies to backend address, not kubernetes"),
+    ("backend: pbs\nmemory_limit: 4GiB\n",
+     r"cluster\.memory_limit \(line 8\): applies to backend local, not pbs"),
+    ("start_timeout: 60\n",
+     r"cluster\.start_timeout \(line 7\): applies to backends whose workers start elsewhere"),
+    ("backend: address\n",
+     r"cluster\.address \(in cluster, line 6\): backend address needs the scheduler's "
+     r"address, e.g\. address: tls://dask-scheduler:8786"),
+])
+def test_keys_of_another_backend_are_errors(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(cluster_file(tmp_path, text))
+
+
+def test_tls_required_for_tls_addresses_and_refused_for_tcp(tmp_path, certs):
+    with pytest.raises(ConfigError, match=r"cluster\.tls \(in cluster, line 6\): a tls:// "
+                                          r"address needs the job's TLS files: tls: \{ca_file"):
+        load_config(cluster_file(tmp_path, "address: tls://h:8786\n"))
+    with pytest.raises(ConfigError, match=r"cluster\.tls \(line 8\): the address "
+                                          r"'tcp://h:8786' is not encrypted"):
+        load_config(cluster_file(tmp_path, "address: tcp://h:8786\n" + tls_section(certs["ca"])))
+    config = load_config(cluster_file(tmp_path, "address: tls://h:8786\n"
+                                      + tls_section(certs["ca"])))
+    assert config.cluster.tls.ca_file == f"{certs['ca']}/ca.pem"
+    assert JobConfig.model_validate(config.summary()) == config
+
+
+def test_tls_cert_file_may_hold_the_key(tmp_path, certs):
+    both = tmp_path / "client-and-key.pem"
+    both.write_bytes((certs["ca"] / "client.pem").read_bytes()
+                     + (certs["ca"] / "client-key.pem").read_bytes())
+    text = (f"address: tls://h:8786\ntls:\n  ca_file: {certs['ca']}/ca.pem\n"
+            f"  cert_file: {both}\n")
+    assert load_config(cluster_file(tmp_path, text)).cluster.tls.key_file is None
+    with pytest.raises(ConfigError, match=r"cluster\.tls\.cert_file \(line 10\): '.*client\.pem'"
+                                          r" holds no PEM private key; give the job's key as "
+                                          r"cluster\.tls\.key_file"):
+        load_config(cluster_file(tmp_path, "address: tls://h:8786\n"
+                                 + tls_section(certs["ca"], key=False)))
+
+
+def _encrypted_key(path):
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.BestAvailableEncryption(b"passphrase"))
+
+
+@pytest.mark.parametrize("problem", ["missing", "directory", "not pem", "other key",
+                                     "encrypted", "ca is a key"])
+def test_bad_tls_files_name_the_key_and_the_path(tmp_path, certs, problem):
+    files = {"ca_file": certs["ca"] / "ca.pem", "cert_file": certs["ca"] / "client.pem",
+             "key_file": certs["ca"] / "client-key.pem"}
+    key, message = {
+        "missing": ("key_file", r"no file '{path}' \(relative paths start at the working "
+                                r"directory .*\); for throwaway certificates run python "
+                                r"deploy/local/make-certs\.py deploy/local/tls"),
+        "directory": ("ca_file", r"'{path}' is a directory; give the PEM file in it"),
+        "not pem": ("cert_file", r"'{path}' holds no PEM certificate"),
+        "other key": ("key_file", r"'{path}' is not the private key of cert_file '.*/ca0/"
+                                  r"client\.pem'; give the key made with that certificate"),
+        "encrypted": ("key_file", r"'{path}' is encrypted with a passphrase, which Dask cannot "
+                                  r"ask for; decrypt it"),
+        "ca is a key": ("ca_file", r"'{path}' holds no PEM certificate"),
+    }[problem]
+    if problem == "missing":
+        files[key] = tmp_path / "absent.pem"
+    elif problem == "directory":
+        files[key] = tmp_path
+    elif problem == "not pem":
+        files[key] = tmp_path / "notes.txt"
+        files[key].write_text("not a certificate\n")
+    elif problem == "other key":
+        files[key] = certs["other"] / "client-key.pem"
+    elif problem == "encrypted":
+        files[key] = tmp_path / "encrypted-key.pem"
+        files[key].write_bytes(_encrypted_key(certs["ca"] / "client-key.pem"))
+    else:
+        files[key] = certs["ca"] / "client-key.pem"
+    text = "address: tls://h:8786\ntls:\n" + "".join(f"  {k}: {v}\n" for k, v in files.items())
+    line = 9 + list(files).index(key)
+    with pytest.raises(ConfigError) as info:
+        load_config(cluster_file(tmp_path, text))
+    assert re.search(rf"cluster\.tls\.{key} \(line {line}\): "
+                     + message.format(path=re.escape(str(files[key]))), str(info.value)), \
+        str(info.value)
+    assert "PRIVATE KEY-----\n" not in str(info.value)  # never a key's content
+
+
+def test_unknown_key_in_a_cluster_section_suggests_the_key(tmp_path, certs):
+    with pytest.raises(ConfigError, match=r"cluster\.tls\.keyfile \(line 11\): unknown key; "
+                                          r"did you mean 'key_file'\? known keys: ca_file, "
+                                          r"cert_file, key_file"):
+        load_config(cluster_file(tmp_path, "address: tls://h:8786\n"
+                                 + tls_section(certs["ca"], key=False) + "  keyfile: x\n"))
+
+
+def test_slurm_and_pbs_jobqueue(tmp_path):
+    config = load_config(cluster_file(tmp_path, """\
+        backend: slurm
+        jobqueue:
+          queue: short
+          cores: 4
+          processes: 2
+          memory: 8GiB
+          walltime: "02:00:00"
+          log_directory: logs
+          job_extra_directives: ["--exclusive"]
+          job_script_prologue: ["module load python", "export TOKEN=$TOKEN"]
+          adapt: {minimum: 0, maximum: 10}
+        start_timeout: 1 hour
+        """))
+    cluster = config.cluster
+    assert (cluster.backend, cluster.jobqueue.queue, cluster.jobqueue.cores) == ("slurm",
+                                                                                 "short", 4)
+    assert (cluster.jobqueue.adapt.minimum, cluster.jobqueue.adapt.maximum) == (0, 10)
+    assert cluster.start_timeout == 3600.0
+    assert JobConfig.model_validate(config.summary()) == config
+    pbs = load_config(cluster_file(tmp_path, "backend: pbs\n")).cluster
+    assert pbs.jobqueue.jobs == 1 and pbs.jobqueue.memory == "2GiB"  # the defaults
+    assert pbs.start_timeout is None
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("adapt: {minimum: 3, maximum: 2}\n",
+     r"cluster\.jobqueue\.adapt\.minimum \(line 9\): 3 is above maximum 2; need minimum <= "
+     r"maximum"),
+    ("adapt: {minimum: 0}\n",
+     r"cluster\.jobqueue\.adapt\.maximum \(in cluster\.jobqueue\.adapt, line 9\): required key"),
+    ("adapt: {minimum: -1, maximum: 2}\n",
+     r"cluster\.jobqueue\.adapt\.minimum \(line 9\): Input should be greater than or equal "
+     r"to 0"),
+    ("jobs: 2\nadapt: {maximum: 4}\n",
+     r"cluster\.jobqueue\.jobs \(line 9\): give jobs \(a fixed number\) or adapt \(bounds\), "
+     r"not both"),
+    ("cores: 2\nprocesses: 4\n",
+     r"cluster\.jobqueue\.processes \(line 10\): 4 worker processes cannot share 2 cores"),
+    ("walltime: 1h\n", r"cluster\.jobqueue\.walltime \(line 9\): a walltime looks like "
+                       r"'01:00:00'"),
+    ("memory: auto\n", r"cluster\.jobqueue\.memory \(line 9\): a job asks the scheduler for a "
+                       r"memory size such as '2GiB', got 'auto'"),
+    ("jobs: 0\n", r"cluster\.jobqueue\.jobs \(line 9\): Input should be greater than or equal "
+                  r"to 1"),
+])
+def test_bad_jobqueue_keys(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(cluster_file(tmp_path, "backend: slurm\njobqueue:\n"
+                                 + textwrap.indent(text, "  ")))
+
+
+def test_a_secret_in_a_job_script_is_refused_without_being_shown(tmp_path):
+    with pytest.raises(ConfigError, match=r"cluster\.jobqueue\.job_script_prologue\.1 \(line "
+                                          r"11\): sets AWS_SECRET_ACCESS_KEY to a value written "
+                                          r"in the job file") as info:
+        load_config(cluster_file(tmp_path, """\
+            backend: slurm
+            jobqueue:
+              job_script_prologue:
+                - module load python
+                - export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMIK7MDENG
+            """))
+    assert "wJalrXUtnF" not in str(info.value)
+
+
+def test_kubernetes(tmp_path):
+    config = load_config(cluster_file(tmp_path, """\
+        backend: kubernetes
+        kubernetes:
+          name: nightly-gmm
+          namespace: analytics
+          image: registry.example.org/daskgmm:1.2
+          resources: {limits: {memory: 4Gi, cpu: 1}}
+          env:
+            OMP_NUM_THREADS: 1
+            AWS_SECRET_ACCESS_KEY: {secret: s3-credentials, key: secret}
+          adapt: {minimum: 1, maximum: 8}
+        dashboard_url: https://dask.example.org/status
+        """))
+    kube = config.cluster.kubernetes
+    assert (kube.name, kube.namespace, kube.existing) == ("nightly-gmm", "analytics", False)
+    assert kube.env["OMP_NUM_THREADS"] == "1"
+    assert kube.env["AWS_SECRET_ACCESS_KEY"].secret == "s3-credentials"
+    assert kube.resources == {"limits": {"memory": "4Gi", "cpu": 1}}
+    assert config.cluster.dashboard_url == "https://dask.example.org/status"
+    assert JobConfig.model_validate(config.summary()) == config
+    existing = load_config(cluster_file(tmp_path, "backend: kubernetes\nkubernetes:\n"
+                                                  "  existing: true\n"))
+    assert existing.cluster.kubernetes.name == "daskgmm"
+    assert JobConfig.model_validate(existing.summary()) == existing
+    default = load_config(cluster_file(tmp_path, "backend: kubernetes\n"))
+    assert default.cluster.kubernetes.n_workers == 2
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("name: Nightly_GMM\n", r"cluster\.kubernetes\.name \(line 9\): a Kubernetes name is "
+                            r"lowercase letters, digits and '-'.*got 'Nightly_GMM'"),
+    ("existing: true\nimage: x:1\n",
+     r"cluster\.kubernetes\.image \(line 10\): applies to a DaskCluster the job creates; "
+     r"with existing: true the job uses DaskCluster 'daskgmm' as it is"),
+    ("n_workers: 3\nadapt: {maximum: 5}\n",
+     r"cluster\.kubernetes\.n_workers \(line 9\): give n_workers \(a fixed number\) or adapt"),
+    ("resources: {limts: {memory: 2Gi}}\n",
+     r"cluster\.kubernetes\.resources\.limts"),
+])
+def test_bad_kubernetes_keys(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(cluster_file(tmp_path, "backend: kubernetes\nkubernetes:\n"
+                                 + textwrap.indent(text, "  ")))
+
+
+def test_an_inline_kubernetes_secret_is_refused_without_being_shown(tmp_path):
+    with pytest.raises(ConfigError, match=r"cluster\.kubernetes\.env\.AWS_SECRET_ACCESS_KEY "
+                                          r"\(line 10\): inline secret; store it in a "
+                                          r"Kubernetes Secret and write AWS_SECRET_ACCESS_KEY: "
+                                          r"\{secret: SECRET_NAME, key: KEY\}") as info:
+        load_config(cluster_file(tmp_path, "backend: kubernetes\nkubernetes:\n  env:\n"
+                                           "    AWS_SECRET_ACCESS_KEY: wJalrXUtnFEMIK7MDENG\n"))
+    assert "wJalrXUtnF" not in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("address: tcp://h:8786\ndashboard_url: h:8787\n",
+     r"cluster\.dashboard_url \(line 8\): a dashboard link looks like "
+     r"'https://dask\.example\.org/status', got 'h:8787'"),
+    ("address: tcp://h:8786\ndashboard_url: https://user:SECRET@h/status\n",
+     r"cluster\.dashboard_url \(line 8\): credentials inside a URL are refused"),
+    ("address: tcp://h:8786\nstart_timeout: soon\n",
+     r"cluster\.start_timeout \(line 8\): cannot read 'soon' as a duration; write for example "
+     r"600, '90s', '10 minutes' or '1h'"),
+    ("address: tcp://h:8786\nstart_timeout: 0\n",
+     r"cluster\.start_timeout \(line 8\): a duration is > 0, got 0"),
+])
+def test_dashboard_url_and_start_timeout(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(cluster_file(tmp_path, text))
+    assert "SECRET" not in str(info.value)
