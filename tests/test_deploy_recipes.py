@@ -507,6 +507,40 @@ def test_compose_prefect_worker_and_deploy_step(stack):
     assert get_json(f"{stack.api}/deployments/name/daskgmm-score/compose-score")
 
 
+
+def readme_commands(prefix="docker compose exec prefect-worker "):
+    """The README's commands run in the prefect-worker container, as argv lists."""
+    text = (DOCKER / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.DOTALL)
+    return [shlex.split(line.removeprefix(prefix)) for block in blocks
+            for line in block.splitlines() if line.startswith(prefix)]
+
+
+def test_compose_nightly_runs_and_the_readme_reads_its_scores(stack):
+    """The README's commands in the prefect-worker container: run the nightly deployment
+    (with the job file moved here) and read the model store and the scores it wrote."""
+    service = stack.service("prefect-worker")
+    env, cwd = stack.here.env(service), stack.here.cwd(service)
+    commands = readme_commands()
+    assert [argv[:3] for argv in commands] == [
+        ["prefect", "deployment", "run"], ["daskgmm", "inspect", "s3://daskgmm/models/compose-demo"],
+        ["python", "-c", commands[2][2]], ["python", "-c", commands[3][2]]]
+    trigger = commands[0]
+    assert trigger[3:] == ["daskgmm-nightly/compose-nightly", "--watch"]
+    out = run([*trigger, "--param", f"config_path={stack.config}", "--watch-timeout", "600"],
+              env, cwd, timeout=700)
+    assert "Flow run finished successfully in 'Completed'" in out, out
+
+    out = run(commands[1], env, cwd)
+    assert "model store s3://daskgmm/models/compose-demo: 1 version(s)" in out, out
+    assert "(current)" in out and "threshold" in out, out
+    out = run(commands[2], env, cwd)
+    assert "[4000 rows x 5 columns]" in out and "is_anomaly" in out, out
+    anomalies = run(commands[3], env, cwd)
+    count = re.search(r"^(\d+) anomalies in 4000 rows$", anomalies, re.MULTILINE)
+    assert count and 0 < int(count[1]) < 100, anomalies   # about 0.5% of the rows
+
+
 def test_compose_prefect_server_command():
     """The prefect-server service's command names options the installed Prefect has, and
     its database URL is one Prefect's server can open (Postgres through asyncpg)."""
