@@ -26,3 +26,11 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
+
+# `make slurm-test` (as root): start the single-node test SLURM of deploy/slurm/ (installing
+# Debian's slurm-wlm and munge when missing), then run the SLURM tests against it. SLURM
+# stays up afterwards; deploy/slurm/stop-test-slurm.sh stops it.
+.PHONY: slurm-test
+slurm-test: $(VENV)/.installed
+	deploy/slurm/start-test-slurm.sh
+	$(BIN)/python -m pytest tests/test_slurm.py

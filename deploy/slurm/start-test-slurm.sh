@@ -123,7 +123,8 @@ $MARK
 # for $host: $cpus CPUs, $memory MB. Replaced by the next run of the script; removed by
 # nothing (stop-test-slurm.sh leaves it for the next start).
 ClusterName=daskgmm-test
-SlurmctldHost=$host
+# on the loopback address: a host name that does not resolve here is no obstacle
+SlurmctldHost=$host(127.0.0.1)
 AuthType=auth/munge
 CredType=cred/munge
 SlurmUser=slurm
@@ -152,7 +153,7 @@ JobCompType=jobcomp/filetxt
 JobCompLoc=$LOG_DIR/jobcomp.log
 MinJobAge=300
 KillWait=5
-$node State=UNKNOWN
+$node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 )
