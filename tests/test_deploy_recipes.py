@@ -305,7 +305,10 @@ def test_dockerfile():
     text = (DOCKER / "Dockerfile").read_text()
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, re.M)[1]
     assert re.fullmatch(r"python:3\.1[12]-slim(-\w+)?(@sha256:[0-9a-f]{64})?", base)
-    assert f"{sys.version_info.major}.{sys.version_info.minor}" in base  # the venv's Python
+    # the Python constraints.txt was made with (its markers were evaluated for it)
+    made_with = re.search(r"\(Python (3\.\d+), linux\)",
+                          (DOCKER / "constraints.txt").read_text())[1]
+    assert base.startswith(f"python:{made_with}-slim")
     instructions = [line.split(None, 1) for line in text.replace("\\\n", " ").splitlines()
                     if line and not line.startswith("#")]
     assert instructions[-1][0] == "CMD"
@@ -541,10 +544,12 @@ def test_compose_nightly_runs_and_the_readme_reads_its_scores(stack):
     assert count and 0 < int(count[1]) < 100, anomalies   # about 0.5% of the rows
 
 
-def test_compose_prefect_server_command():
-    """The prefect-server service's command names options the installed Prefect has, and
-    its database URL is one Prefect's server can open (Postgres through asyncpg)."""
+def test_compose_prefect_server_command(monkeypatch):
+    """The prefect-server service's command names options the installed Prefect has, its
+    settings are Prefect's, and its database URL is one Prefect's server can open
+    (Postgres through asyncpg)."""
     import sqlalchemy
+    from prefect.settings import Settings
 
     service = compose_file()["services"]["prefect-server"]
     argv = service_argv(service)
@@ -558,6 +563,17 @@ def test_compose_prefect_server_command():
     assert (url.drivername, url.host, url.port) == ("postgresql+asyncpg", "postgres", 5432)
     assert url.password == read_env_file(DOCKER / "example.env")["POSTGRES_PASSWORD"]
     import asyncpg  # noqa: F401  (the driver is in the image: constraints.txt pins it)
+
+    # Prefect ignores a PREFECT_ variable it does not know: these are read as meant
+    for key, value in {**service["environment"], **dockerfile_env()}.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.server.database.connection_url.get_secret_value() == str(
+        url.render_as_string(hide_password=False))
+    assert settings.server.ui.api_url == "http://localhost:4200/api"
+    assert settings.server.analytics_enabled is False
+    assert settings.logging.extra_loggers == ["daskgmm", "daskgmm_pipelines"]
+    assert str(settings.home) == "/home/daskgmm/.prefect"
 
 
 # --- Kubernetes -----------------------------------------------------------------------------
