@@ -572,7 +572,7 @@ def test_compose_prefect_server_command(monkeypatch):
         url.render_as_string(hide_password=False))
     assert settings.server.ui.api_url == "http://localhost:4200/api"
     assert settings.server.analytics_enabled is False
-    assert settings.logging.extra_loggers == ["daskgmm", "daskgmm_pipelines"]
+    assert sorted(settings.logging.extra_loggers) == ["daskgmm", "daskgmm_pipelines"]
     assert str(settings.home) == "/home/daskgmm/.prefect"
 
 
