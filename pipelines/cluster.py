@@ -300,8 +300,10 @@ def _jobs_not_started(cluster, jobs, timeout, submit, status) -> str:
                 f"{timeout:.0f}s: {submit} failed (its error is in the log above). Check "
                 f"cluster.jobqueue (queue, account, memory, walltime) against the queue's "
                 f"limits.")
-    if jq.log_directory:
+    if jq.log_directory and cluster.backend == "slurm":
         logs = f"{jq.log_directory}/dask-worker-<job id>.out and .err"
+    elif jq.log_directory:
+        logs = f"{jq.log_directory}/, one output and one error file per job id"
     elif cluster.backend == "slurm":
         logs = f"slurm-<job id>.out in {os.getcwd()} (set cluster.jobqueue.log_directory)"
     else:

@@ -659,7 +659,7 @@ def test_bad_tls_files_name_the_key_and_the_path(tmp_path, certs, problem):
                                 r"deploy/local/make-certs\.py deploy/local/tls"),
         "directory": ("ca_file", r"'{path}' is a directory; give the PEM file in it"),
         "not pem": ("cert_file", r"'{path}' holds no PEM certificate"),
-        "other key": ("key_file", r"'{path}' is not the private key of cert_file '.*/ca0/"
+        "other key": ("key_file", r"'{path}' is not the private key of cert_file '.*/"
                                   r"client\.pem'; give the key made with that certificate"),
         "encrypted": ("key_file", r"'{path}' is encrypted with a passphrase, which Dask cannot "
                                   r"ask for; decrypt it"),
