@@ -409,6 +409,20 @@ class Stack:
         return run(self.here.argv(service_argv(service), name),
                    self.here.env(service, **env), self.here.cwd(service))
 
+    def healthy(self, name) -> bool:
+        """Whether the healthcheck of service ``name`` passes, run here: its own ports
+        (127.0.0.1:PORT in the container) moved like its command's."""
+        service = self.service(name)
+        kind, *argv = service["healthcheck"]["test"]
+        assert kind == "CMD"
+        ports = {key.split(":")[1]: port for key, port in self.here.ports.items()
+                 if key.startswith(f"{name}:")}
+        argv = [self.here.text(re.sub(r"127\.0\.0\.1:(\d+)",
+                                      lambda m: f"127.0.0.1:{ports.get(m[1], m[1])}", word))
+                for word in argv]
+        return subprocess.run(argv, env=self.here.env(service), cwd=self.here.cwd(service),
+                              capture_output=True, timeout=60).returncode == 0
+
 
 @pytest.fixture(scope="module")
 def stack(s3, prefect_api, tmp_path_factory):
@@ -434,30 +448,23 @@ def stack(s3, prefect_api, tmp_path_factory):
     try:
         stack.demo_data_output = stack.run("demo-data")
         scheduler = stack.start("dask-scheduler")
+        wait_until(lambda: stack.healthy("dask-scheduler"), "the Dask scheduler's health",
+                   proc=scheduler, log=lambda: processes.log("dask-scheduler"))
         for name in ("dask-worker-1", "dask-worker-2"):
             stack.start(name)
-        address = f"tcp://{here.address('dask-scheduler:8786')}"
-        wait_until(lambda: _connects(address), "the Dask scheduler", proc=scheduler,
-                   log=lambda: processes.log("dask-scheduler"))
-        with Client(address, timeout="30s") as client:
+        with Client(f"tcp://{here.address('dask-scheduler:8786')}", timeout="30s") as client:
             client.wait_for_workers(2, timeout=120)
+
+        assert stack.healthy("prefect-server")
+        # the deploy step waits for a healthy worker: one whose pool exists
+        stack.worker_healthy_before = stack.healthy("prefect-worker")
         worker = stack.start("prefect-worker")
-        wait_until(lambda: get_json(f"{stack.api}/work_pools/{POOL}"),
-                   f"the worker's work pool {POOL}", proc=worker,
-                   log=lambda: processes.log("prefect-worker"))
+        wait_until(lambda: stack.healthy("prefect-worker"), "the Prefect worker's health",
+                   proc=worker, log=lambda: processes.log("prefect-worker"))
         stack.deploy_output = stack.run("deploy")
         yield stack
     finally:
         processes.stop()
-
-
-def _connects(address):
-    host, port = address.removeprefix("tcp://").rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 def test_compose_demo_data_step_writes_to_s3(stack, s3):
@@ -497,6 +504,7 @@ def test_compose_dask_cluster_fits_the_s3_data(stack, monkeypatch):
 
 
 def test_compose_prefect_worker_and_deploy_step(stack):
+    assert not stack.worker_healthy_before   # no pool before the worker made it
     pool = get_json(f"{stack.api}/work_pools/{POOL}")
     assert pool["type"] == "process"
     workers = get_json(f"{stack.api}/work_pools/{POOL}/workers/filter", {})
