@@ -313,7 +313,17 @@ def test_dockerfile():
                     if line and not line.startswith("#")]
     assert instructions[-1][0] == "CMD"
     users = [args for op, args in instructions if op == "USER"]
-    assert users and not users[-1].startswith(("root", "0"))
+    uid = re.search(r"useradd --uid (\d+) --gid daskgmm", text)[1]
+    assert users and users[-1] == f"{uid}:{uid}" and int(uid) > 0   # numeric: not root
+    # the Kubernetes recipe runs every pod as that user
+    for resource in manifests("daskcluster.yaml") + manifests("prefect-worker.yaml"):
+        pods = [resource["spec"][part]["spec"] for part in ("scheduler", "worker")
+                if part in resource.get("spec", {})]
+        if resource["kind"] == "Deployment":
+            pods = [resource["spec"]["template"]["spec"]]
+        for pod in pods:
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["runAsUser"] == int(uid)
     # named sources only: .env files, keys and certificates cannot be copied in
     sources = [shlex.split(args)[:-1] for op, args in instructions if op == "COPY"]
     copied = {source for group in sources for source in group}
