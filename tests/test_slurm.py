@@ -188,13 +188,16 @@ def test_the_nightly_job_runs_under_slurm_with_slurm_workers(slurm, tmp_path, pr
     logs = tmp_path / cfg.cluster.jobqueue.log_directory
     workers = [j for j in _jobs(tmp_path) if j["JobId"] != job_id]
     ran = [j for j in workers if j.get("NodeList") not in (None, "", "(null)")]
-    assert 1 <= len(ran) <= cfg.cluster.jobqueue.adapt.maximum, workers
+    assert ran, workers
+    # the flow's end ended them (queued ones too)
+    assert not [j for j in workers if j["JobState"] in ("PENDING", "RUNNING")], workers
     for job in ran:
-        assert job["JobState"] in ("COMPLETED", "CANCELLED", "COMPLETING"), job
         err_file = Path(re.sub("%[jJ]", job["JobId"], job["StdErr"]))  # SLURM's pattern
         assert err_file.parent == logs, job
         err = err_file.read_text()
-        assert "Registered to:" in err, err[-3000:]
+        registered = re.search(r"Registered to:\s+(\S+)", err)
+        assert registered, err[-3000:]
+        assert registered[1] in log  # the scheduler of the flow's own cluster
     # and the flow says where its workers came from
     assert re.search(r"Flow run .* - .*\bslurm\b", log), log[-6000:]
 
