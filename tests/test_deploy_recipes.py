@@ -127,9 +127,9 @@ def free_port() -> int:
 class Here:
     """Where the compose services' addresses and paths are on this machine."""
 
-    def __init__(self, s3_endpoint, prefect_port, home):
+    def __init__(self, s3_endpoint, home):
         self.ports = {"dask-scheduler:8786": free_port(), "dask-scheduler:8787": free_port(),
-                      "prefect-server:4200": prefect_port}
+                      "prefect-server:4200": free_port()}
         self.s3_endpoint = s3_endpoint
         self.home = home
 
@@ -435,20 +435,18 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(s3, prefect_api, tmp_path_factory):
-    """The compose stack as processes, started in its dependency order: the demo-data
-    step on the suite's S3 server, the Dask scheduler and two workers, the Prefect worker
-    and the deploy step against the suite's Prefect API (the prefect-server service's
-    command is checked by test_compose_prefect_server_command: a second server would cost
-    the suite a minute on 2 busy cores)."""
+def stack(s3, tmp_path_factory):
+    """The compose stack as processes, started in its dependency order: the Prefect
+    server (SQLite in place of Postgres; it starts while the rest does), the demo-data step
+    on the suite's S3 server, the Dask scheduler and two workers, the Prefect worker and the
+    deploy step."""
     from distributed import Client
 
     fs, options = s3
     tmp = tmp_path_factory.mktemp("compose")
     (tmp / "home").mkdir()
     (tmp / "logs").mkdir()
-    prefect_port = int(re.fullmatch(r"http://127\.0\.0\.1:(\d+)/api", prefect_api)[1])
-    here = Here(options["client_kwargs"]["endpoint_url"], prefect_port, tmp / "home")
+    here = Here(options["client_kwargs"]["endpoint_url"], tmp / "home")
     compose = compose_file(DEMO_ROWS="4000")
     # the job file as the containers read it, moved here like the commands
     config = tmp / "compose.yaml"
@@ -456,6 +454,8 @@ def stack(s3, prefect_api, tmp_path_factory):
     processes = Processes(tmp / "logs")
     stack = Stack(here, processes, compose, config)
     try:
+        server = stack.start("prefect-server", PREFECT_API_DATABASE_CONNECTION_URL=(
+            f"sqlite+aiosqlite:///{tmp / 'prefect.db'}"))
         stack.demo_data_output = stack.run("demo-data")
         scheduler = stack.start("dask-scheduler")
         wait_until(lambda: stack.healthy("dask-scheduler"), "the Dask scheduler's health",
@@ -465,7 +465,8 @@ def stack(s3, prefect_api, tmp_path_factory):
         with Client(f"tcp://{here.address('dask-scheduler:8786')}", timeout="30s") as client:
             client.wait_for_workers(2, timeout=120)
 
-        assert stack.healthy("prefect-server")
+        wait_until(lambda: stack.healthy("prefect-server"), "the Prefect server's health",
+                   timeout=240, proc=server, log=lambda: processes.log("prefect-server"))
         # the deploy step waits for a healthy worker: one whose pool exists
         stack.worker_healthy_before = stack.healthy("prefect-worker")
         worker = stack.start("prefect-worker")
