@@ -421,3 +421,80 @@ def test_selection_log_lines_one_per_candidate_per_pass():
     assert lines[at:] == [f"select: pass {sel.n_passes_} (final pass) done: scored the "
                           "final parameters of 4 candidates"]
     assert Artifact.get("t-test-selection-progress").data == 100.0
+
+
+def test_a_run_over_its_time_limit_ends_timed_out_and_changes_nothing(tmp_path):
+    """The flows' time limit (``DASKGMM_FLOW_TIMEOUT_SECONDS``, set here on the flow): a
+    run stuck after a pass (a callback that never returns, as a hung cluster would) is
+    interrupted, ends TimedOut, releases the job's lock, and publishes and promotes
+    nothing."""
+    from daskgmm_pipelines.flows import nightly
+
+    write_demo(tmp_path, rows=20_000)
+    config = write_job_config(tmp_path)
+
+    def stuck(event):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # interrupted by the time limit, or the run goes on
+            time.sleep(0.05)
+
+    state = nightly.with_options(timeout_seconds=6)(config_path=config, run_id="stuck",
+                                                    progress=stuck, return_state=True)
+    assert state.name == "TimedOut" and state.is_failed(), state
+    assert state.message == "Flow run exceeded timeout of 6.0 second(s)"
+    assert not (tmp_path / "models" / "lock").exists()  # released on the way out
+    assert daskgmm.ModelStore(tmp_path / "models").current() is None
+    assert not (tmp_path / "data" / "demo.zarr" / "scores").exists()
+
+
+@pytest.mark.parametrize("name, value, what", [
+    ("DASKGMM_FLOW_TIMEOUT_SECONDS", "soon", "a number >= 1"),
+    ("DASKGMM_FLOW_TIMEOUT_SECONDS", "0", "a number >= 1"),
+    ("DASKGMM_FLOW_RETRIES", "1.5", "a whole number >= 0"),
+    ("DASKGMM_FLOW_RETRY_DELAY_SECONDS", "-5", "a number >= 0"),
+])
+def test_time_limit_and_retries_from_the_environment(monkeypatch, name, value, what):
+    from daskgmm_pipelines.flows import _env_number
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=rf"The environment variable {name}='{value}' is "
+                                         rf"not {what}: set it to one \(deploy/prefect\.yaml "
+                                         rf"sets it .*\), or unset it for the default 7"):
+        _env_number(name, 7, 0 if "RETR" in name else 1, integer=name.endswith("RETRIES"))
+    monkeypatch.setenv(name, " 30 ")
+    assert _env_number(name, 7, 1) == 30
+    monkeypatch.delenv(name)
+    assert _env_number(name, 7, 1) == 7
+
+
+def test_the_summary_embeds_its_plots_for_the_prefect_ui():
+    """The markdown artifact shows each PNG as a data URI (the Prefect UI cannot read the
+    model store) and names its file; a PNG too large to embed is linked."""
+    import base64
+
+    from daskgmm_pipelines import report
+
+    png = report.loglik_plot([-3.0, -2.5, -2.4])
+    uri = report.png_data_uri(png)
+    assert uri.startswith("data:image/png;base64,")
+    assert base64.b64decode(uri.split(",", 1)[1]) == png
+    assert report.png_data_uri(png, max_bytes=len(png) - 1) is None
+    with pytest.raises(ValueError, match="Not a PNG"):
+        report.png_data_uri(b"GIF89a...")
+    summary = {"run_id": "r", "job": "j", "mode_text": "Warm start", "n_components": 2,
+               "covariance_type": "full", "model_version": "v", "model_id": "i",
+               "n_iter": 3, "converged": True, "seconds": 1.0, "n_passes": 5,
+               "n_rows": 10, "n_anomalies": 1, "anomaly_rate": 0.1, "threshold": -3.0,
+               "model_url": "m", "scores_url": "s",
+               "plots": {"Log-likelihood per iteration": "store/v/report/loglik.png",
+                         "Anomaly scores": "store/v/report/scores.png"}}
+    text = report.summary_markdown(summary, images={
+        "Log-likelihood per iteration": uri, "Anomaly scores": None})
+    assert f"![Log-likelihood per iteration]({uri})\n\nFile: `store/v/report/loglik.png`" \
+        in text
+    assert ("Larger than 256 KiB, not shown here: [store/v/report/scores.png]"
+            "(store/v/report/scores.png)") in text
+    assert "![Anomaly scores]" not in text
+    # the file saved next to the PNGs links them relatively
+    local = report.summary_markdown({**summary, "plots": {"Anomaly scores": "scores.png"}})
+    assert "![Anomaly scores](scores.png)\n\n[scores.png](scores.png)" in local
