@@ -6,7 +6,8 @@ real validator of its format (the Compose specification's JSON schema, Kubernete
 schemas, the dask-kubernetes operator's CRD), and the compose stack is run as plain
 processes: every service's command and environment, as Compose would interpolate them from
 example.env, with the services' host names replaced by 127.0.0.1 and free ports, MinIO by
-the suite's S3 server (moto) and Postgres by SQLite.
+the suite's S3 server (moto) and Postgres by SQLite; then the nightly deployment runs on
+that stack and the README's commands read what it wrote.
 """
 
 from __future__ import annotations
@@ -527,7 +528,6 @@ def test_compose_prefect_worker_and_deploy_step(stack):
     assert deployment["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {
         "directory": str(ROOT)}}]
     assert get_json(f"{stack.api}/deployments/name/daskgmm-score/compose-score")
-
 
 
 def readme_commands(prefix="docker compose exec prefect-worker "):
