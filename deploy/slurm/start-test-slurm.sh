@@ -41,6 +41,12 @@ fail() {
     exit 1
 }
 log_tail() { [ -f "$1" ] && { echo "last lines of $1:"; tail -n 15 "$1"; }; }
+# the last fatal or error line of a daemon's log (its cause of death, usually)
+last_error() {
+    local line
+    line=$(grep -E 'fatal|error' "$1" 2>/dev/null | tail -n 1 | sed 's/^\[[^]]*\] //')
+    echo "${line:-no error in $1}"
+}
 # a daemon is running when its pid file names a live process of that program
 running() { [ -s "$2" ] && [ "$(cat "/proc/$(cat "$2")/comm" 2>/dev/null)" = "$1" ]; }
 
@@ -174,8 +180,7 @@ fi
 
 changed=
 [ -e "$CONF" ] && [ "$(cat "$CONF")" != "$conf" ] && changed=1
-mkdir -p /etc/slurm && printf '%s\n' "$conf" > "$CONF" \
-    || fail "could not write $CONF"
+{ mkdir -p /etc/slurm && printf '%s\n' "$conf" > "$CONF"; } || fail "could not write $CONF"
 install -d -o slurm -g slurm -m 0755 "$STATE_DIR" "$LOG_DIR"
 install -d -o root -g root -m 0755 "$SPOOL_DIR"
 
@@ -202,9 +207,13 @@ for _ in $(seq "$TIMEOUT"); do
     scontrol ping 2>/dev/null | grep -q 'is UP' && break
     sleep 1
 done
-scontrol ping 2>/dev/null | grep -q 'is UP' \
-    || fail "slurmctld is not answering after ${TIMEOUT} s (scontrol ping)" \
+if ! scontrol ping 2>/dev/null | grep -q 'is UP'; then
+    running slurmctld "$CTLD_PID" \
+        || fail "slurmctld exited: $(last_error "$LOG_DIR/slurmctld.log")" \
+            "$(log_tail "$LOG_DIR/slurmctld.log")"
+    fail "slurmctld is not answering after ${TIMEOUT} s (scontrol ping)" \
         "$(scontrol ping 2>&1)" "$(log_tail "$LOG_DIR/slurmctld.log")"
+fi
 
 if ! running slurmd "$SLURMD_PID"; then
     out=$(slurmd 2>&1) || fail "slurmd did not start: $(tail -n 1 <<<"$out")" "$out" \
@@ -221,7 +230,9 @@ for _ in $(seq "$TIMEOUT"); do
     sleep 1
 done
 if [ "$state" != idle ]; then
-    running slurmd "$SLURMD_PID" || say "slurmd is not running"
+    running slurmd "$SLURMD_PID" \
+        || fail "slurmd exited: $(last_error "$LOG_DIR/slurmd.log")" \
+            "$(log_tail "$LOG_DIR/slurmd.log")"
     fail "node $host is '${state:-unknown}' after ${TIMEOUT} s, not idle \
 ($(scontrol show node "$host" 2>/dev/null | grep -o 'Reason=.*' || echo 'no reason given'))" \
         "$(sinfo 2>&1)" "$(log_tail "$LOG_DIR/slurmd.log")" "$(log_tail "$LOG_DIR/slurmctld.log")"
