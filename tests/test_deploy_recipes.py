@@ -470,7 +470,8 @@ def stack(s3, tmp_path_factory):
                    timeout=240, proc=server, log=lambda: processes.log("prefect-server"))
         # the deploy step waits for a healthy worker: one whose pool exists
         stack.worker_healthy_before = stack.healthy("prefect-worker")
-        worker = stack.start("prefect-worker")
+        # polling every second rather than 10 (the only change to a service's settings)
+        worker = stack.start("prefect-worker", PREFECT_WORKER_QUERY_SECONDS="1")
         wait_until(lambda: stack.healthy("prefect-worker"), "the Prefect worker's health",
                    proc=worker, log=lambda: processes.log("prefect-worker"))
         stack.deploy_output = stack.run("deploy")
