@@ -254,6 +254,8 @@ def _jobqueue(cluster, log, stack):
 
     class_name, submit, status = _SUBMIT[cluster.backend]
     cls = _import(cluster.backend, class_name)
+    # importing dask_jobqueue sets distributed's loggers back to INFO
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     if shutil.which(submit) is None:
         raise ClusterStartError(
             f"cluster.backend {cluster.backend} submits its workers with {submit}, which is not "
@@ -266,7 +268,9 @@ def _jobqueue(cluster, log, stack):
     jobs = cls(cores=jq.cores, processes=jq.processes, memory=jq.memory,
                walltime=jq.walltime, python=jq.python or sys.executable,
                job_extra_directives=list(jq.job_extra_directives),
-               job_script_prologue=list(jq.job_script_prologue), **options)
+               job_script_prologue=list(jq.job_script_prologue),
+               # a free port: 8787 may be another cluster's on a shared submit node
+               scheduler_options={"dashboard_address": ":0"}, **options)
     stack.callback(jobs.close)
     client = Client(jobs, set_as_default=True)
     stack.callback(client.close)
