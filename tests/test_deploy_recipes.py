@@ -526,6 +526,7 @@ def test_compose_prefect_worker_and_deploy_step(stack):
     assert deployment, stack.deploy_output
     assert deployment["work_pool_name"] == POOL
     assert deployment["parameters"] == {"config_path": "configs/compose.yaml"}
+    assert deployment["job_variables"]["env"]["DASKGMM_FLOW_TIMEOUT_SECONDS"] == "3600"
     assert deployment["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {
         "directory": str(ROOT)}}]
     assert get_json(f"{stack.api}/deployments/name/daskgmm-score/compose-score")
@@ -550,8 +551,9 @@ def test_compose_nightly_runs_and_the_readme_reads_its_scores(stack):
         ["python", "-c", commands[2][2]], ["python", "-c", commands[3][2]]]
     trigger = commands[0]
     assert trigger[3:] == ["daskgmm-nightly/compose-nightly", "--watch"]
-    out = run([*trigger, "--param", f"config_path={stack.config}", "--watch-timeout", "600"],
-              env, cwd, timeout=700)
+    # (a failed run would wait 10 minutes for its retry: --watch gives up before)
+    out = run([*trigger, "--param", f"config_path={stack.config}", "--watch-timeout", "300"],
+              env, cwd, timeout=360)
     assert "Flow run finished successfully in 'Completed'" in out, out
 
     out = run(commands[1], env, cwd)
