@@ -256,7 +256,10 @@ def test_flow_on_an_external_scheduler(tmp_path, cluster_client):
 
     write_demo(tmp_path, rows=20_000)
     address = cluster_client.scheduler.address
-    config = write_job_config(tmp_path, cluster={"address": address})
+    config = write_job_config(tmp_path)
+    job = yaml.safe_load(Path(config).read_text())
+    job["cluster"] = {"address": address}  # the embedded cluster's keys are refused here
+    Path(config).write_text(yaml.safe_dump(job))
     result = fit(config_path=config, n_components=3, covariance_type="diag", run_id="ext")
     store = daskgmm.ModelStore(tmp_path / "models")
     assert store.current() is None and result["promoted"] is False  # saved, not current
