@@ -18,12 +18,13 @@ says so, and publishes tonight's scores with the model that is current after tha
 decision. ``fit`` and ``select`` save a version without making it current unless asked
 (``promote=True``; the CLI's ``--promote``, or ``daskgmm promote``).
 
-Time limit and retries. Every flow run ends as ``TimedOut`` (a failed state) after
-``DASKGMM_FLOW_TIMEOUT_SECONDS`` (default 43200, 12 hours: under the lock's default 24
-hours, so a hung run ends before another run may take its lock over). The flows whose
-rerun is safe retry ``DASKGMM_FLOW_RETRIES`` times (default 0: an in-process caller such
-as the CLI gets the error at once), ``DASKGMM_FLOW_RETRY_DELAY_SECONDS`` (default 600)
-later; deploy/prefect.yaml sets them for the deployments. Both are read when this module
+Time limit and retries. A flow run still running after ``DASKGMM_FLOW_TIMEOUT_SECONDS``
+(default 43200, 12 hours: under the lock's default 24 hours, so a hung run ends before
+another run may take its lock over) is interrupted and ends ``TimedOut``, a failed state.
+The flows whose rerun is safe retry ``DASKGMM_FLOW_RETRIES`` times (default 0: an
+in-process caller such as the CLI gets the error at once),
+``DASKGMM_FLOW_RETRY_DELAY_SECONDS`` (default 600) later; deploy/prefect.yaml sets them
+for the deployments. Both are read when this module
 is imported: a deployment's worker imports it in the flow run's own process.
 """
 
