@@ -24,8 +24,8 @@ another run may take its lock over) is interrupted and ends ``TimedOut``, a fail
 The flows whose rerun is safe retry ``DASKGMM_FLOW_RETRIES`` times (default 0: an
 in-process caller such as the CLI gets the error at once),
 ``DASKGMM_FLOW_RETRY_DELAY_SECONDS`` (default 600) later; deploy/prefect.yaml sets them
-for the deployments. Both are read when this module
-is imported: a deployment's worker imports it in the flow run's own process.
+for the deployments. They are read when this module is imported: a deployment's worker
+imports it in the flow run's own process.
 """
 
 from __future__ import annotations
