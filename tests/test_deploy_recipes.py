@@ -532,6 +532,22 @@ def test_compose_prefect_worker_and_deploy_step(stack):
     assert get_json(f"{stack.api}/deployments/name/daskgmm-score/compose-score")
 
 
+def test_kubernetes_deployment_file_deploys(stack):
+    """deploy/kubernetes/prefect.yaml deploys as its README says, on the stack's server
+    (its pool made here as the Kubernetes worker would make it)."""
+    assert get_json(f"{stack.api}/work_pools/", {"name": "daskgmm-kubernetes",
+                                                  "type": "process"})
+    (command,) = [line.strip() for line in (KUBERNETES / "README.md").read_text().splitlines()
+                  if line.strip().startswith("prefect --no-prompt deploy")]
+    assert command.endswith("--prefect-file deploy/kubernetes/prefect.yaml")
+    run(shlex.split(command), stack.here.env(stack.service("deploy")), str(ROOT))
+    deployment = get_json(f"{stack.api}/deployments/name/daskgmm-nightly/kubernetes-nightly")
+    assert deployment["work_pool_name"] == "daskgmm-kubernetes"
+    assert deployment["parameters"] == {"config_path": "configs/kubernetes.yaml"}
+    assert deployment["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {
+        "directory": "/opt/daskgmm"}}]
+
+
 def readme_commands(prefix="docker compose exec prefect-worker "):
     """The README's commands run in the prefect-worker container, as argv lists."""
     text = (DOCKER / "README.md").read_text()
