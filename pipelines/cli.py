@@ -183,10 +183,9 @@ def _positive_int(text):
 
 
 def _demo_data(args):
-    from daskgmm_pipelines.demo_data import write_demo_data
+    from daskgmm_pipelines.demo_data import demo_data_exists, write_demo_data
 
-    kept = not args.overwrite and all(
-        os.path.exists(os.path.join(args.out, name)) for name in ("demo.zarr", "demo-parquet"))
+    kept = not args.overwrite and demo_data_exists(args.out)
     paths = write_demo_data(args.out, n_samples=args.rows, n_features=args.features,
                             n_components=args.components, seed=args.seed,
                             anomaly_fraction=args.anomaly_fraction, overwrite=args.overwrite)

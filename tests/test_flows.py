@@ -450,24 +450,28 @@ def test_a_run_over_its_time_limit_ends_timed_out_and_changes_nothing(tmp_path):
     assert not (tmp_path / "data" / "demo.zarr" / "scores").exists()
 
 
-@pytest.mark.parametrize("name, value, what", [
-    ("DASKGMM_FLOW_TIMEOUT_SECONDS", "soon", "a number >= 1"),
-    ("DASKGMM_FLOW_TIMEOUT_SECONDS", "0", "a number >= 1"),
-    ("DASKGMM_FLOW_RETRIES", "1.5", "a whole number >= 0"),
-    ("DASKGMM_FLOW_RETRY_DELAY_SECONDS", "-5", "a number >= 0"),
+@pytest.mark.parametrize("name, value, minimum, integer, what", [
+    ("DASKGMM_FLOW_TIMEOUT_SECONDS", "soon", 1, False, "a number >= 1"),
+    ("DASKGMM_FLOW_TIMEOUT_SECONDS", "0", 1, False, "a number >= 1"),
+    ("DASKGMM_FLOW_TIMEOUT_SECONDS", "inf", 1, False, "a number >= 1"),
+    ("DASKGMM_FLOW_RETRIES", "1.5", 0, True, "a whole number >= 0"),
+    ("DASKGMM_FLOW_RETRY_DELAY_SECONDS", "-5", 0, True, "a whole number >= 0"),
 ])
-def test_time_limit_and_retries_from_the_environment(monkeypatch, name, value, what):
+def test_time_limit_and_retries_from_the_environment(monkeypatch, name, value, minimum,
+                                                      integer, what):
+    """How pipelines/flows.py reads them when it is imported (the serving test runs a
+    deployment with them set)."""
     from daskgmm_pipelines.flows import _env_number
 
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=rf"The environment variable {name}='{value}' is "
                                          rf"not {what}: set it to one \(deploy/prefect\.yaml "
-                                         rf"sets it .*\), or unset it for the default 7"):
-        _env_number(name, 7, 0 if "RETR" in name else 1, integer=name.endswith("RETRIES"))
+                                         rf"sets it .*\), or unset it for the default 7\."):
+        _env_number(name, 7, minimum, integer=integer)
     monkeypatch.setenv(name, " 30 ")
-    assert _env_number(name, 7, 1) == 30
+    assert _env_number(name, 7, minimum, integer=integer) == 30
     monkeypatch.delenv(name)
-    assert _env_number(name, 7, 1) == 7
+    assert _env_number(name, 7, minimum, integer=integer) == 7
 
 
 def test_the_summary_embeds_its_plots_for_the_prefect_ui():
@@ -501,3 +505,25 @@ def test_the_summary_embeds_its_plots_for_the_prefect_ui():
     # the file saved next to the PNGs links them relatively
     local = report.summary_markdown({**summary, "plots": {"Anomaly scores": "scores.png"}})
     assert "![Anomaly scores](scores.png)\n\n[scores.png](scores.png)" in local
+
+
+def test_demo_data_on_s3_lands_whole(s3):
+    """``daskgmm demo-data --out s3://...``: both copies on the bucket, the Parquet one
+    under its final name, and the same rows in both."""
+    from daskgmm_pipelines.demo_data import write_demo_data
+
+    fs, options = s3
+    paths = write_demo_data("s3://data/demo", n_samples=3000, n_features=3, n_components=2,
+                            storage_options=options)
+    assert paths == {"zarr": "s3://data/demo/demo.zarr",
+                     "parquet": "s3://data/demo/demo-parquet"}
+    assert not fs.exists("data/demo/demo-parquet.tmp")
+    zarr_rows = daskgmm.as_dataset(paths["zarr"], array_name="X",
+                                   storage_options=options).array.compute()
+    parquet_rows = daskgmm.as_dataset(paths["parquet"], columns=["f0", "f1", "f2"],
+                                      storage_options=options).array.compute()
+    np.testing.assert_array_equal(parquet_rows, zarr_rows)
+    before = fs.info("data/demo/demo-parquet/part-00000.parquet")["LastModified"]
+    write_demo_data("s3://data/demo", n_samples=3000, n_features=3, n_components=2,
+                    storage_options=options)  # kept, not rewritten
+    assert fs.info("data/demo/demo-parquet/part-00000.parquet")["LastModified"] == before
