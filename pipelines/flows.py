@@ -89,7 +89,8 @@ def _env_number(name: str, default: float, minimum: float, integer: bool = False
 # Read at import: Prefect takes a flow's time limit and retries from its decorator.
 TIMEOUT_SECONDS = _env_number("DASKGMM_FLOW_TIMEOUT_SECONDS", 12 * 3600, 1)
 RETRIES = _env_number("DASKGMM_FLOW_RETRIES", 0, 0, integer=True)
-RETRY_DELAY_SECONDS = _env_number("DASKGMM_FLOW_RETRY_DELAY_SECONDS", 600, 0)
+# whole seconds: a flow run's retry policy holds an int
+RETRY_DELAY_SECONDS = _env_number("DASKGMM_FLOW_RETRY_DELAY_SECONDS", 600, 0, integer=True)
 # a flow whose rerun is safe; see each flow's decorator for why it is
 RERUN_SAFE = dict(retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS)
 
