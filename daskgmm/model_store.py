@@ -275,9 +275,14 @@ class JobLock:
                 holder = self._holder()
                 expires = holder.get("expires")
                 stale = _expired(expires, now) or _dead_here(holder)
-                if attempt == 0 and stale:
-                    logger.warning("replacing the stale lock %s of run %s (started %s)",
-                                   self.path, holder.get("run_id"), holder.get("started"))
+                # this very run, in this process: an attempt interrupted (a time limit)
+                # between writing the lock and recording it as held; its retry takes it
+                own = (holder.get("run_id") == self.run_id and holder.get("pid") == os.getpid()
+                       and holder.get("host") == record["host"])
+                if attempt == 0 and (stale or own):
+                    logger.warning("replacing the %s lock %s of run %s (started %s)",
+                                   "stale" if stale else "interrupted attempt's", self.path,
+                                   holder.get("run_id"), holder.get("started"))
                     try:
                         self.fs.rm(self.path)
                     except FileNotFoundError:

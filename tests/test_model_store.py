@@ -91,6 +91,11 @@ def test_one_run_of_a_job_at_a_time(tmp_path, s3):
                 store.lock("job-score-1").acquire()
         with store.lock("job-score-1"):  # released: the next run takes it
             pass
+        # an attempt of this run interrupted after writing the lock (a time limit in
+        # Prefect's retry): the retry, same run in the same process, takes it over
+        store.lock("job-nightly-1").acquire()
+        with store.lock("job-nightly-1"):
+            pass
         lock_path = f"{store.location.root}/lock"
         assert not store.location.fs.exists(lock_path)
         # an expired lock of another host is replaced
