@@ -26,6 +26,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/memory.py
 
 # `make slurm-test` (as root): start the single-node test SLURM of deploy/slurm/ (installing
 # Debian's slurm-wlm and munge when missing), then run the SLURM tests against it. SLURM

@@ -1,6 +1,6 @@
-"""Speed and memory of daskgmm against scikit-learn, measured side by side in one run.
+"""Speed of daskgmm against scikit-learn, measured side by side in one run.
 
-    python benchmarks/run.py [--quick] [--only speed|memory|selection|baseline]
+    python benchmarks/run.py [--quick] [--only speed|selection|baseline]
                              [--baseline REV] [--out benchmarks/results.json]
 
 Speed: seconds per EM iteration on the same data from the same initial parameters:
@@ -10,8 +10,7 @@ memory and (b) streaming from compressed Zarr on every pass. A fit's cost per it
 (time of a fit with 1 + m iterations - time with 1 iteration) / m, so initialisation and
 start-up cancel out.
 
-Memory: peak RSS of the workers while fitting Zarr data 4x larger than the workers' total
-memory_limit, at two dataset sizes (the second 4x the first).
+Memory is measured by ``benchmarks/memory.py`` (``make bench`` runs both).
 
 Against an earlier revision (``--baseline REV``, e.g. the commit before a change): the
 same speed cases with the code of REV (a git worktree) and with this checkout, each in
@@ -135,39 +134,6 @@ def selection_case(root, n_samples, n_features, true_k, ks, covariance_type):
         "shared_over_sklearn": round(shared / sk, 3),
     }
     print(json.dumps(row), flush=True)
-    return row
-
-
-def memory_case(root, n_samples, n_features, memory_limit, client):
-    from distributed.diagnostics import MemorySampler
-
-    import daskgmm
-    from daskgmm.synthetic import write_mixture_zarr
-
-    path = root / f"memory-{n_samples}.zarr"
-    t0 = time.perf_counter()
-    write_mixture_zarr(path, n_samples, n_features, 4, chunk_rows=100_000, seed=2)
-    written = time.perf_counter() - t0
-    ms = MemorySampler()
-    gm = daskgmm.GaussianMixture(4, covariance_type="full", max_iter=3, tol=0.0,
-                                 init_params="random_from_data", random_state=0,
-                                 array_name="X")
-    t0 = time.perf_counter()
-    with ms.sample("fit", measure="process", interval=0.05):
-        gm.fit(str(path))
-    seconds = time.perf_counter() - t0
-    peak_total = max(v for _, v in ms.samples["fit"])
-    n_workers = len(client.scheduler_info()["workers"])
-    row = {
-        "rows": n_samples, "features": n_features,
-        "data_GiB": round(n_samples * n_features * 8 / 2**30, 2),
-        "workers_total_memory_limit_GiB": round(memory_limit * n_workers / 2**30, 2),
-        "peak_worker_rss_MiB": round(peak_total / n_workers / 2**20, 1),
-        "fit_seconds": round(seconds, 1), "write_seconds": round(written, 1),
-        "passes": gm.n_passes_,
-    }
-    print(json.dumps(row), flush=True)
-    shutil.rmtree(path)
     return row
 
 
@@ -317,24 +283,6 @@ def write_report(results, path):
                 f"{r['current_persisted_s']} ({r['persisted_ratio']}) "
                 f"| {r['baseline_zarr_s']}, {r['current_zarr_s']} ({r['zarr_ratio']}) |"
             )
-    if "memory" in results:
-        lines += [
-            "",
-            "Peak worker memory (RSS per worker, sampled every 50 ms) fitting Zarr data larger "
-            "than the workers' total `memory_limit`, streaming:",
-            "",
-            "| rows x features | data GiB | workers' total memory_limit GiB | peak RSS per "
-            "worker MiB | passes | fit s |",
-            "|---|---|---|---|---|---|",
-        ]
-        for r in results["memory"]:
-            lines.append(
-                f"| {r['rows']:,} x {r['features']} | {r['data_GiB']} "
-                f"| {r['workers_total_memory_limit_GiB']} | {r['peak_worker_rss_MiB']} "
-                f"| {r['passes']} | {r['fit_seconds']} |"
-            )
-        lines += ["", f"Growth of peak memory when the data grow 4x: "
-                      f"{results['memory_growth_ratio']}x (target: at most 1.2x)."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -347,7 +295,7 @@ def main(argv=None):
     warnings.simplefilter("ignore", ConvergenceWarning)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--only", choices=["speed", "memory", "selection", "baseline"])
+    parser.add_argument("--only", choices=["speed", "selection", "baseline"])
     parser.add_argument("--baseline", metavar="REV", default=None,
                         help="also compare the speed cases with the code of git revision REV")
     parser.add_argument("--measure", nargs=4, metavar=("PATH", "COV", "K", "ITER"),
@@ -388,16 +336,6 @@ def main(argv=None):
             results["selection"] = [
                 selection_case(root, 1_000_000 // scale, 8, 5, list(range(1, 11)), "full")
             ]
-    if args.only in (None, "memory"):
-        memory_limit = (300 if args.quick else 400) * 2**20
-        with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=memory_limit,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
-            base = 4 * 2 * memory_limit // (16 * 8)  # 4x the workers' total memory
-            results["memory"] = [
-                memory_case(root, rows, 16, memory_limit, client) for rows in (base, 4 * base)
-            ]
-            low, high = (r["peak_worker_rss_MiB"] for r in results["memory"])
-            results["memory_growth_ratio"] = round(high / low, 3)
     if args.baseline and args.only in (None, "baseline"):
         cases = [(1_000_000 // scale, 16, 8, "full", 8), (1_000_000 // scale, 16, 8, "diag", 8)]
         results["baseline"] = [baseline_case(root, args.baseline, *case) for case in cases]
