@@ -343,9 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prefect_environment():
-    """Library log lines in the flow logs; no usage telemetry from the local server."""
+    """Library log lines in the flow logs; no usage telemetry from the local server; and
+    time for Prefect's temporary server to start on a busy machine (Prefect waits 20 s,
+    which a loaded 2-core machine can exceed)."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "daskgmm,daskgmm_pipelines")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 class _TerminalLogFilter(logging.Filter):
