@@ -13,16 +13,31 @@ from .conftest import random_params
 
 
 def test_tree_depth_is_logarithmic():
-    parts = [dask.delayed(i) for i in range(64)]
-    root, depth = passes.tree_reduce(parts, sum, split_every=4)
+    from dask.local import get_sync
+
+    keys = [("x", i) for i in range(64)]
+    graph = {k: i for i, k in enumerate(keys)}
+    entries, root, depth = passes.tree_keys(keys, sum, 4, "t")
     assert depth == 3
-    assert root.compute() == sum(range(64))
-    _, depth = passes.tree_reduce(parts, sum, split_every=8)
+    assert get_sync({**graph, **entries}, [root]) == (sum(range(64)),)
+    assert len(entries) == 16 + 4 + 1
+    _, _, depth = passes.tree_keys(keys, sum, 8, "t")
     assert depth == 2
     with pytest.raises(ValueError, match="split_every"):
-        passes.tree_reduce(parts, sum, split_every=1)
+        passes.tree_keys(keys, sum, 1, "t")
 
 
+def test_a_pass_graph_is_built_in_linear_work():
+    """The graph of a pass over C chunks has C chunk tasks, the tree's nodes and one copy
+    of the arguments, whatever C: built without re-walking the graph per task."""
+    for n in (100, 1000):
+        ds = as_dataset(da.zeros((n * 10, 2), chunks=(10, 2)), chunk_rows=None)
+        root = passes.pass_graph(ds, passes._take, ("big",), combine=sum)
+        layers = root.__dask_graph__().layers
+        ours = [layer for name, layer in layers.items() if not name.endswith("-reads")]
+        assert len(ours) == 1
+        tree, _, _ = passes.tree_keys(list(range(n)), sum, 8, "t")
+        assert len(ours[0]) == n + len(tree) + 1  # chunk tasks, tree, the arguments once
 
 
 def test_a_pass_is_one_reduction_and_equals_the_whole_chunk():
