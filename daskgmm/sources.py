@@ -42,6 +42,9 @@ _TINY_CHUNK_BYTES = 4 * 2**20
 # zarr, pyarrow and daskgmm's passes (measured: 130 MiB at rest after a Zarr fit, 190
 # MiB after a Parquet one, Linux, Python 3.11).
 _WORKER_FIXED_BYTES = 192 * 2**20
+# ... and reading or writing Parquet adds pyarrow's libraries and its allocator's pages
+# (measured: a worker peaks some 100 MiB higher on Parquet than on Zarr of the same rows).
+_PARQUET_EXTRA_BYTES = 96 * 2**20
 # A task holds about this many chunk-sized buffers at its peak (measured: 4x for a Zarr
 # chunk, 4.5x for a Parquet piece: what the reader decodes, the float64 block, copies).
 _TASK_COPIES = 5
@@ -504,12 +507,13 @@ class ChunkBudget:
     """The chunk size daskgmm picks, and the largest chunk the workers can hold.
 
     The rule: a worker of ``memory_limit`` M and T threads pauses at ``pause`` x M
-    (distributed's ``distributed.worker.memory.pause``, 0.8 by default) and holds
-    ``_WORKER_FIXED_BYTES`` (192 MiB) before any chunk; each of its T tasks holds about
-    ``_TASK_COPIES`` (5) chunk-sized buffers at its peak. So the largest chunk (as
-    float64) is ``(pause x M - 192 MiB) / (5 T)``, over the tightest worker; daskgmm's own chunks
-    ("auto") are that, at most 32 MiB and at least 1 MiB. Without a distributed client,
-    or when the workers have no memory limit, chunks are 32 MiB and nothing is checked.
+    (distributed's ``distributed.worker.memory.pause``, 0.8 by default) and holds F
+    before any chunk: ``_WORKER_FIXED_BYTES`` (192 MiB), 288 MiB when it reads Parquet;
+    each of its T tasks holds about ``_TASK_COPIES`` (5) chunk-sized buffers at its peak.
+    So the largest chunk (as float64) is ``(pause x M - F) / (5 T)``, over the tightest
+    worker; daskgmm's own chunks ("auto") are that, at most 32 MiB and at least 1 MiB.
+    Without a distributed client, or when the workers have no memory limit, chunks are
+    32 MiB and nothing is checked.
     """
 
     target_bytes: int
@@ -534,8 +538,9 @@ def _mib(n):
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**20:.2f} MiB"
 
 
-def chunk_budget() -> ChunkBudget:
-    """The :class:`ChunkBudget` for the workers of the current distributed client."""
+def chunk_budget(parquet=False) -> ChunkBudget:
+    """The :class:`ChunkBudget` for the workers of the current distributed client (for
+    Parquet input, with pyarrow's own 96 MiB more held by each worker)."""
     distributed = sys.modules.get("distributed")  # no client without it: do not import it
     try:
         client = distributed.default_client()
@@ -551,7 +556,8 @@ def chunk_budget() -> ChunkBudget:
     if not limits or not all(m for m, _ in limits):
         return ChunkBudget(_TARGET_CHUNK_BYTES, workers="workers without a memory limit")
     pause = dask.config.get("distributed.worker.memory.pause", 0.8) or 0.95
-    largest = min(max(0, int(pause * m) - _WORKER_FIXED_BYTES) // (_TASK_COPIES * t)
+    fixed = _WORKER_FIXED_BYTES + (_PARQUET_EXTRA_BYTES if parquet else 0)
+    largest = min(max(0, int(pause * m) - fixed) // (_TASK_COPIES * t)
                   for m, t in limits)
     memory, threads = min(limits)
     shown = (f"{len(limits)} worker{'s' * (len(limits) > 1)}, the smallest with "
@@ -1076,7 +1082,7 @@ def _from_parquet(fs, files, shown, columns, chunk_rows, url, root):
         _check_file_columns(columns, schema, relative, description)
     description = f"{description} ({_describe_columns(columns)})"
 
-    budget = chunk_budget()
+    budget = chunk_budget(parquet=True)
     kept, chunks, labels, versions, kept_schemas = [], [], [], [], []
     for (path, relative, info), meta, schema in zip(files, metas, schemas, strict=True):
         if meta.num_rows == 0:

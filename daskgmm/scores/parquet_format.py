@@ -101,4 +101,6 @@ def _write_part(scores, fs, path, schema, row_start, ids, n_points):
     with naming_write_errors(url_of(fs, path)):
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         pq.write_table(table, path, filesystem=fs)
+    del table, arrays, id_arrays
+    pa.default_memory_pool().release_unused()  # arrow keeps freed pages for later
     return summary(scores, n_points)
