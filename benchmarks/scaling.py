@@ -34,9 +34,9 @@ Sections of the JSON output:
   the graph on the client (the same calls ``passes.data_pass`` makes, without the
   compute) and a bare-distributed floor (a hand-written graph of the same shape whose
   tasks do nothing).
-- ``graph``: that client-side graph alone, up to 20,000 chunks, split into its steps,
-  each fitted by ``a n + b n^2``: ``passes.tree_reduce`` grows with the square of the
-  number of chunks.
+- ``graph``: that client-side graph alone (``passes.pass_graph``), up to 20,000 chunks,
+  fitted by ``a n + b n^2`` (``--graph-only`` measures it again and redoes the
+  projection from the other sections).
 - ``projection``: 1 TB of float64 at 64 features on 100 such workers, computed from
   the numbers above (see docs/scaling.md for the assumptions).
 """
@@ -145,7 +145,7 @@ def stats_bytes(covariance_type, k, d):
 
 def tree_tasks(n_chunks, split_every):
     """Combine nodes of a tree of fan-in ``split_every`` over ``n_chunks`` results, and
-    its depth (``passes.tree_reduce``)."""
+    its depth (``passes.tree_keys``)."""
     nodes = depth = 0
     n = n_chunks
     while n > 1:
@@ -430,47 +430,21 @@ def m_step_section(d, n_candidates, repeats):
 
 
 def build_pass_graph(dataset, split_every):
-    """The graph ``passes.data_pass`` builds for an EM pass, built the same way (its
-    calls, in its order) but not computed: the client's share of a pass's cost."""
-    import dask
-
+    """The graph ``passes.data_pass`` computes for an EM pass (``passes.pass_graph``),
+    built but not computed: the client's share of a pass's cost."""
     from daskgmm import kernels, passes
 
     params = [make_params("diag", 2, dataset.n_features)]
-    blocks = dataset.array.to_delayed(optimize_graph=True).ravel()
-    offsets = dataset.row_offsets
-    shared = dask.delayed((params,), traverse=False)
-    parts = [
-        dask.delayed(passes.em_chunk, pure=True)(block, shared, dataset.chunk_label(i),
-                                                int(offsets[i]), None)
-        for i, block in enumerate(blocks)
-    ]
-    root, _ = passes.tree_reduce(parts, kernels.combine_stats, split_every)
-    return root
+    return passes.pass_graph(dataset, passes.em_chunk, (params,),
+                             combine=kernels.combine_stats, split_every=split_every)
 
 
 def graph_parts(dataset, split_every):
-    """Client CPU seconds of the three steps of ``build_pass_graph``: the array's
-    blocks (``to_delayed``), the chunk tasks, and the tree (``passes.tree_reduce``)."""
-    import dask
-
-    from daskgmm import kernels, passes
-
-    params = [make_params("diag", 2, dataset.n_features)]
+    """Client CPU seconds to build a pass's graph (``passes.pass_graph``: the array's
+    optimised reads, the chunk tasks and the combine tree, in one layer)."""
     c0 = time.thread_time()
-    blocks = dataset.array.to_delayed(optimize_graph=True).ravel()
-    c1 = time.thread_time()
-    offsets = dataset.row_offsets
-    shared = dask.delayed((params,), traverse=False)
-    parts = [
-        dask.delayed(passes.em_chunk, pure=True)(block, shared, dataset.chunk_label(i),
-                                                int(offsets[i]), None)
-        for i, block in enumerate(blocks)
-    ]
-    c2 = time.thread_time()
-    passes.tree_reduce(parts, kernels.combine_stats, split_every)
-    c3 = time.thread_time()
-    return {"to_delayed": c1 - c0, "chunk_tasks": c2 - c1, "tree_reduce": c3 - c2}
+    build_pass_graph(dataset, split_every)
+    return {"pass_graph": time.thread_time() - c0}
 
 
 def graph_section(quick):
@@ -492,12 +466,11 @@ def graph_section(quick):
         row = {"chunks": n_chunks, "repeats": repeats,
                **{key: median([p[key] for p in parts]) for key in parts[0]}}
         runs.append(row)
-        print(f"graph of {n_chunks:6d} chunks on the client (CPU s): to_delayed "
-              f"{row['to_delayed']:.2f}, chunk tasks {row['chunk_tasks']:.2f}, tree "
-              f"{row['tree_reduce']:.2f}", flush=True)
+        print(f"graph of {n_chunks:6d} chunks on the client: {row['pass_graph']:.2f} CPU s",
+              flush=True)
     n = np.array([r["chunks"] for r in runs], dtype=float)
     fits = {}
-    for key in ("to_delayed", "chunk_tasks", "tree_reduce"):
+    for key in ("pass_graph",):
         y = np.array([r[key] for r in runs])
         (a, b), *_ = np.linalg.lstsq(np.stack([n, n * n], axis=1), y, rcond=None)
         fits[key] = {"a_seconds_per_chunk": float(a), "b_seconds_per_chunk_squared": float(b),
@@ -666,7 +639,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small cases (about a minute)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "scaling.json"))
+    parser.add_argument("--graph-only", action="store_true",
+                        help="measure the client's graph again and redo the projection from "
+                             "the other sections of --out")
     args = parser.parse_args()
+    if args.graph_only:
+        results = json.loads(Path(args.out).read_text())
+        results["graph"] = graph_section(args.quick)
+        results["graph_measured"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                     "git": git_revision()}
+        results["projection"] = projection(
+            results["kernels"], results["read"], *results["client_m_step"],
+            results["many_chunks"], results["graph"])
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.out}", flush=True)
+        return
 
     import dask
     import distributed
