@@ -168,7 +168,10 @@ def _connect_problem(cluster, exc) -> str:
     causes = _causes(exc)
 
     def has(kind):
-        return any(isinstance(cause, kind) for cause in causes)
+        # distributed sometimes keeps only the text of the error it wrapped
+        # (FatalCommClosedError: "... SSLError: [SSL: TLSV1_ALERT_UNKNOWN_CA] ...")
+        return any(isinstance(cause, kind) or f"{kind.__name__}:" in str(cause)
+                   for cause in causes)
 
     lead = f"Could not connect to the Dask scheduler at {address} (cluster.address)"
     if has(ssl.SSLCertVerificationError):
