@@ -396,9 +396,9 @@ def _ctrl_c_for_this_process_only():
     temporary server and the Dask worker processes too, which then die mid-run, print
     their own tracebacks and leave this process retrying a dead server. Block SIGINT in
     this thread before any other thread or child process exists (both inherit the mask,
-    and a blocked signal stays blocked across exec), and take it in one thread that
-    leaves it unblocked: Python runs the handler, KeyboardInterrupt, in the main thread,
-    which then shuts the run down in order (flow state, lock, cluster, server)."""
+    and a blocked signal stays blocked across exec), and wait for it in one thread,
+    which raises KeyboardInterrupt in the main thread (again until the main thread has
+    it), which then shuts the run down in order (flow state, lock, cluster, server)."""
     import signal
     import threading
 
@@ -412,10 +412,19 @@ def _ctrl_c_for_this_process_only():
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
     def receive():
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        threading.Event().wait()
+        import _thread
+
+        signal.sigwait({signal.SIGINT})
+        # KeyboardInterrupt in the main thread; again every 2 s until main has taken it
+        # (a library may catch one: Prefect's API retries, a shutting-down event loop)
+        while not _INTERRUPT_TAKEN.is_set():
+            _thread.interrupt_main()
+            _INTERRUPT_TAKEN.wait(2.0)
 
     threading.Thread(target=receive, name="daskgmm-ctrl-c", daemon=True).start()
+
+
+_INTERRUPT_TAKEN = __import__("threading").Event()
 
 
 def main(argv=None) -> int:
@@ -436,6 +445,7 @@ def main(argv=None) -> int:
               else _quiet_prefect_terminal(until_exit=argv is None)):
             args.fn(args)
     except KeyboardInterrupt:
+        _INTERRUPT_TAKEN.set()
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
@@ -445,6 +455,8 @@ def main(argv=None) -> int:
         if not debug:
             print("(run with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        _INTERRUPT_TAKEN.set()  # ending anyway: no further interruption
     return 0
 
 
