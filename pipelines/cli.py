@@ -356,15 +356,22 @@ class _TerminalLogFilter(logging.Filter):
     errors, which are Prefect's report of the failing task and flow run with its
     traceback (:func:`main` prints the cause in one line; the Prefect run logs keep
     them). INFO lines only when stderr is not a terminal: under cron or in a pipe they
-    are the job's log; in a terminal the progress bar shows the progress."""
+    are the job's log; in a terminal the progress bar shows the progress. Dask's own
+    INFO lines never, and its errors without their tracebacks."""
 
     def __init__(self, show_info: bool):
         super().__init__()
         self.show_info = show_info
 
     def filter(self, record):
+        dask_own = record.name.split(".", 1)[0] in ("distributed", "dask")
         if record.levelno < logging.WARNING:
-            return self.show_info
+            # the cluster's own INFO lines (workers joining and leaving) are not the job's
+            return self.show_info and not dask_own
+        if dask_own and record.exc_info:
+            # distributed's errors while a cluster shuts down come with tracebacks of its
+            # internals: their one line says enough (--debug shows them whole)
+            record.exc_info, record.exc_text = None, None
         return not (record.levelno >= logging.ERROR
                     and record.name in ("prefect.flow_runs", "prefect.task_runs"))
 
