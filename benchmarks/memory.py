@@ -179,7 +179,7 @@ def write_report(results, path):
         f"({results['parquet_memory_limit']} for Parquet input, whose 16 MB row groups do "
         "not fit 400 MiB by daskgmm's own rule); peak "
         "resident memory of each worker process from its own kernel accounting "
-        "(`getrusage` `ru_maxrss`), after each step of the job: fit (default k-means "
+        "(`VmHWM` of /proc/self/status), after each step of the job: fit (default k-means "
         "initialisation, k=4 `full`, 3 EM iterations, `cache=False`), `set_threshold`, "
         "`write_scores`. The peak is cumulative: the publish column is the whole job's.",
         "",

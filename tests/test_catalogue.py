@@ -1209,6 +1209,28 @@ CASES += [
          "removes the debris", "the target: pointer, current scores",
          see="tests/test_scores.py::test_process_killed_mid_write_leaves_previous_version_"
              "readable"),
+    Case("tls-client-refused", F, "the job's TLS settings do not match the scheduler's "
+         "(no certificate, another CA, a certificate the scheduler refuses)", None, None, None,
+         "`ClusterConnectionError`: the address, which of `cluster.tls`'s files does not "
+         "match and what to give instead; the CLI prints it in one line",
+         "the cluster (still running, its workers kept) and the job's outputs",
+         see="tests/test_cluster.py::test_a_client_without_the_cluster_s_certificate_is_"
+             "refused"),
+    Case("scheduler-unreachable", F, "nothing listens at `cluster.address`", None, None, None,
+         "`ClusterConnectionError`: the address, nothing listening, the scheduler command "
+         "to start", "the job's outputs",
+         see="tests/test_cluster.py::test_nothing_listening_is_one_clear_error"),
+    Case("backend-extra-missing", F, "`cluster.backend: slurm` (or pbs, kubernetes) without "
+         "its library installed", None, None, None,
+         "a config error naming the backend and the extra to install "
+         "(`pip install 'daskgmm[slurm]'`)", "everything: nothing starts",
+         see="tests/test_cluster.py::test_a_missing_library_names_the_extra"),
+    Case("chunks-too-large-for-workers", F, "input chunks (dask chunks, Zarr chunks, Parquet "
+         "row groups) larger than the workers' memory can hold", None, None, None,
+         "`ChunkMemoryWarning` before any pass: the chunk size, the workers' memory_limit "
+         "and threads, the size that fits and how to get it",
+         "nothing: a warning; the job runs (a worker may pause)",
+         see="tests/test_sources.py::test_chunks_too_large_for_the_workers_warn"),
     Case("scheduler-killed-mid-fit", F, "the Dask scheduler process killed (SIGKILL) mid-fit",
          scheduler_killed_mid_fit, ConnectionError,
          r"Lost the Dask scheduler tcp://127\.0\.0\.1:\d+ during an EM iteration over the "
