@@ -108,6 +108,18 @@ def _key(*parts) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")
 
 
+def _in_time(t0: float) -> None:
+    """Before a step readers see (publishing scores, promoting a model): a run past its
+    time limit stops here, as Prefect's own limit would (state TimedOut). Prefect's limit
+    interrupts the flow when it can, which may be after such a step; this check makes
+    sure a run over its limit publishes and promotes nothing."""
+    if time.perf_counter() - t0 > TIMEOUT_SECONDS:
+        from prefect.flow_engine import FlowRunTimeoutError
+
+        raise FlowRunTimeoutError(f"the run passed its time limit of {TIMEOUT_SECONDS} s "
+                                  "before publishing: nothing was published or promoted")
+
+
 def _run_id(cfg: JobConfig, flow: str, given: str | None) -> str:
     from prefect.runtime import flow_run
 
@@ -547,8 +559,10 @@ def _night(cfg, run_id, key, log, t0, progress):
                          f"inspection) was {verdict.reason}, and the store has no current "
                          "model to score with.")
     end_fit(cfg, run_id)
+    _in_time(t0)
     pub = publish_scores(cfg, scoring, run_id, scored_with, fingerprint, progress)
     if verdict.promote:  # after the scores: a run that fails changes nothing readers see
+        _in_time(t0)
         promote(cfg, version, run_id, verdict.reason)
     summary = policy.run_summary(
         job=cfg.name, run_id=run_id, model=model, model_id=daskgmm.model_id(model),
@@ -662,6 +676,7 @@ def score(config_path: str, model_version: str | None = None, source: str | None
                     "model_version.")
             store = _store(cfg)
             fingerprint = fingerprint_source(cfg)
+            _in_time(t0)
             pub = publish_scores(cfg, model, run_id, info["version"], fingerprint, progress)
             url = store.write_run_file(run_id, "scores.png",
                                        report.score_histogram(pub.sketch, model.threshold_))
