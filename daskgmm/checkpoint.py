@@ -4,8 +4,10 @@ A checkpoint holds every candidate of the batch (parameters after the latest M-s
 iteration count, lower bounds, convergence) and the number of passes made, in a zip of
 ``state.json`` and ``.npy`` arrays, written atomically like model files (no pickle).
 EM is deterministic given these, so a fit resumed from a checkpoint of the same fit
-(same data, parameters and starting point: its *fingerprint*) reaches exactly the model
-an uninterrupted fit reaches.
+(same data, parameters and starting point: its *fingerprint*) reaches the model an
+uninterrupted fit reaches: exactly when the data are chunked as before, and to the
+rounding of the sums otherwise (``chunk_rows='auto'`` follows the workers' memory, so a
+retry on other workers may chunk Zarr or Parquet data differently; it still resumes).
 """
 
 from __future__ import annotations
@@ -189,16 +191,16 @@ def fingerprint(params: dict, dataset: Dataset, start: Mixture | None = None) ->
     the model it starts from.
 
     The data are named by their files and versions for Zarr and Parquet (dask names of
-    file sources change from process to process), else by the dask name (a content hash
-    for numpy input). Listing the files is why a fit computes this only when it
-    checkpoints.
+    file sources change from process to process; their chunking, which may follow the
+    workers, is left out), else by the dask name (a content hash for numpy input).
+    Listing the files is why a fit computes this only when it checkpoints.
     """
     params = {k: v for k, v in portable_params(params).items()
               if k not in ("verbose", "verbose_interval")}
     data = (dataset.origin.data_version() if dataset.origin is not None
             else getattr(dataset.array, "name", ""))
     h = hashlib.sha256(json.dumps(
-        [params, dataset.description, dataset.array.shape, dataset.array.chunks[0], data],
+        [params, dataset.description, dataset.array.shape, data],
         sort_keys=True, default=str,
     ).encode())
     if start is not None:

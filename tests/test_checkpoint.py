@@ -199,3 +199,32 @@ def test_a_full_disk_is_named_and_leaves_the_saved_checkpoint(small_disk, caplog
         GaussianMixture(2, random_state=1).fit(X, checkpoint=Checkpoint(path, every=1))
     assert info.value.errno == errno.ENOSPC and info.value.__cause__.errno == errno.ENOSPC
     assert snapshot(small_disk.path) == before  # the last checkpoint, and no temporary file
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_a_retry_on_other_workers_resumes_though_auto_chunks_differ(tmp_path):
+    """``chunk_rows='auto'`` follows the workers' memory: a fit interrupted on small
+    workers (Zarr read in 3 chunks) resumes without a cluster (1 chunk), and reaches the
+    uninterrupted model up to the rounding of the sums."""
+    from distributed import Client, LocalCluster
+    from numpy.testing import assert_allclose
+
+    from daskgmm.synthetic import write_mixture_zarr
+
+    path = str(tmp_path / "d.zarr")
+    write_mixture_zarr(path, 400_000, 3, 3, chunk_rows=50_000, seed=3)
+    kw = dict(n_components=3, random_state=0, tol=0.0, max_iter=8, array_name="X")
+    ckpt = Checkpoint(tmp_path / "ckpt", every=2)
+    with LocalCluster(n_workers=1, threads_per_worker=32, processes=False,
+                      memory_limit="1GiB", dashboard_address=None) as cluster, \
+            Client(cluster):
+        with pytest.raises(Crash):
+            GaussianMixture(**kw).fit(path, checkpoint=ckpt, callback=_crash_at(5))
+        from daskgmm.sources import as_dataset
+
+        assert len(as_dataset(path, array_name="X").array.chunks[0]) == 3
+    resumed = GaussianMixture(**kw).fit(path, checkpoint=ckpt)
+    assert resumed.resumed_iteration_ == 4
+    ref = GaussianMixture(**kw).fit(path)
+    for name in ("weights_", "means_", "covariances_"):
+        assert_allclose(getattr(resumed, name), getattr(ref, name), rtol=1e-10)
