@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 import uuid
 from concurrent.futures import CancelledError
@@ -30,7 +29,7 @@ from threadpoolctl import threadpool_limits
 from . import kernels, quantiles
 from .kernels import Params, Stats
 from .quantiles import RankSketch, combine_sketches
-from .sources import Dataset
+from .sources import Dataset, current_client
 
 
 def tree_keys(keys, combine, split_every, name):
@@ -170,8 +169,39 @@ def data_pass(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, spli
     built = pass_graph(dataset, fn, args, combine=combine, split_every=split_every,
                        per_chunk=per_chunk)
     with threadpool_limits(limits=1), _cluster_lost(dataset, fn):
+        if split_every is None:
+            return combine(compute_each(built))
         (result,) = dask.compute(built)
-    return combine(result) if split_every is None else result
+    return result
+
+
+def compute_each(parts) -> list:
+    """The results of the ``Delayed`` objects ``parts``, in order: one graph, one compute.
+
+    On a distributed cluster each result is fetched and released as soon as it is done,
+    so a worker holds only the few results not fetched yet. ``dask.compute`` would hold
+    them all on the workers until the last one is done: O(chunks) small objects between
+    the chunks' allocations, whose fragmentation grew a worker's memory with the data
+    (publication at 16x the data peaked 80 MiB above 1x).
+    """
+    client = current_client()
+    if client is None:
+        (out,) = dask.compute(list(parts))
+        return list(out)
+    from distributed import as_completed
+
+    futures = client.compute(list(parts))
+    index = {future.key: i for i, future in enumerate(futures)}
+    out = [None] * len(futures)
+    try:
+        for batch in as_completed(futures).batches():
+            for future, result in zip(batch, client.gather(batch), strict=True):
+                out[index[future.key]] = result
+                future.release()
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return out
 
 
 class ClusterLostError(ConnectionError):
@@ -204,11 +234,9 @@ def _cluster_lost(dataset, fn):
 
 
 def _scheduler_address():
-    distributed = sys.modules.get("distributed")  # no client without it: do not import it
-    try:
-        return distributed.default_client().scheduler.address
-    except (ValueError, AttributeError):
-        return "(address unknown: no distributed client)"
+    client = current_client()
+    address = getattr(getattr(client, "scheduler", None), "address", None)
+    return address or "(address unknown: no distributed client)"
 
 
 ###############################################################################

@@ -538,18 +538,29 @@ def _mib(n):
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**20:.2f} MiB"
 
 
+def current_client():
+    """The distributed client that ``dask.compute`` uses now, or None when it uses
+    dask's own schedulers (configured so, or no client). Does not import distributed."""
+    distributed = sys.modules.get("distributed")  # no client without it
+    if distributed is None:
+        return None
+    client = getattr(dask.base.get_scheduler(), "__self__", None)
+    return client if isinstance(client, distributed.Client) else None
+
+
 def chunk_budget(parquet=False) -> ChunkBudget:
     """The :class:`ChunkBudget` for the workers of the current distributed client (for
     Parquet input, with pyarrow's own 96 MiB more held by each worker)."""
-    distributed = sys.modules.get("distributed")  # no client without it: do not import it
+    client = current_client()
+    if client is None:
+        return ChunkBudget(_TARGET_CHUNK_BYTES)
     try:
-        client = distributed.default_client()
         try:
             info = client.scheduler_info(n_workers=-1)  # all workers, not the first 5
         except TypeError:  # distributed before 2025.4 lists them all anyway
             info = client.scheduler_info()
         workers = info["workers"].values()
-    except (AttributeError, ValueError, KeyError, OSError):
+    except (KeyError, OSError):
         return ChunkBudget(_TARGET_CHUNK_BYTES)
     limits = [(int(w.get("memory_limit") or 0), max(int(w.get("nthreads") or 1), 1))
               for w in workers]
@@ -1277,11 +1288,9 @@ def fits_in_memory(dataset: Dataset) -> bool:
     the workers' memory limits on a distributed cluster, else a quarter of this
     machine's available memory (in-memory input: never, nothing to gain)."""
     import psutil
-    from distributed import default_client
 
-    try:
-        client = default_client()
-    except ValueError:
+    client = current_client()
+    if client is None:
         if not dataset.lazy:
             return False  # already in this process's memory
         budget = 0.25 * psutil.virtual_memory().available

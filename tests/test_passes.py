@@ -67,3 +67,51 @@ def test_nonfinite_rows_are_located_in_passes_and_row_maps():
     out = passes.map_rows(dataset, lambda block, params: block[:, 0], p, np.float64)
     with pytest.raises(ValueError, match=message):
         out.compute()
+
+
+def _held_results(i, prefix):
+    """Sleeps a little, then counts the results of its own pass held by its worker."""
+    import time
+
+    from distributed import get_worker
+
+    time.sleep(0.02)
+    if i == -1:
+        raise ValueError("part -1 fails")
+    return i, sum(1 for key in get_worker().data if str(key).startswith(prefix))
+
+
+def _parts(n, prefix, fail_at=None):
+    import dask
+
+    return [dask.delayed(_held_results, pure=False)(-1 if i == fail_at else i, prefix,
+                                                    dask_key_name=f"{prefix}{i}")
+            for i in range(n)]
+
+
+def test_compute_each_fetches_results_as_they_finish(cluster_client):
+    """Results come back in order, and a worker never holds more than a few of them:
+    ``dask.compute`` of the same parts holds them all until the last one is done (the
+    same measure, to show that it tells the two apart)."""
+    import dask
+
+    out = passes.compute_each(_parts(60, "each-"))
+    assert [i for i, _ in out] == list(range(60))
+    assert max(held for _, held in out) <= 4
+    (held_by_compute,) = dask.compute(_parts(60, "all-"))
+    assert max(held for _, held in held_by_compute) >= 20
+    # without a distributed client: dask's own scheduler, the same results
+    with dask.config.set(scheduler="sync"):
+        assert passes.compute_each([dask.delayed(abs)(-i) for i in range(5)]) == list(range(5))
+
+
+def test_compute_each_raises_the_first_error_and_cancels_the_rest(cluster_client):
+    import time
+
+    with pytest.raises(ValueError, match="part -1 fails"):
+        passes.compute_each(_parts(40, "fail-", fail_at=3))
+    scheduler = cluster_client.cluster.scheduler
+    deadline = time.monotonic() + 10
+    while any(str(k).startswith("fail-") for k in scheduler.tasks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [k for k in scheduler.tasks if str(k).startswith("fail-")]

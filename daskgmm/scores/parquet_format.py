@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
 from .._storage import naming_write_errors, url_of
+from ..passes import compute_each
 from ..quantiles import sketch_points
 from ..versioned import JsonMetadata
 from .formats import ROW_NUMBER, SCORE_FIELDS, VersionedScores, summary
@@ -71,7 +72,7 @@ class ParquetScores(VersionedScores):
                                                   strict=True))
         ]
         with threadpool_limits(limits=1):
-            (parts,) = dask.compute(tasks)
+            parts = compute_each(tasks)
         return parts, [{"name": f.name, "type": str(f.type)} for f in schema]
 
     def read(self, target, manifest, storage_options):

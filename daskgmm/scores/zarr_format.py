@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from .._storage import is_local, naming_write_errors, url_of
 from ..kernels import SCORE_DTYPE
+from ..passes import compute_each
 from ..quantiles import sketch_points
 from ..versioned import Metadata
 from .formats import FORMAT, SCORE_FIELDS, VersionedScores, summary
@@ -150,7 +151,7 @@ class ZarrScores(VersionedScores):
             for i, block in enumerate(scores.to_delayed().ravel())
         ]
         with threadpool_limits(limits=1):
-            (parts,) = dask.compute(tasks)
+            parts = compute_each(tasks)
         return parts, [{"name": name, "type": str(SCORE_DTYPE[name])}
                        for name, _ in SCORE_FIELDS]
 
