@@ -110,14 +110,19 @@ def _key(*parts) -> str:
 
 def _in_time(t0: float) -> None:
     """Before a step readers see (publishing scores, promoting a model): a run past its
-    time limit stops here, as Prefect's own limit would (state TimedOut). Prefect's limit
-    interrupts the flow when it can, which may be after such a step; this check makes
-    sure a run over its limit publishes and promotes nothing."""
-    if time.perf_counter() - t0 > TIMEOUT_SECONDS:
+    time limit (the running flow's own, as ``with_options`` or a deployment set it) stops
+    here, as Prefect's own limit would (state TimedOut). Prefect's limit interrupts the
+    flow when it can, which may be after such a step."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    limit = TIMEOUT_SECONDS if context is None else context.flow.timeout_seconds
+    if limit is not None and time.perf_counter() - t0 > limit:
         from prefect.flow_engine import FlowRunTimeoutError
 
-        raise FlowRunTimeoutError(f"the run passed its time limit of {TIMEOUT_SECONDS} s "
-                                  "before publishing: nothing was published or promoted")
+        raise FlowRunTimeoutError(f"the run passed its time limit of {limit:g} s before "
+                                  "publishing or promoting: nothing was published or "
+                                  "promoted")
 
 
 def _run_id(cfg: JobConfig, flow: str, given: str | None) -> str:
@@ -133,6 +138,11 @@ def _source_options(cfg: JobConfig) -> dict:
 
 def _output_options(cfg: JobConfig) -> dict:
     return resolve_storage_options(cfg.outputs.storage_options or {}, "outputs.storage_options")
+
+
+def _scores_format(cfg: JobConfig) -> str | None:
+    """The scores' format for write_scores: None ('auto') lets it follow the source."""
+    return None if cfg.outputs.format == "auto" else cfg.outputs.format
 
 
 def _read_kwargs(cfg: JobConfig) -> dict:
@@ -262,7 +272,7 @@ def check_source(cfg: JobConfig) -> JobConfig:
                                dataset.feature_names, dataset.description)
     daskgmm.check_score_target(
         dataset, cfg.outputs.scores, id_columns=cfg.source.id_columns or None,
-        target_storage_options=_output_options(cfg) or None,
+        format=_scores_format(cfg), target_storage_options=_output_options(cfg) or None,
     )
     get_run_logger().info("source %s: %d rows x %d features", dataset.description,
                           dataset.n_samples, dataset.n_features)
@@ -388,7 +398,7 @@ def publish_scores(cfg: JobConfig, model, run_id: str, model_version: str,
     pub = daskgmm.write_scores(
         model, cfg.source.uri, cfg.outputs.scores, run_id=run_id,
         id_columns=cfg.source.id_columns or None, model_version=model_version,
-        target_storage_options=_output_options(cfg) or None,
+        format=_scores_format(cfg), target_storage_options=_output_options(cfg) or None,
         callback=_progress(_key(cfg.name, "publish-progress"), "publish", progress),
         fingerprint=fingerprint, **_read_kwargs(cfg),
     )
@@ -598,7 +608,7 @@ def select(config_path: str, run_id: str | None = None, promote_model: bool = Fa
                 _job(cfg), run_id, model, selected_at=now.isoformat(),
                 selection_version=version, drift=None, reasons=["select flow"], now=now))
             urls = write_plots(cfg, version, _plots(model, None, selection))
-            _promote_if_asked(cfg, version, run_id, promote_model, "select flow")
+            _promote_if_asked(cfg, version, run_id, promote_model, "select flow", t0)
     finally:
         unlock_job(lock)
     return {"job": cfg.name, "run_id": run_id, "model_version": version,
@@ -608,8 +618,9 @@ def select(config_path: str, run_id: str | None = None, promote_model: bool = Fa
             "plots": urls, "selection_table": _table(selection).to_dict(orient="records")}
 
 
-def _promote_if_asked(cfg, version, run_id, asked, what):
+def _promote_if_asked(cfg, version, run_id, asked, what, t0):
     if asked:
+        _in_time(t0)
         promote(cfg, version, run_id, f"{what} run {run_id}, promoted on request")
     else:
         get_run_logger().info(
@@ -641,7 +652,7 @@ def fit(config_path: str, n_components: int | None = None,
                 selection_version=None, drift=None, reasons=["fit flow"], now=now))
             urls = write_plots(cfg, version, _plots(model, None))
             end_fit(cfg, run_id)
-            _promote_if_asked(cfg, version, run_id, promote_model, "fit flow")
+            _promote_if_asked(cfg, version, run_id, promote_model, "fit flow", t0)
     finally:
         unlock_job(lock)
     return {"job": cfg.name, "run_id": run_id, "model_version": version,

@@ -527,3 +527,22 @@ def test_demo_data_on_s3_lands_whole(s3):
     write_demo_data("s3://data/demo", n_samples=3000, n_features=3, n_components=2,
                     storage_options=options)  # kept, not rewritten
     assert fs.info("data/demo/demo-parquet/part-00000.parquet")["LastModified"] == before
+
+
+def test_the_time_limit_checked_before_publishing_is_the_running_flows_own():
+    """``with_options(timeout_seconds=...)`` (or a deployment's) is the limit the flows
+    check before publishing or promoting, not the module's default; a flow without a
+    limit is never stopped there."""
+    from prefect import flow
+
+    from daskgmm_pipelines.flows import _in_time
+
+    @flow(name="late")
+    def late():
+        _in_time(time.perf_counter() - 10)  # started 10 s ago
+        return "published"
+
+    state = late.with_options(timeout_seconds=5)(return_state=True)
+    assert state.name == "TimedOut", state
+    assert "time limit of 5 s before publishing" in str(state.result(raise_on_failure=False))
+    assert late(return_state=True).result() == "published"
