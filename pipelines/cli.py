@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import traceback
 
 from daskgmm.covariance import COVARIANCE_TYPES
@@ -407,7 +408,6 @@ def _ctrl_c_for_this_process_only():
     which raises KeyboardInterrupt in the main thread (again until the main thread has
     it), which then shuts the run down in order (flow state, lock, cluster, server)."""
     import signal
-    import threading
 
     if not hasattr(signal, "pthread_sigmask") or threading.active_count() > 1:
         return
@@ -418,12 +418,19 @@ def _ctrl_c_for_this_process_only():
     resource_tracker.ensure_running()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
+    def taken(signum, frame):  # runs in the main thread
+        _INTERRUPT_TAKEN.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, taken)
+
     def receive():
         import _thread
 
         signal.sigwait({signal.SIGINT})
-        # KeyboardInterrupt in the main thread; again every 2 s until main has taken it
-        # (a library may catch one: Prefect's API retries, a shutting-down event loop)
+        # KeyboardInterrupt in the main thread; sent again every 2 s until the handler
+        # has run there (a request made while the main thread is in a long C call is
+        # handled when it returns), never once the shutdown has begun
         while not _INTERRUPT_TAKEN.is_set():
             _thread.interrupt_main()
             _INTERRUPT_TAKEN.wait(2.0)
@@ -431,7 +438,7 @@ def _ctrl_c_for_this_process_only():
     threading.Thread(target=receive, name="daskgmm-ctrl-c", daemon=True).start()
 
 
-_INTERRUPT_TAKEN = __import__("threading").Event()
+_INTERRUPT_TAKEN = threading.Event()
 
 
 def main(argv=None) -> int:
@@ -452,7 +459,6 @@ def main(argv=None) -> int:
               else _quiet_prefect_terminal(until_exit=argv is None)):
             args.fn(args)
     except KeyboardInterrupt:
-        _INTERRUPT_TAKEN.set()
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
