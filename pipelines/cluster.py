@@ -35,14 +35,6 @@ __all__ = ["ClusterConnectionError", "ClusterStartError", "dask_client"]
 
 # seconds the job waits for its first worker, by backend (cluster.start_timeout overrides)
 START_TIMEOUT = {"address": 120.0, "slurm": 1800.0, "pbs": 1800.0, "kubernetes": 600.0}
-# backend: (module, distribution, extra), as config.BACKEND_LIBRARIES
-_LIBRARIES = {
-    "slurm": ("dask_jobqueue", "dask-jobqueue", "slurm"),
-    "pbs": ("dask_jobqueue", "dask-jobqueue", "slurm"),
-    "kubernetes": ("dask_kubernetes.operator", "dask-kubernetes", "kubernetes"),
-}
-
-
 class ClusterConnectionError(ConnectionError):
     """The job could not connect to its Dask scheduler (down, wrong address, TLS refused);
     the message names the address, the cause and the likely fix."""
@@ -239,13 +231,13 @@ def _wait_for_a_worker(client, timeout, problem):
 
 # --- batch jobs (dask-jobqueue) ---------------------------------------------------------------
 
-def _import(backend, name):
-    module, distribution, extra = _LIBRARIES[backend]
+def _import(cluster, name):
+    module, distribution, extra = cluster.library
     try:
         return getattr(__import__(module, fromlist=[name]), name)
     except ImportError as exc:
-        raise ImportError(f"cluster.backend {backend} needs {distribution}, which cannot be "
-                          f"imported here ({exc}); install it with pip install "
+        raise ImportError(f"cluster.backend {cluster.backend} needs {distribution}, which "
+                          f"cannot be imported here ({exc}); install it with pip install "
                           f"'daskgmm[{extra}]'") from exc
 
 
@@ -256,7 +248,7 @@ def _jobqueue(cluster, log, stack):
     from distributed import Client
 
     class_name, submit, status = _SUBMIT[cluster.backend]
-    cls = _import(cluster.backend, class_name)
+    cls = _import(cluster, class_name)
     # importing dask_jobqueue sets distributed's loggers back to INFO
     logging.getLogger("distributed").setLevel(logging.WARNING)
     if shutil.which(submit) is None:
@@ -340,7 +332,7 @@ def _queue_state(status, ids) -> str:
 def _kubernetes(cluster, log, stack):
     from distributed import Client
 
-    KubeCluster = _import("kubernetes", "KubeCluster")  # noqa: N806 - a class
+    KubeCluster = _import(cluster, "KubeCluster")  # noqa: N806 - a class
     from dask_kubernetes.operator.kubecluster.kubecluster import CreateMode
 
     kube_config = cluster.kubernetes

@@ -433,10 +433,14 @@ class AnomalyConfig(_Section):
 class OutputsConfig(_Section):
     """Where scores, model versions, checkpoints and reports go.
 
-    ``storage_options`` defaults to the source's (filled in by :class:`JobConfig`).
+    ``format`` is the scores' format: ``auto`` (that of the source: Zarr for Zarr, else
+    Parquet), ``parquet``, ``zarr`` or ``delta`` (a Delta Lake table, one commit per run;
+    needs ``scores``). ``storage_options`` defaults to the source's (filled in by
+    :class:`JobConfig`).
     """
 
     scores: Location | None = None
+    format: Literal["auto", "parquet", "zarr", "delta"] = "auto"
     model_store: Location
     storage_options: StorageOptions | None = None
 
@@ -472,7 +476,7 @@ BACKENDS = ("local", "address", "slurm", "pbs", "kubernetes")
 BACKEND_LIBRARIES = {
     "slurm": ("dask_jobqueue", "dask-jobqueue", "slurm"),
     "pbs": ("dask_jobqueue", "dask-jobqueue", "slurm"),
-    "kubernetes": ("dask_kubernetes", "dask-kubernetes", "kubernetes"),
+    "kubernetes": ("dask_kubernetes.operator", "dask-kubernetes", "kubernetes"),
 }
 # the keys of ClusterConfig that belong to one backend, and the backends they belong to
 _BACKEND_KEYS = {
@@ -821,6 +825,12 @@ class ClusterConfig(_Section):
             raise _located(problems)
         return self
 
+    @property
+    def library(self) -> tuple[str, str, str] | None:
+        """The backend's library: (module to import, distribution, daskgmm's extra that
+        installs it), or None for the backends distributed covers alone."""
+        return BACKEND_LIBRARIES.get(self.backend)
+
     @model_serializer(mode="wrap")
     def _only_this_backend(self, handler):
         """The keys of the chosen backend and the common ones: the dump (reports, a
@@ -901,6 +911,11 @@ class JobConfig(_Section):
 
     @model_validator(mode="after")
     def _check_outputs(self):
+        if self.outputs.scores is None and self.outputs.format == "delta":
+            raise _located([(("outputs", "scores"), (
+                "null writes the scores into the source's Zarr group, which cannot hold a "
+                "Delta table (format delta); give a location such as outputs.scores: "
+                "'s3://my-bucket/scores-delta/'"))])
         if self.outputs.scores is None and not self.source.is_zarr:
             raise _located([(("outputs", "scores"), (
                 f"null writes the scores into the source's Zarr group, but source "
