@@ -24,7 +24,13 @@ test: $(VENV)/.installed
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
+# `make bench`: Java (Debian's, when missing) and the `bench` extra (pyspark, matplotlib) for
+# the Spark MLlib column; without them that column says "skipped: <why>" and the rest runs.
 bench: $(VENV)/.installed
+	-bash benchmarks/install-java.sh
+	@$(BIN)/python -c 'import pyspark, matplotlib' 2>/dev/null || \
+		$(BIN)/python -m pip install --quiet -e '.[bench]' || \
+		echo "make bench: the bench extra did not install; Spark MLlib will be skipped" >&2
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/memory.py
 
