@@ -19,7 +19,7 @@ from . import em, initialization, sources
 from .checkpoint import Checkpoint, fingerprint
 from .mixture import FitSummary, Mixture
 from .progress import PassCounter, VerbosePrinter, fan_out
-from .sources import Dataset
+from .sources import Dataset, warning_stacklevel
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def fit(dataset: Dataset, params: dict, *, start: Mixture | None = None,
             "Best performing initialization did not converge. Try different init "
             "parameters, or increase max_iter, tol, or check for degenerate data.",
             ConvergenceWarning,
-            stacklevel=4,
+            stacklevel=warning_stacklevel(),
         )
     mixture, summary = em.fitted(best, n_samples=dataset.n_samples, n_passes=counter.count,
                                  seconds=time.perf_counter() - t0,

@@ -530,7 +530,7 @@ class ChunkBudget:
             f"{what} take {_mib(chunk_bytes)} as float64 each, too large for the "
             f"workers ({self.workers}: {fits}): a worker would pause or be restarted by "
             f"its nanny. {fix}, or give the workers more memory or fewer threads.",
-            ChunkMemoryWarning, stacklevel=4,
+            ChunkMemoryWarning, stacklevel=warning_stacklevel(),
         )
 
 
@@ -564,16 +564,34 @@ def chunk_budget(parquet=False) -> ChunkBudget:
         return ChunkBudget(_TARGET_CHUNK_BYTES)
     limits = [(int(w.get("memory_limit") or 0), max(int(w.get("nthreads") or 1), 1))
               for w in workers]
-    if not limits or not all(m for m, _ in limits):
-        return ChunkBudget(_TARGET_CHUNK_BYTES, workers="workers without a memory limit")
     pause = dask.config.get("distributed.worker.memory.pause", 0.8) or 0.95
+    return budget_for(limits, parquet=parquet, pause=pause)
+
+
+def budget_for(limits, *, parquet=False, pause=0.8) -> ChunkBudget:
+    """The :class:`ChunkBudget` for workers of ``(memory_limit bytes, threads)``."""
+    if not limits:  # an adaptive cluster before its first worker
+        return ChunkBudget(_TARGET_CHUNK_BYTES, workers="no workers yet")
+    if not all(m for m, _ in limits):
+        return ChunkBudget(_TARGET_CHUNK_BYTES, workers="workers without a memory limit")
     fixed = _WORKER_FIXED_BYTES + (_PARQUET_EXTRA_BYTES if parquet else 0)
-    largest = min(max(0, int(pause * m) - fixed) // (_TASK_COPIES * t)
-                  for m, t in limits)
-    memory, threads = min(limits)
-    shown = (f"{len(limits)} worker{'s' * (len(limits) > 1)}, the smallest with "
+    largest, memory, threads = min(
+        (max(0, int(pause * m) - fixed) // (_TASK_COPIES * t), m, t) for m, t in limits)
+    shown = (f"{len(limits)} worker{'s' * (len(limits) > 1)}, the tightest with "
              f"memory_limit {_mib(memory)} and {threads} thread{'s' * (threads > 1)}")
     return ChunkBudget(min(_TARGET_CHUNK_BYTES, max(largest, 2**20)), largest, shown)
+
+
+def warning_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` called by the caller of this function
+    that names the first frame outside daskgmm: where the user's code called it."""
+    import inspect
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = inspect.currentframe().f_back, 1  # the frame calling warnings.warn
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 ###############################################################################

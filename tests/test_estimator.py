@@ -141,8 +141,9 @@ def test_tight_clusters_far_apart_keep_their_variance(covariance_type):
     }[covariance_type]
     gm = GaussianMixture(2, covariance_type=covariance_type, reg_covar=0.0, max_iter=1,
                          means_init=[a.mean(axis=0), b.mean(axis=0)], random_state=0)
-    with pytest.warns(ConvergenceWarning):
+    with pytest.warns(ConvergenceWarning) as seen:
         gm.fit(da.from_array(X, chunks=(100, 2)))
+    assert seen[0].filename == __file__  # shown at the user's call, not inside daskgmm
     assert_allclose(gm.covariances_, expected, rtol=1e-6)
     assert_allclose(gm.means_, [a.mean(axis=0), b.mean(axis=0)], rtol=1e-12)
 

@@ -439,6 +439,20 @@ def test_chunk_budget_follows_the_workers_memory(thread_workers):
     assert "memory_limit 4096 MiB and 32 threads" in budget.workers
 
 
+def test_chunk_budget_names_the_tightest_worker_and_a_cluster_without_workers():
+    """The tightest worker is the one with the least memory per thread, not the least
+    memory; an adaptive cluster before its first worker is said to have none."""
+    small_few = (1 * 2**30, 1)  # 1 GiB, 1 thread: 132 MiB chunks fit
+    big_many = (4 * 2**30, 32)  # 4 GiB, 32 threads: 19 MiB fit
+    budget = sources.budget_for([small_few, big_many])
+    assert budget.largest_bytes == (int(0.8 * 4 * 2**30) - 192 * MiB) // (5 * 32)
+    assert "2 workers, the tightest with memory_limit 4096 MiB and 32 threads" in (
+        budget.workers)
+    empty = sources.budget_for([])
+    assert (empty.target_bytes, empty.largest_bytes, empty.workers) == (
+        32 * MiB, None, "no workers yet")
+
+
 def test_auto_chunks_fit_the_workers(thread_workers, tmp_path):
     largest = (int(0.8 * 4 * 2**30) - 192 * MiB) // (5 * 32)
     rows = largest // (8 * 16)
@@ -459,8 +473,10 @@ def test_chunks_too_large_for_the_workers_warn(thread_workers, tmp_path):
     with pytest.warns(sources.ChunkMemoryWarning,
                       match=r"The largest row chunks of the dask array \(200000 rows\) take "
                             r"24 MiB as float64 each, too large for the workers \(1 worker, "
-                            r".*chunks up to 19 MiB fit\).*chunks=\(15[78][0-9]{3}, -1\)"):
+                            r".*chunks up to 19 MiB fit\).*chunks=\(15[78][0-9]{3}, -1\)"
+                      ) as seen:
         as_dataset(X)
+    assert seen[0].filename == __file__  # the line of the user's code that gave them
     z = zarr.create_array(str(tmp_path / "z.zarr"), shape=(2 * rows, 16), chunks=(rows, 16),
                           dtype="f8")
     with pytest.warns(sources.ChunkMemoryWarning,
@@ -472,8 +488,9 @@ def test_chunks_too_large_for_the_workers_warn(thread_workers, tmp_path):
                    row_group_size=rows)
     with pytest.warns(sources.ChunkMemoryWarning,
                       match=r"Row groups of 200000 rows of the Parquet dataset .* "
-                            r"chunks up to 19 MiB fit.*row_group_size=153026\)"):
+                            r"chunks up to 19 MiB fit.*row_group_size=153026\)") as seen:
         as_dataset(str(path))
+    assert seen[0].filename == __file__
     with pytest.warns(sources.ChunkMemoryWarning, match=r"Pass chunk_rows=15[78][0-9]{3}"):
         as_dataset(np.zeros((2 * rows, 16)), chunk_rows=rows)
 
