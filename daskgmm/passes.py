@@ -31,14 +31,17 @@ from .kernels import Params, Stats
 from .quantiles import RankSketch, combine_sketches
 from .sources import Dataset, current_client
 
+try:  # dask's task classes, public in recent dask (the same classes before)
+    from dask.task_spec import DataNode, List, Task, TaskRef
+except ImportError:  # pragma: no cover - older dask (2025.1 is the minimum)
+    from dask._task_spec import DataNode, List, Task, TaskRef
+
 
 def tree_keys(keys, combine, split_every, name):
     """Graph tasks reducing ``keys`` with ``combine`` in a tree of fan-in
     ``split_every``: returns ``(tasks, root key, depth)``. They are plain tasks, so a tree
     over C keys is built in O(C) (a tree of ``dask.delayed`` calls re-walks the graph its
     inputs carry at every call: O(C^2), 15 s at 12,000 chunks)."""
-    from dask._task_spec import List, Task, TaskRef
-
     if split_every is None or split_every < 2:
         raise ValueError(f"split_every must be an int >= 2, got {split_every!r}.")
     tasks, level, depth = {}, list(keys), 0
@@ -126,7 +129,6 @@ def pass_graph(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, spl
     holding a task per chunk, with ``args`` stored once, and the combine tree. Returns a
     ``Delayed`` of the combined result, or (``split_every=None``) a list of the chunks'
     ``Delayed`` results."""
-    from dask._task_spec import DataNode, Task, TaskRef
     from dask.delayed import Delayed
     from dask.highlevelgraph import HighLevelGraph
 
