@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 from datetime import UTC, datetime, timedelta
 
@@ -235,10 +236,17 @@ class JobLock:
     local disks, a conditional PUT on object stores) naming the run, the host and the
     process, removed when the run ends. A lock whose process is gone (same host), or
     older than ``hours``, belongs to a dead run: it is replaced, with a warning.
+
+    The file carries this object's own token: an :meth:`acquire` retried after an
+    attempt that wrote the file (and was interrupted before it returned) finds it ours,
+    and :meth:`release` removes the file only when it is ours, whether or not
+    ``acquire`` returned. Another ``JobLock``, even of the same run in the same process,
+    is another holder.
     """
 
     def __init__(self, fs, path, run_id, hours):
         self.fs, self.path, self.run_id, self.hours = fs, path, run_id, hours
+        self.token = secrets.token_hex(8)
         self.held = False
 
     def __enter__(self):
@@ -264,7 +272,7 @@ class JobLock:
     def acquire(self):
         now = datetime.now(UTC)
         record = {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                  "started": now.isoformat(),
+                  "token": self.token, "started": now.isoformat(),
                   "expires": (now + timedelta(hours=self.hours)).isoformat()}
         for attempt in range(2):
             try:
@@ -273,16 +281,13 @@ class JobLock:
                 return
             except FileExistsError:
                 holder = self._holder()
+                if holder.get("token") == self.token:  # written by an interrupted attempt
+                    self.held = True
+                    return
                 expires = holder.get("expires")
-                stale = _expired(expires, now) or _dead_here(holder)
-                # this very run, in this process: an attempt interrupted (a time limit)
-                # between writing the lock and recording it as held; its retry takes it
-                own = (holder.get("run_id") == self.run_id and holder.get("pid") == os.getpid()
-                       and holder.get("host") == record["host"])
-                if attempt == 0 and (stale or own):
-                    logger.warning("replacing the %s lock %s of run %s (started %s)",
-                                   "stale" if stale else "interrupted attempt's", self.path,
-                                   holder.get("run_id"), holder.get("started"))
+                if attempt == 0 and (_expired(expires, now) or _dead_here(holder)):
+                    logger.warning("replacing the stale lock %s of run %s (started %s)",
+                                   self.path, holder.get("run_id"), holder.get("started"))
                     try:
                         self.fs.rm(self.path)
                     except FileNotFoundError:
@@ -306,9 +311,9 @@ class JobLock:
             return {}  # damaged: no expiry, so it is stale
 
     def release(self):
-        if self.held:
-            try:
-                if self._holder().get("run_id") == self.run_id:
-                    self.fs.rm(self.path)
-            finally:
-                self.held = False
+        """Remove the lock file if it is this object's (see the class's notes)."""
+        try:
+            if self._holder().get("token") == self.token:
+                self.fs.rm(self.path)
+        finally:
+            self.held = False

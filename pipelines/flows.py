@@ -449,13 +449,17 @@ def end_fit(cfg: JobConfig, run_id: str):
     _store(cfg).checkpoint(run_id).remove()
 
 
+def job_lock(cfg: JobConfig, run_id: str):
+    """The job's lock for this run (:class:`daskgmm.model_store.JobLock`), not taken yet:
+    a flow takes it with :func:`lock_job` inside the ``try`` whose ``finally`` calls
+    :func:`unlock_job`, so an attempt interrupted while taking it releases it too."""
+    return _store(cfg).lock(run_id, hours=cfg.nightly.lock_hours)
+
+
 @task(name="lock-job", **IO)
-def lock_job(cfg: JobConfig, run_id: str):
-    """The job's lock for this run (:class:`daskgmm.model_store.JobLock`), held until
-    :func:`unlock_job`; another run of the job fails here, before any work."""
-    lock = _store(cfg).lock(run_id, hours=cfg.nightly.lock_hours)
+def lock_job(lock):
+    """Take the job's lock; another run of the job fails here, before any work."""
     lock.acquire()
-    return lock
 
 
 @task(name="unlock-job", **IO)
@@ -514,8 +518,9 @@ def nightly(config_path: str = "configs/demo.yaml", run_id: str | None = None,
     run_id = _run_id(cfg, "nightly", run_id)
     key = _key(cfg.name)
     log = get_run_logger()
-    lock = lock_job(cfg, run_id)
+    lock = job_lock(cfg, run_id)
     try:
+        lock_job(lock)
         with dask_client(cfg.cluster, log):
             summary, pub = _night(cfg, run_id, key, log, t0, progress)
     finally:
@@ -597,8 +602,9 @@ def select(config_path: str, run_id: str | None = None, promote_model: bool = Fa
     t0 = time.perf_counter()
     cfg = load_job(config_path)
     run_id = _run_id(cfg, "select", run_id)
-    lock = lock_job(cfg, run_id)
+    lock = job_lock(cfg, run_id)
     try:
+        lock_job(lock)
         with dask_client(cfg.cluster, get_run_logger()):
             selection = select_task(cfg, _key(cfg.name), progress)
             model = selection.best_
@@ -640,8 +646,9 @@ def fit(config_path: str, n_components: int | None = None,
     t0 = time.perf_counter()
     cfg = load_job(config_path)
     run_id = _run_id(cfg, "fit", run_id)
-    lock = lock_job(cfg, run_id)
+    lock = job_lock(cfg, run_id)
     try:
+        lock_job(lock)
         with dask_client(cfg.cluster, get_run_logger()):
             model = fit_task(cfg, _key(cfg.name), run_id, n_components=n_components,
                              covariance_type=covariance_type, progress=progress)
@@ -676,8 +683,9 @@ def score(config_path: str, model_version: str | None = None, source: str | None
     if source is not None:
         cfg = cfg.model_copy(update={"source": cfg.source.model_copy(update={"uri": source})})
     run_id = _run_id(cfg, "score", run_id)
-    lock = lock_job(cfg, run_id)
+    lock = job_lock(cfg, run_id)
     try:
+        lock_job(lock)
         with dask_client(cfg.cluster, get_run_logger()):
             info, model = current_model(cfg, model_version)
             if info is None:

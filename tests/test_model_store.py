@@ -91,13 +91,21 @@ def test_one_run_of_a_job_at_a_time(tmp_path, s3):
                 store.lock("job-score-1").acquire()
         with store.lock("job-score-1"):  # released: the next run takes it
             pass
-        # an attempt of this run interrupted after writing the lock (a time limit in
-        # Prefect's retry): the retry, same run in the same process, takes it over
-        store.lock("job-nightly-1").acquire()
-        with store.lock("job-nightly-1"):
-            pass
+        # an attempt interrupted after writing the lock (a time limit in Prefect's
+        # retry): the retried acquire finds its own lock, and the run's release removes it
+        # whether or not acquire returned; another lock object, even of the same run in
+        # the same process, is another holder
+        lock = store.lock("job-nightly-1")
+        lock.acquire()
+        lock.held = False  # as if interrupted before acquire returned
+        lock.acquire()
+        with pytest.raises(LockedError, match="run 'job-nightly-1'"):
+            store.lock("job-nightly-1").acquire()
+        lock.held = False
+        lock.release()
         lock_path = f"{store.location.root}/lock"
         assert not store.location.fs.exists(lock_path)
+        store.lock("job-nightly-1").release()  # not holding it: nothing to remove, no error
         # an expired lock of another host is replaced
         old = datetime.now(UTC) - timedelta(hours=30)
         store.location.fs.pipe_file(lock_path, json.dumps({
