@@ -625,6 +625,25 @@ def _check_prologue(lines: list[str]) -> list[str]:
     return lines
 
 
+_DIRECTIVE_ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z_]\w*)=(?P<value>[^,\s]+)")
+
+
+def _check_directives(lines: list[str]) -> list[str]:
+    """No secret in a directive either (``--export=ALL,TOKEN=...``): the same reasons."""
+    problems = []
+    for i, line in enumerate(lines):
+        for match in _DIRECTIVE_ASSIGNMENT.finditer(line):
+            if _SECRET_WORDS.search(match["name"]) and not match["value"].startswith("$"):
+                problems.append(((i,), f"sets {match['name']} to a value written in the job "
+                                       f"file; job scripts are kept by the queue: export it "
+                                       f"where the job is submitted and pass it by name "
+                                       f"(--export=ALL,{match['name']}), or read it from a "
+                                       f"file readable by the job's user only"))
+    if problems:
+        raise _located(problems)
+    return lines
+
+
 class JobqueueConfig(_Section):
     """Batch jobs that run the Dask workers (dask-jobqueue's SLURMCluster or PBSCluster);
     the scheduler runs in the job's own process. Unset keys take dask-jobqueue's
@@ -640,7 +659,7 @@ class JobqueueConfig(_Section):
     local_directory: str | None = None
     log_directory: str | None = None
     python: str | None = None
-    job_extra_directives: list[str] = []
+    job_extra_directives: Annotated[list[str], AfterValidator(_check_directives)] = []
     job_script_prologue: Annotated[list[str], AfterValidator(_check_prologue)] = []
     jobs: Int = Field(1, ge=1)
     adapt: AdaptConfig | None = None

@@ -762,6 +762,20 @@ def test_a_secret_in_a_job_script_is_refused_without_being_shown(tmp_path):
                 - export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMIK7MDENG
             """))
     assert "wJalrXUtnF" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"cluster\.jobqueue\.job_extra_directives\.0 \(line "
+                                          r"\d+\): sets DB_PASSWORD to a value written in the "
+                                          r"job file.*--export=ALL,DB_PASSWORD\)") as info:
+        load_config(cluster_file(tmp_path, """\
+            backend: slurm
+            jobqueue:
+              job_extra_directives: ["--export=ALL,DB_PASSWORD=hunter2secret", "--qos=low"]
+            """))
+    assert "hunter2secret" not in str(info.value)
+    load_config(cluster_file(tmp_path, """\
+        backend: slurm
+        jobqueue:
+          job_extra_directives: ["--export=ALL,DB_PASSWORD", "--qos=low", "--comment=a=b"]
+        """))
 
 
 def test_kubernetes(tmp_path):
