@@ -3,7 +3,7 @@
 :func:`write_scores` publishes one run's scores atomically as a new version of a score
 location; :func:`latest_scores`, :func:`read_pointer` and :func:`read_scores` find and
 read the current version; :func:`prune_scores` keeps the most recent runs. Each output
-format is one module (``parquet_format.py``, ``zarr_format.py``) implementing
+format is one module (``parquet_format.py``, ``zarr_format.py``, ``delta_format.py``) implementing
 :class:`formats.ScoreFormat`, registered in ``location.FORMATS``.
 
 Names are imported on first use: a worker writing score files imports the format

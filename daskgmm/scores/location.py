@@ -7,6 +7,7 @@ import logging
 import re
 
 from .._storage import RUN_ID, join, url_to_fs
+from .delta_format import DeltaScores
 from .formats import FORMAT, VERSIONS, ScoreFormat
 from .parquet_format import ParquetScores
 from .zarr_format import ZarrScores
@@ -17,7 +18,8 @@ logger = logging.getLogger(__name__)
 _VERSION = re.compile(rf"{VERSIONS}/{RUN_ID.pattern}/[0-9a-f]+")
 
 # Output formats by name: a new format is one module and one entry here.
-FORMATS: dict[str, ScoreFormat] = {f.kind: f for f in (ParquetScores(), ZarrScores())}
+FORMATS: dict[str, ScoreFormat] = {
+    f.kind: f for f in (ParquetScores(), ZarrScores(), DeltaScores())}
 
 
 def get_format(kind) -> ScoreFormat:
@@ -65,6 +67,13 @@ def _pointer_problem(pointer, fmt) -> str | None:
     if pointer.get("kind") != fmt.kind:
         return f"kind {pointer.get('kind')!r}, but the location holds {fmt.kind} scores"
     version = pointer.get("version")
+    if isinstance(fmt, DeltaScores):  # a commit of the table, of one run
+        run_id = pointer.get("run_id")
+        if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+            return f"run_id {run_id!r} is not a run id"
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            return f"version {version!r} is not a version of the Delta table"
+        return None
     if not isinstance(version, str) or not _VERSION.fullmatch(version):
         return (f"version {version!r} is not a version of this location "
                 f"({VERSIONS}/<run_id>/<attempt>)")
@@ -76,8 +85,19 @@ def latest_scores(target, *, storage_options=None) -> str:
 
     Parquet: ``pandas.read_parquet(daskgmm.latest_scores("out/scores"))``.
     Zarr: ``zarr.open_group(daskgmm.latest_scores("data.zarr/scores"))``.
+    Delta: the table itself (Delta readers read its latest snapshot, every kept run;
+    ``read_pointer(target)`` names the current run and its table version).
     """
-    return join(target, read_pointer(target, storage_options=storage_options)["version"])
+    pointer = read_pointer(target, storage_options=storage_options)
+    return publication_url(get_format(pointer["kind"]), target, pointer)
+
+
+def publication_url(fmt: ScoreFormat, target, manifest) -> str:
+    """Path or URL of the publication ``manifest`` at ``target``: its version directory,
+    or for a Delta table the table (a run is its rows, a version its commit)."""
+    if isinstance(fmt, DeltaScores):
+        return str(target).rstrip("/")
+    return join(target, manifest["version"])
 
 
 def read_scores(target, *, storage_options=None):
@@ -91,7 +111,10 @@ def prune_scores(target, keep_runs: int, *, storage_options=None) -> list[str]:
 
     The version the pointer names is always kept, and so are attempts that never
     completed (they may belong to a run in progress; a re-run of their run id removes
-    them). Returns the deleted versions.
+    them). Returns the deleted versions. A Delta table deletes the rows of those runs in
+    one commit and then runs Delta's ``vacuum`` with the table's retention
+    (``delta.deletedFileRetentionDuration``, 7 days by default); it returns the deleted
+    runs as ``run_id=<run_id>``.
     """
     if not isinstance(keep_runs, int) or isinstance(keep_runs, bool) or keep_runs < 1:
         raise ValueError(f"keep_runs must be an int >= 1; got {keep_runs!r}.")

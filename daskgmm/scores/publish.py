@@ -31,7 +31,7 @@ from ..progress import PassCounter
 from ..quantiles import RankSketch
 from ..sources import SourceFingerprint, as_dataset
 from .formats import ROW_NUMBER, SCORE_FIELDS
-from .location import get_format, held_format
+from .location import get_format, held_format, publication_url
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +45,13 @@ class Publication:
     target : str
         The score location.
     version : str
-        The published version, relative to ``target`` (``_versions/<run_id>/<token>``).
+        The published version, relative to ``target`` (``_versions/<run_id>/<token>``);
+        for a Delta table, the table version of the run's commit (e.g. ``'3'``).
     location : str
-        Path or URL of the version: what ``daskgmm.latest_scores(target)`` returns.
+        Path or URL of the version (a Delta table: the table): what
+        ``daskgmm.latest_scores(target)`` returns.
     run_id, model_id, kind : str
-        The run, the model's content hash, 'parquet' or 'zarr'.
+        The run, the model's content hash, 'parquet', 'zarr' or 'delta'.
     n_rows, n_anomalies : int
     log_likelihood : float
         Mean log-density per row (for drift checks).
@@ -118,8 +120,11 @@ def write_scores(
         Parquet source only: columns copied from each input file next to the scores.
         Without them, a ``row_number`` column (int64, the row's 0-based position in the
         source, files in path order) identifies rows.
-    format : 'parquet' or 'zarr', default=None
+    format : 'parquet', 'zarr' or 'delta', default=None
         The output format. Default: that of the source (Zarr for Zarr, else Parquet).
+        'delta' (needs the ``delta`` extra, ``deltalake``) writes a Delta Lake table
+        partitioned by ``run_id``: one commit per run (a re-run replaces the run's rows),
+        see :mod:`daskgmm.scores.delta_format`.
     columns, array_name, storage_options, missing_chunks : override the model's
         parameters for reading ``source``.
     target_storage_options : dict, default=None
@@ -146,6 +151,8 @@ def write_scores(
     anomaly_score float64, component int32, responsibility float64, is_anomaly bool``.
     Zarr output: one 1-D array per score column in the version's group, chunked like the
     input rows, each with attributes naming the model and the run.
+    Delta output: the Parquet schema followed by ``run_id`` (the partition), ``model_id``,
+    ``model_version`` and ``threshold``; one data file per input file or row chunk.
     """
     t0 = time.perf_counter()
     counter = PassCounter(callback)
@@ -183,8 +190,8 @@ def write_scores(
     counter.done("publish")
     sketch = manifest.pop("sketch")
     publication = Publication(
-        target=str(target), version=manifest["version"],
-        location=join(target, manifest["version"]), run_id=run_id, model_id=mid,
+        target=str(target), version=str(manifest["version"]),
+        location=publication_url(fmt, target, manifest), run_id=run_id, model_id=mid,
         kind=fmt.kind, n_rows=manifest["n_rows"], n_anomalies=manifest["n_anomalies"],
         log_likelihood=manifest["log_likelihood"], sketch=sketch,
         seconds=time.perf_counter() - t0, manifest=manifest, n_passes=counter.count,
@@ -304,7 +311,7 @@ def _checked_target(dataset, target, format, id_columns, storage_options):
         format = "zarr" if origin is not None and origin.kind == "zarr" else "parquet"
     fmt = get_format(format)
     id_columns = _checked_id_columns(id_columns, dataset)
-    target = _default_target(target, dataset)
+    target = _default_target(target, dataset, fmt.kind)
     _check_not_inside_source(target, storage_options, origin)
     held = held_format(target, storage_options)
     if held is not None and held.kind != fmt.kind:
@@ -316,10 +323,16 @@ def _checked_target(dataset, target, format, id_columns, storage_options):
     return target, fmt, id_columns
 
 
-def _default_target(target, dataset):
+def _default_target(target, dataset, kind):
     if target is not None:
         return os.fspath(target)
     origin = dataset.origin
+    if kind == "delta":  # a table inside a Zarr group would break its hierarchy
+        raise ValueError(
+            f"target= is required to write the scores of {dataset.description} as a Delta "
+            "table: a path or URL of a new (or earlier daskgmm Delta) table, e.g. "
+            "target='out/scores-delta'."
+        )
     if origin is not None and origin.kind == "zarr" and origin.group:
         return join(origin.url, "scores")
     raise ValueError(
