@@ -628,17 +628,33 @@ def write_plot(results, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator
 
     speed = results.get("speed", [])
     fixed = results.get("fixed_cost")
     spark_rows = [r for r in speed if r.get("spark_status") not in (None, SPARK_FULL_ONLY)]
     systems = [(k, n) for k, n in SYSTEMS
                if any(f"{k}_s_per_iter" in r for r in speed) or (k == "spark" and spark_rows)]
-    heights = [1.6 + 0.2 * max(1, len(speed)) * (len(systems) + 1)] + ([3.0] if fixed else [])
+    heights = ([1.6 + 0.2 * len(speed) * (len(systems) + 1)] if speed else []) + (
+        [3.0] if fixed else [])
+    if not heights:
+        return False
     fig, axes = plt.subplots(len(heights), 1, figsize=(10, sum(heights) + 0.8),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
-    ax = axes[0][0]
+    axes = [row[0] for row in axes]
+    if speed:
+        plot_speed(axes.pop(0), speed, systems, results.get("quick"))
+    if fixed:
+        plot_fixed_cost(axes.pop(0), fixed)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def plot_speed(ax, speed, systems, quick):
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    spark_rows = [r for r in speed if r.get("spark_status") not in (None, SPARK_FULL_ONLY)]
     values = [r[f"{k}_s_per_iter"] for r in speed for k, _ in systems if f"{k}_s_per_iter" in r]
     log = bool(values) and max(values) / min(values) > 20
     low, high = ((min(values) / 1.6, max(values) * 3) if log else (0, max(values or [1]) * 1.25))
@@ -670,32 +686,30 @@ def write_plot(results, path):
     ax.set_xlim(low, high)
     ax.set_xlabel("seconds per EM iteration (lower is better)" + (", log scale" if log else ""))
     title = "Seconds per EM iteration; bar labels: ratio to scikit-learn (its own: seconds)"
-    if results.get("quick"):
+    if quick:
         title = "--quick smoke run (small sizes)\n" + title
     ax.set_title(title, fontsize=10, pad=36)  # room for the legend above the bars
     ax.grid(axis="x", which="major", alpha=0.3)
     ax.legend(fontsize=8.5, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2,
               frameon=False)
-    if fixed:
-        ax = axes[1][0]
-        chunks = [p["chunks"] for p in fixed["points"]]
-        ax.plot(chunks, [p["fixed_s_per_iter"] * 1000 for p in fixed["points"]], "o",
-                color=COLOURS["persisted"], label="measured: wall - compute / 2 workers")
-        line = [0, max(chunks) * 1.05]
-        ax.plot(line, [(fixed["a_s"] + fixed["b_s_per_chunk"] * c) * 1000 for c in line], "-",
-                color="black", lw=1, label=f"fit: {fixed['a_s'] * 1000:.1f} ms + "
-                f"{fixed['b_s_per_chunk'] * 1000:.2f} ms x chunks")
-        ax.set_xlabel("chunks")
-        ax.set_ylabel("ms per pass")
-        ax.set_ylim(bottom=0)
-        ax.set_title(f"daskgmm's fixed cost of one pass ({fixed['rows']:,} x {fixed['features']}"
-                     f", k={fixed['components']} {fixed['covariance_type']}, persisted)",
-                     fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+
+
+def plot_fixed_cost(ax, fixed):
+    chunks = [p["chunks"] for p in fixed["points"]]
+    ax.plot(chunks, [p["fixed_s_per_iter"] * 1000 for p in fixed["points"]], "o",
+            color=COLOURS["persisted"], label="measured: wall - compute / 2 workers")
+    line = [0, max(chunks) * 1.05]
+    ax.plot(line, [(fixed["a_s"] + fixed["b_s_per_chunk"] * c) * 1000 for c in line], "-",
+            color="black", lw=1, label=f"fit: {fixed['a_s'] * 1000:.1f} ms + "
+            f"{fixed['b_s_per_chunk'] * 1000:.2f} ms x chunks")
+    ax.set_xlabel("chunks")
+    ax.set_ylabel("ms per pass")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"daskgmm's fixed cost of one pass ({fixed['rows']:,} x {fixed['features']}"
+                 f", k={fixed['components']} {fixed['covariance_type']}, persisted)",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
 
 
 def warm_up(root):
@@ -782,8 +796,8 @@ def main(argv=None):
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     write_report(results, report)
-    write_plot(results, plot)
-    print(f"wrote {args.out}, {report} and {plot}")
+    wrote = [args.out, report] + ([plot] if write_plot(results, plot) else [])
+    print("wrote " + ", ".join(map(str, wrote)))
     if args.data is None:
         shutil.rmtree(root, ignore_errors=True)
 
