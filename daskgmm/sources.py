@@ -432,7 +432,7 @@ def _checked_feature_names(feature_names, dataset):
 # Row chunks
 
 
-def _auto_rows(n_samples, n_features, target_bytes=_TARGET_CHUNK_BYTES):
+def _auto_rows(n_samples, n_features, target_bytes):
     """Rows in about ``target_bytes`` of float64, between 1 and n_samples."""
     return int(min(max(1, target_bytes // (8 * max(n_features, 1))), n_samples))
 

@@ -365,16 +365,32 @@ class _TerminalLogFilter(logging.Filter):
         self.show_info = show_info
 
     def filter(self, record):
-        dask_own = record.name.split(".", 1)[0] in ("distributed", "dask")
         if record.levelno < logging.WARNING:
             # the cluster's own INFO lines (workers joining and leaving) are not the job's
-            return self.show_info and not dask_own
-        if dask_own and record.exc_info:
-            # distributed's errors while a cluster shuts down come with tracebacks of its
-            # internals: their one line says enough (--debug shows them whole)
-            record.exc_info, record.exc_text = None, None
+            return self.show_info and not _dask_own(record)
         return not (record.levelno >= logging.ERROR
                     and record.name in ("prefect.flow_runs", "prefect.task_runs"))
+
+
+def _dask_own(record) -> bool:
+    return record.name.split(".", 1)[0] in ("distributed", "dask")
+
+
+class _OneLineForDask(logging.Formatter):
+    """The console handler's formatter, but dask's own errors without their tracebacks:
+    distributed's errors while a cluster shuts down come with tracebacks of its
+    internals, and their one line says enough (--debug shows them whole). A formatted
+    copy: the record, shared with the run-log handlers, keeps its traceback."""
+
+    def __init__(self, inner: logging.Formatter | None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record):
+        if record.exc_info and _dask_own(record):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None,
+                                            "exc_text": None})
+        return self.inner.format(record)
 
 
 @contextlib.contextmanager
@@ -390,13 +406,17 @@ def _quiet_prefect_terminal(until_exit: bool):
     handlers = [h for name in (None, "prefect") for h in logging.getLogger(name).handlers
                 if isinstance(h, PrefectConsoleHandler)]
     quiet = _TerminalLogFilter(show_info=not sys.stderr.isatty())
+    formatters = [h.formatter for h in handlers]
     for handler in handlers:
         handler.addFilter(quiet)
+        handler.setFormatter(_OneLineForDask(handler.formatter))
     try:
         yield
     finally:
-        for handler in handlers if not until_exit else ():
+        for handler, formatter in zip(handlers, formatters, strict=True) if not until_exit \
+                else ():
             handler.removeFilter(quiet)
+            handler.setFormatter(formatter)
 
 
 def _ctrl_c_for_this_process_only():

@@ -289,3 +289,26 @@ def test_ctrl_c_stops_the_run_in_order_and_releases_the_lock(tmp_path):
     assert "interrupted" in err.splitlines()
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     assert not lock.exists()
+
+
+def test_dask_errors_are_one_line_on_the_terminal_and_whole_in_the_run_logs():
+    """The terminal's formatter drops the traceback of dask's own errors from the line
+    it prints, not from the record: the handlers of the run logs still get it."""
+    import logging
+    import sys
+
+    from daskgmm_pipelines.cli import _OneLineForDask
+
+    try:
+        raise OSError("stream closed")
+    except OSError:
+        exc_info = sys.exc_info()
+    terminal = _OneLineForDask(logging.Formatter("%(name)s: %(message)s"))
+    record = logging.LogRecord("distributed.core", logging.ERROR, __file__, 1,
+                               "closing the comm failed", None, exc_info)
+    assert terminal.format(record) == "distributed.core: closing the comm failed"
+    assert record.exc_info is exc_info
+    assert "OSError: stream closed" in logging.Formatter().format(record)  # the run log
+    ours = logging.LogRecord("daskgmm.passes", logging.ERROR, __file__, 1, "a pass failed",
+                             None, exc_info)
+    assert "OSError: stream closed" in terminal.format(ours)  # ours keep theirs

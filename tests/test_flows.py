@@ -48,7 +48,9 @@ def test_nightly_twice_then_drift(tmp_path):
     assert first["run_id"] == "t-nightly-night-1"  # runs are namespaced by job and flow
     assert "daskgmm run `t-nightly-night-1`" in Artifact.get("t-summary").data
     assert first["promotion"] == {"promote": True, "reason": "the store had no current model"}
-    assert store.info(first["model_version"])["selection_version"] == first["model_version"]
+    info = store.info(first["model_version"])
+    assert info["selection_version"] == first["model_version"]
+    assert info["nightly_verdict"] == first["promotion"]  # the version's own record of it
     assert not (tmp_path / "models" / "lock").exists()  # released
 
     events.clear()
