@@ -180,6 +180,9 @@ def test_the_nightly_job_runs_under_slurm_with_slurm_workers(slurm, tmp_path, pr
     job_id, status, log = _sbatch_wait([str(CONFIG), "--run-id", "slurm-1"], tmp_path, env)
     assert status == 0, log[-6000:]
     assert f"SLURM job {job_id} on " in log and "with exit status 0" in log, log[-3000:]
+    # the flow's time limit: 10 minutes under the job's 4 hours (as much as was left)
+    limit = re.search(r"flow time limit (\S+) s", log)
+    assert limit and 4 * 3600 - 660 < int(limit[1]) <= 4 * 3600 - 600, log[:3000]
 
     # the Dask workers were SLURM jobs: submitted from the flow's working directory,
     # started on a node, logging to the config's log_directory, registered with the
