@@ -670,7 +670,8 @@ CASES = [
          WORLD),
     Case("format=csv", P, "`write_scores(..., format='csv')`",
          lambda ctx: publish(ctx, format="csv"), ValueError,
-         r"format must be 'parquet' or 'zarr'; got 'csv'\.", "parameter, choices, value", WORLD),
+         r"format must be 'delta' or 'parquet' or 'zarr'; got 'csv'\.", "parameter, choices, value",
+         WORLD),
     Case("columns-string", P, "`GaussianMixture(columns='a')` on a Parquet source",
          lambda ctx: GaussianMixture(2, columns="a").fit(str(ctx.world.source)), ValueError,
          r"columns must be a list of column names, got the string 'a'\. Pass a list, e\.g\. "

@@ -548,3 +548,31 @@ def test_the_time_limit_checked_before_publishing_is_the_running_flows_own():
     assert state.name == "TimedOut", state
     assert "time limit of 5 s before publishing" in str(state.result(raise_on_failure=False))
     assert late(return_state=True).result() == "published"
+
+
+def test_nightly_runs_publish_to_a_delta_table_one_commit_each(tmp_path):
+    """``outputs.format: delta``: each nightly run is one commit of the table, whose
+    latest snapshot holds every kept run; a run's rows are the current model's scores."""
+    from deltalake import DeltaTable
+
+    from daskgmm_pipelines.flows import nightly, score
+
+    write_demo(tmp_path, rows=20_000)
+    out = tmp_path / "scores-delta"
+    config = write_job_config(tmp_path, model={"n_components": [2, 3],
+                                               "covariance_types": ["full"]},
+                              outputs={"scores": str(out), "format": "delta"})
+    night = nightly(config_path=config, run_id="d1")
+    scored = score(config_path=config, run_id="d2")
+    table = DeltaTable(str(out))
+    assert table.version() == 1  # two runs, two commits
+    rows = table.to_pandas().sort_values(["run_id", "row_number"])
+    assert rows.groupby("run_id").size().to_dict() == {night["run_id"]: 20_000,
+                                                      scored["run_id"]: 20_000}
+    gm = daskgmm.ModelStore(tmp_path / "models").load(night["model_version"])
+    X = zarr.open_group(str(tmp_path / "data" / "demo.zarr"), mode="r")["X"][:]
+    mine = rows[rows["run_id"] == scored["run_id"]]
+    assert_allclose(mine["log_density"].to_numpy(), gm.score_samples(X), rtol=1e-9)
+    assert (mine["model_version"] == night["model_version"]).all()
+    assert DeltaTable(str(out), version=0).to_pandas()["run_id"].unique().tolist() == [
+        night["run_id"]]
