@@ -221,6 +221,19 @@ class DeltaScores(ScoreFormat):
             frame = frame.sort_values(ROW_NUMBER, ignore_index=True)
         return frame
 
+    def version_problem(self, manifest):
+        """A commit of the table (a version number), of one run."""
+        run_id, version = manifest.get("run_id"), manifest.get("version")
+        if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+            return f"run_id {run_id!r} is not a run id"
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            return f"version {version!r} is not a version of the Delta table"
+        return None
+
+    def url(self, target, manifest):
+        """The table: a run is its rows, a version its commit."""
+        return str(target).rstrip("/")
+
     # -------------------------------------------------------------- retention
 
     def prune(self, target, keep_runs, current, storage_options):

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import abc
 import logging
+import re
 import secrets
 from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 
-from .._storage import naming_write_errors
+from .._storage import RUN_ID, join, naming_write_errors
 from ..kernels import SCORE_DTYPE
 from ..quantiles import RankSketch, combine_sketches
 from ..versioned import Metadata, VersionedLocation
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 FORMAT = "daskgmm-scores"
 FORMAT_VERSION = 1
 VERSIONS = "_versions"
+# What a pointer may name: a version directory of its own location, never a path out of it
+_VERSION = re.compile(rf"{VERSIONS}/{RUN_ID.pattern}/[0-9a-f]+")
 ROW_NUMBER = "row_number"
 # Score columns, in the order they are written, with their Arrow types.
 SCORE_FIELDS = [(name, pa.from_numpy_dtype(SCORE_DTYPE[name])) for name in SCORE_DTYPE.names]
@@ -78,9 +81,29 @@ class ScoreFormat(abc.ABC):
         """Delete the publications of all but the ``keep_runs`` most recent runs, never
         ``current`` (a version); return the deleted versions."""
 
+    @abc.abstractmethod
+    def version_problem(self, manifest) -> str | None:
+        """What is wrong with the ``version`` (and run) a pointer read from storage
+        names, or None: readers open what it names, so it must name a publication of
+        this location."""
+
+    @abc.abstractmethod
+    def url(self, target, manifest) -> str:
+        """Path or URL of the publication ``manifest`` at ``target``, for readers."""
+
 
 class VersionedScores(ScoreFormat):
     """Scores as complete versions ``_versions/<run_id>/<attempt>`` and a pointer."""
+
+    def version_problem(self, manifest):
+        version = manifest.get("version")
+        if not isinstance(version, str) or not _VERSION.fullmatch(version):
+            return (f"version {version!r} is not a version of this location "
+                    f"({VERSIONS}/<run_id>/<attempt>)")
+        return None
+
+    def url(self, target, manifest):
+        return join(target, manifest["version"])
 
     @abc.abstractmethod
     def metadata(self, storage_options) -> Metadata:

@@ -4,18 +4,14 @@ reading it, and retention."""
 from __future__ import annotations
 
 import logging
-import re
 
-from .._storage import RUN_ID, join, url_to_fs
+from .._storage import url_to_fs
 from .delta_format import DeltaScores
-from .formats import FORMAT, VERSIONS, ScoreFormat
+from .formats import FORMAT, ScoreFormat
 from .parquet_format import ParquetScores
 from .zarr_format import ZarrScores
 
 logger = logging.getLogger(__name__)
-
-# What a pointer may name: a version directory of its own location, never a path out of it
-_VERSION = re.compile(rf"{VERSIONS}/{RUN_ID.pattern}/[0-9a-f]+")
 
 # Output formats by name: a new format is one module and one entry here.
 FORMATS: dict[str, ScoreFormat] = {
@@ -60,24 +56,12 @@ def read_pointer(target, *, storage_options=None) -> dict:
 
 
 def _pointer_problem(pointer, fmt) -> str | None:
-    """What is wrong with a pointer read from a location holding ``fmt`` scores: readers
-    join its version to the target, so it must name a version of that location."""
+    """What is wrong with a pointer read from a location holding ``fmt`` scores."""
     if pointer.get("format") != FORMAT:
         return f"format {pointer.get('format')!r}, expected {FORMAT!r}"
     if pointer.get("kind") != fmt.kind:
         return f"kind {pointer.get('kind')!r}, but the location holds {fmt.kind} scores"
-    version = pointer.get("version")
-    if isinstance(fmt, DeltaScores):  # a commit of the table, of one run
-        run_id = pointer.get("run_id")
-        if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
-            return f"run_id {run_id!r} is not a run id"
-        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-            return f"version {version!r} is not a version of the Delta table"
-        return None
-    if not isinstance(version, str) or not _VERSION.fullmatch(version):
-        return (f"version {version!r} is not a version of this location "
-                f"({VERSIONS}/<run_id>/<attempt>)")
-    return None
+    return fmt.version_problem(pointer)
 
 
 def latest_scores(target, *, storage_options=None) -> str:
@@ -89,15 +73,7 @@ def latest_scores(target, *, storage_options=None) -> str:
     ``read_pointer(target)`` names the current run and its table version).
     """
     pointer = read_pointer(target, storage_options=storage_options)
-    return publication_url(get_format(pointer["kind"]), target, pointer)
-
-
-def publication_url(fmt: ScoreFormat, target, manifest) -> str:
-    """Path or URL of the publication ``manifest`` at ``target``: its version directory,
-    or for a Delta table the table (a run is its rows, a version its commit)."""
-    if isinstance(fmt, DeltaScores):
-        return str(target).rstrip("/")
-    return join(target, manifest["version"])
+    return get_format(pointer["kind"]).url(target, pointer)
 
 
 def read_scores(target, *, storage_options=None):

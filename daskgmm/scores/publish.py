@@ -31,7 +31,7 @@ from ..progress import PassCounter
 from ..quantiles import RankSketch
 from ..sources import SourceFingerprint, as_dataset
 from .formats import ROW_NUMBER, SCORE_FIELDS
-from .location import get_format, held_format, publication_url
+from .location import get_format, held_format
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def write_scores(
     sketch = manifest.pop("sketch")
     publication = Publication(
         target=str(target), version=str(manifest["version"]),
-        location=publication_url(fmt, target, manifest), run_id=run_id, model_id=mid,
+        location=fmt.url(target, manifest), run_id=run_id, model_id=mid,
         kind=fmt.kind, n_rows=manifest["n_rows"], n_anomalies=manifest["n_anomalies"],
         log_likelihood=manifest["log_likelihood"], sketch=sketch,
         seconds=time.perf_counter() - t0, manifest=manifest, n_passes=counter.count,
