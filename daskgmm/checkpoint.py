@@ -192,7 +192,9 @@ def fingerprint(params: dict, dataset: Dataset, start: Mixture | None = None) ->
 
     The data are named by their files and versions for Zarr and Parquet (dask names of
     file sources change from process to process; their chunking, which may follow the
-    workers, is left out), else by the dask name (a content hash for numpy input).
+    workers, is left out), else by the dask name (a content hash for numpy input). Sample
+    weights are part of the data, named by their dask name (a hash of their values for
+    in-memory weights).
     Listing the files is why a fit computes this only when it checkpoints.
     """
     params = {k: v for k, v in portable_params(params).items()
@@ -203,6 +205,8 @@ def fingerprint(params: dict, dataset: Dataset, start: Mixture | None = None) ->
         [params, dataset.description, dataset.array.shape, data],
         sort_keys=True, default=str,
     ).encode())
+    if dataset.weights is not None:
+        h.update(b"sample_weight:" + dataset.weights.name.encode())
     if start is not None:
         for array in (start.weights, start.means, start.precisions_cholesky):
             h.update(np.ascontiguousarray(array).tobytes())

@@ -30,7 +30,8 @@ class Candidate:
     """One model being fitted: its parameters and EM history.
 
     ``label`` names it in logs and progress events (default: 'init <tag>').
-    ``lower_bound`` is the mean log-likelihood per row from the latest E-step; ``params``
+    ``lower_bound`` is the mean log-likelihood per row from the latest E-step (with
+    sample weights, the weighted mean: sum_i w_i log p(x_i) / sum_i w_i); ``params``
     are the parameters after the latest M-step (as in scikit-learn). ``seconds``: the
     measured compute time of its own E-step and statistics, summed over every chunk of
     every pass it took part in (:class:`daskgmm.passes.TimedStats`); candidates sharing
@@ -99,11 +100,12 @@ def run_em(
             dataset, passes.em_chunk, ([c.params for c in active],), split_every=split_every
         )
         n_passes += 1
+        passes.check_total_weight(dataset, stats[0].weight)
         changes = []
         for c, s in zip(active, stats, strict=True):
             c.seconds += s.seconds
             prev = c.lower_bound
-            c.lower_bound = s.log_likelihood / s.n_samples
+            c.lower_bound = s.log_likelihood / s.weight
             c.lower_bounds.append(c.lower_bound)
             c.n_iter += 1
             change = c.lower_bound - prev

@@ -150,7 +150,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # -------------------------------------------------------------------- fit
 
-    def fit(self, X, y=None, *, callback=None, checkpoint=None):
+    def fit(self, X, y=None, *, sample_weight=None, callback=None, checkpoint=None):
         """Estimate model parameters with the EM algorithm.
 
         Parameters
@@ -159,6 +159,13 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             A numpy or dask array chunked by rows, a Zarr array (path, URL or
             ``zarr.Array``) or a Parquet dataset (path or URL; see ``columns``).
         y : Ignored
+        sample_weight : array-like or dask array of shape (n_samples,), default=None
+            Frequency weights of the rows, finite and >= 0: each row's responsibilities
+            and log-likelihood are multiplied by its weight, so integer weights fit as
+            the rows repeated that many times, and a weight of 0 leaves a row out.
+            ``lower_bound_`` is then the weighted mean log-likelihood. A dask array is
+            aligned with the rows (rechunked if needed) and checked as it is read: a
+            negative, NaN or infinite weight is an error naming its chunk and row.
         callback : callable, default=None
             Receives a :class:`daskgmm.progress.ProgressEvent` after every pass over the
             data (initialisation and EM). Returning True after an EM pass stops EM
@@ -172,21 +179,22 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         -------
         self : GaussianMixture
         """
-        self._fit(X, callback=callback, checkpoint=checkpoint)
+        self._fit(X, sample_weight, callback=callback, checkpoint=checkpoint)
         return self
 
-    def fit_predict(self, X, y=None):
-        """Fit, then predict the most probable component of each row of ``X``.
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fit (with ``sample_weight``, as :meth:`fit`), then predict the most probable
+        component of each row of ``X``.
 
         Returns a numpy array for in-memory input, a lazy dask array otherwise.
         """
-        self._fit(X)
+        self._fit(X, sample_weight)
         return self.predict(X)
 
-    def _fit(self, X, callback=None, checkpoint=None):
+    def _fit(self, X, sample_weight=None, callback=None, checkpoint=None):
         params = self.get_params(deep=False)
         validation.check_params(params, type(self).__name__)
-        dataset = validation.fit_dataset(self, X)
+        dataset = validation.fit_dataset(self, X, sample_weight)
         validation.check_enough_rows(dataset.n_samples, self.n_components, dataset.description)
         validation.check_initial_parameters(
             self.covariance_type, self.n_components, dataset.n_features,
@@ -260,26 +268,32 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         return self._map_rows(X, partial(kernels.score_chunk, what="predict_proba"),
                               np.float64, self.n_components)
 
-    def _log_likelihood(self, X):
+    def _log_likelihood(self, X, sample_weight=None):
         check_is_fitted(self)
-        dataset = validation.predict_dataset(self, X)
+        dataset = validation.predict_dataset(self, X, sample_weight)
         ((total, n),) = passes.score_pass(dataset, [_mixture_of(self).params()],
                                           self.split_every)
         return total, n
 
-    def score(self, X, y=None):
-        """Mean per-row log-likelihood of ``X`` (one pass over the data)."""
-        total, n = self._log_likelihood(X)
+    def score(self, X, y=None, sample_weight=None):
+        """Mean per-row log-likelihood of ``X`` (one pass over the data); with
+        ``sample_weight`` (as :meth:`fit`), the weighted mean
+        ``sum_i w_i log p(x_i) / sum_i w_i``."""
+        total, n = self._log_likelihood(X, sample_weight)
         return total / n
 
-    def bic(self, X):
-        """Bayesian information criterion on ``X`` (lower is better)."""
-        total, n = self._log_likelihood(X)
+    def bic(self, X, sample_weight=None):
+        """Bayesian information criterion on ``X`` (lower is better):
+        ``-2 log L + p log(n)``. With ``sample_weight``, ``log L`` is the weighted
+        log-likelihood and ``n`` the effective sample size, the total weight (integer
+        weights give the BIC of the rows repeated that many times)."""
+        total, n = self._log_likelihood(X, sample_weight)
         return kernels.bic(total, n, _mixture_of(self).n_parameters())
 
-    def aic(self, X):
-        """Akaike information criterion on ``X`` (lower is better)."""
-        total, _ = self._log_likelihood(X)
+    def aic(self, X, sample_weight=None):
+        """Akaike information criterion on ``X`` (lower is better): ``-2 log L + 2 p``,
+        ``log L`` weighted by ``sample_weight`` when given."""
+        total, _ = self._log_likelihood(X, sample_weight)
         return kernels.aic(total, _mixture_of(self).n_parameters())
 
     # -------------------------------------------------------------- anomalies

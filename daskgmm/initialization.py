@@ -204,11 +204,15 @@ def initial_params_grid(
     if work:
         chunk_fn = (passes.hard_assignment_chunk if init_params == "kmeans"
                     else passes.random_resp_chunk)
-        stats = iter(passes.data_pass(dataset, chunk_fn, (work,), split_every=split_every))
+        stats = passes.data_pass(dataset, chunk_fn, (work,), split_every=split_every)
+        passes.check_total_weight(dataset, stats[0].weight)
+        # weights nk / n, n the rows or with sample weights their total weight
+        total = n if dataset.weights is None else stats[0].weight
+        stats = iter(stats)
         counter.done("initialization")
         work = iter(work)
         for entry in out:
             for r in range(len(entry)):
                 s, (_, placeholder) = next(stats), next(work)
-                entry[r] = kernels.params_from_stats(s, placeholder, reg_covar, n)
+                entry[r] = kernels.params_from_stats(s, placeholder, reg_covar, total)
     return out

@@ -29,7 +29,8 @@ from .covariance import CovarianceError
 __all__ = [
     "SCORE_DTYPE", "CovarianceError", "Params", "Stats", "Workspace", "aic", "bic",
     "chunk_log_likelihood", "chunk_stats", "combine_stats", "data_shift",
-    "estimate_gaussian_parameters", "estimate_weighted_log_prob", "find_nonfinite",
+    "estimate_gaussian_parameters", "estimate_weighted_log_prob", "find_bad_weight",
+    "find_nonfinite",
     "hard_assignment_stats", "log_prob_resp", "m_step", "random_resp",
     "responsibility_stats", "score_chunk", "score_rows", "stats_from_resp",
 ]
@@ -70,7 +71,12 @@ class Stats:
     ``nk``: sum of responsibilities per component; ``s1``: sum_i r_ik x_i (shifted x);
     ``s2``: second moments about each component's current mean (shape per covariance
     type, see :mod:`daskgmm.covariance`); ``log_likelihood``: sum of log p(x_i);
-    ``n_samples``: number of rows.
+    ``n_samples``: number of rows; ``weight``: their total sample weight.
+
+    With sample weights ``w_i`` each row's responsibilities are multiplied by its
+    weight and its log-likelihood too (``log_likelihood`` is sum_i w_i log p(x_i)), so
+    integer weights give the statistics of the rows repeated that many times. Without
+    weights every row weighs 1 and ``weight`` equals ``n_samples``.
     """
 
     nk: np.ndarray
@@ -78,6 +84,7 @@ class Stats:
     s2: np.ndarray
     log_likelihood: float
     n_samples: int
+    weight: float
 
     def __add__(self, other: Stats) -> Stats:
         return Stats(
@@ -86,6 +93,7 @@ class Stats:
             self.s2 + other.s2,
             self.log_likelihood + other.log_likelihood,
             self.n_samples + other.n_samples,
+            self.weight + other.weight,
         )
 
 
@@ -199,20 +207,39 @@ def log_prob_resp(weighted_log_prob, ws=None):
 def empty_stats(params: Params, n_features: int) -> Stats:
     k = params.n_components
     shape = params.model.second_moment_shape(k, n_features)
-    return Stats(np.zeros(k), np.zeros((k, n_features)), np.zeros(shape), 0.0, 0)
+    return Stats(np.zeros(k), np.zeros((k, n_features)), np.zeros(shape), 0.0, 0, 0.0)
 
 
 @overflow_is_inf
 def stats_from_resp(X, resp, params: Params, log_likelihood: float, ws=None,
-                    after_e_step=False) -> Stats:
+                    after_e_step=False, weights=None) -> Stats:
     """Statistics of shifted rows ``X`` under responsibilities ``resp``.
 
     All second moments are centred on ``params.means`` (the current means).
     ``after_e_step``: ``ws`` holds this block's E-step under ``params`` (reused).
+    ``weights``: the rows' sample weights, already folded into ``resp`` (only their
+    total is taken here); None for rows of weight 1.
     """
     ws = Workspace() if ws is None else ws
     s2 = params.model.second_moment(X, resp, params.means, ws, after_e_step)
-    return Stats(resp.sum(axis=0), resp.T @ X, s2, float(log_likelihood), X.shape[0])
+    weight = float(X.shape[0]) if weights is None else float(weights.sum())
+    return Stats(resp.sum(axis=0), resp.T @ X, s2, float(log_likelihood), X.shape[0],
+                 weight)
+
+
+def weighted_log_likelihood(log_norm, weights=None) -> float:
+    """sum_i w_i log p(x_i) (sum_i log p(x_i) without weights). A row of weight zero
+    counts for nothing, even when its density underflows (log p = -inf)."""
+    if weights is None:
+        return log_norm.sum()
+    return float(np.dot(weights, np.where(weights > 0, log_norm, 0.0)))
+
+
+def weighted_resp(resp, weights=None):
+    """``resp`` with each row multiplied by its sample weight (in place), or as is."""
+    if weights is not None:
+        resp *= weights[:, None]
+    return resp
 
 
 def _block_rows(n_features, widest):
@@ -227,19 +254,35 @@ def _blocks(X, candidates):
         yield start, X[start : start + step]
 
 
+def _block_weights(weights, start, block):
+    return None if weights is None else weights[start : start + block.shape[0]]
+
+
+def _as_weights(weights):
+    return None if weights is None else np.asarray(weights, dtype=np.float64)
+
+
 @overflow_is_inf
-def chunk_stats(X, candidates: list[Params]) -> list[Stats]:
+def chunk_stats(X, candidates: list[Params], weights=None) -> list[Stats]:
     """E-step of every candidate on one chunk of (unshifted) rows, with statistics.
 
     The chunk is processed in sub-blocks of rows sized to keep temporaries in cache.
+    ``weights``: the rows' sample weights (n_samples,), folded into the
+    responsibilities and the log-likelihood (see :class:`Stats`); None: all 1.
     Returns one ``Stats`` per candidate; a non-finite ``log_likelihood`` means the
     chunk holds NaN or infinite values (the caller locates them).
     """
     X = np.asarray(X, dtype=np.float64)
+    weights = _as_weights(weights)
+    fused = [_fused(p) for p in candidates]  # diag, spherical: one compiled pass
+    if all(f is not None for f in fused):
+        weight = float(X.shape[0]) if weights is None else float(weights.sum())
+        return [Stats(*f.stats(X, weights), X.shape[0], weight) for f in fused]
     n_features = X.shape[1]
     out = [empty_stats(p, n_features) for p in candidates]
     ws = Workspace()
-    for _, block in _blocks(X, candidates):
+    for start, block in _blocks(X, candidates):
+        w = _block_weights(weights, start, block)
         shifted = {}
         for i, p in enumerate(candidates):
             key = p.shift.tobytes()
@@ -250,9 +293,17 @@ def chunk_stats(X, candidates: list[Params]) -> list[Stats]:
             negligible = log_resp < _LOG_RESP_ZERO
             resp = np.exp(log_resp, out=log_resp)
             resp[negligible] = 0.0
-            out[i] = out[i] + stats_from_resp(xs, resp, p, log_norm.sum(), ws,
-                                              after_e_step=True)
+            out[i] = out[i] + stats_from_resp(xs, weighted_resp(resp, w), p,
+                                              weighted_log_likelihood(log_norm, w), ws,
+                                              after_e_step=True, weights=w)
     return out
+
+
+def _fused(params: Params):
+    """The compiled one-pass E-step of ``params`` (see :mod:`daskgmm.covariance`), or
+    None: run the numpy path."""
+    return params.model.fused_e_step(params.weights, params.means,
+                                     params.precisions_cholesky, params.shift)
 
 
 def _e_steps(X, params: Params):
@@ -274,6 +325,9 @@ def score_chunk(X, params: Params, what):
     'predict_proba' (float64, (n_samples, n_components)).
     """
     X = np.asarray(X, dtype=np.float64)
+    fused = _fused(params)
+    if fused is not None:
+        return fused.score(X, what)
     n = X.shape[0]
     if what == "predict_proba":
         out = np.empty((n, params.n_components))
@@ -311,54 +365,66 @@ def score_rows(X, params: Params, threshold: float):
     """
     X = np.asarray(X, dtype=np.float64)
     out = np.empty(X.shape[0], dtype=SCORE_DTYPE)
-    for rows, log_norm, log_resp in _e_steps(X, params):
+    fused = _fused(params)
+    parts = [(slice(None), *fused.rows(X))] if fused is not None else (
+        (rows, log_norm, log_resp.argmax(axis=1), np.exp(log_resp.max(axis=1)))
+        for rows, log_norm, log_resp in _e_steps(X, params))
+    for rows, log_norm, component, responsibility in parts:
         rec = out[rows]
         rec["log_density"] = log_norm
         rec["anomaly_score"] = -log_norm
-        rec["component"] = log_resp.argmax(axis=1)
-        rec["responsibility"] = np.exp(log_resp.max(axis=1))
+        rec["component"] = component
+        rec["responsibility"] = responsibility
         rec["is_anomaly"] = log_norm < threshold
     return out
 
 
 @overflow_is_inf
-def chunk_log_likelihood(X, candidates: list[Params]) -> list[Stats]:
-    """Only the log-likelihood (and row count) of every candidate on a chunk of rows.
+def chunk_log_likelihood(X, candidates: list[Params], weights=None) -> list[Stats]:
+    """Only the log-likelihood (and row count and total weight) of every candidate on a
+    chunk of rows; ``weights`` as in :func:`chunk_stats`.
 
     A non-finite ``log_likelihood`` means the chunk holds NaN or infinite values.
     """
     X = np.asarray(X, dtype=np.float64)
+    weights = _as_weights(weights)
     totals = [0.0] * len(candidates)
     ws = Workspace()
-    for _, block in _blocks(X, candidates):
+    for start, block in _blocks(X, candidates):
+        w = _block_weights(weights, start, block)
         for i, p in enumerate(candidates):
             xs = np.subtract(block, p.shift, out=ws("xs", block.shape))
             log_norm, _ = log_prob_resp(estimate_weighted_log_prob(xs, p, ws), ws)
-            totals[i] += log_norm.sum()
+            totals[i] += weighted_log_likelihood(log_norm, w)
+    weight = float(X.shape[0]) if weights is None else float(weights.sum())
     return [
-        Stats(s.nk, s.s1, s.s2, total, X.shape[0])
+        Stats(s.nk, s.s1, s.s2, total, X.shape[0], weight)
         for s, total in zip((empty_stats(p, X.shape[1]) for p in candidates), totals,
                             strict=True)
     ]
 
 
 @overflow_is_inf
-def responsibility_stats(X, params: Params, resp_fn) -> Stats:
-    """Statistics of a chunk of (unshifted) rows under given responsibilities.
+def responsibility_stats(X, params: Params, resp_fn, weights=None) -> Stats:
+    """Statistics of a chunk of (unshifted) rows under given responsibilities, each
+    row's multiplied by its sample weight (``weights``, None: all 1).
 
     ``resp_fn(shifted_block, block_start)`` returns the responsibilities of one block of
     rows; blocks are cache-sized, so no temporary grows with the chunk.
     """
     X = np.asarray(X, dtype=np.float64)
+    weights = _as_weights(weights)
     out = empty_stats(params, X.shape[1])
     ws = Workspace()
     for start, block in _blocks(X, [params]):
+        w = _block_weights(weights, start, block)
         xs = np.subtract(block, params.shift, out=ws("xs", block.shape))
-        out = out + stats_from_resp(xs, resp_fn(xs, start), params, 0.0, ws)
+        out = out + stats_from_resp(xs, weighted_resp(resp_fn(xs, start), w), params, 0.0,
+                                    ws, weights=w)
     return out
 
 
-def hard_assignment_stats(X, centers, params: Params) -> Stats:
+def hard_assignment_stats(X, centers, params: Params, weights=None) -> Stats:
     """Statistics of rows assigned to their nearest centre (k-means initialisation)."""
     c = centers - params.shift
     c2 = (c * c).sum(axis=1)
@@ -369,7 +435,7 @@ def hard_assignment_stats(X, centers, params: Params) -> Stats:
         resp[np.arange(xs.shape[0]), d2.argmin(axis=1)] = 1.0
         return resp
 
-    return responsibility_stats(X, params, nearest)
+    return responsibility_stats(X, params, nearest, weights)
 
 
 def random_resp(seed, row_start, n_rows, n_components):
@@ -386,12 +452,13 @@ def random_resp(seed, row_start, n_rows, n_components):
     return u / u.sum(axis=1, keepdims=True)
 
 
-def random_resp_stats(X, seed, row_start, params: Params) -> Stats:
+def random_resp_stats(X, seed, row_start, params: Params, weights=None) -> Stats:
     """Statistics of a chunk starting at global row ``row_start`` under
     :func:`random_resp` responsibilities ('random' initialisation)."""
     k = params.n_components
     return responsibility_stats(
-        X, params, lambda xs, start: random_resp(seed, row_start + start, xs.shape[0], k))
+        X, params, lambda xs, start: random_resp(seed, row_start + start, xs.shape[0], k),
+        weights)
 
 
 ###############################################################################
@@ -490,14 +557,26 @@ def m_step(stats: Stats, params: Params, reg_covar: float) -> Params:
 # Model criteria and checks
 
 
-def bic(log_likelihood: float, n_samples: int, n_parameters: int) -> float:
-    """Bayesian information criterion from a total log-likelihood (lower is better)."""
+def bic(log_likelihood: float, n_samples: float, n_parameters: int) -> float:
+    """Bayesian information criterion from a total log-likelihood (lower is better).
+
+    ``n_samples`` is the effective sample size: the number of rows, or with sample
+    weights their total weight (frequency weights: integer weights count as the rows
+    repeated, so the BIC is the repeated rows' BIC).
+    """
     return -2.0 * log_likelihood + n_parameters * math.log(n_samples)
 
 
 def aic(log_likelihood: float, n_parameters: int) -> float:
     """Akaike information criterion from a total log-likelihood (lower is better)."""
     return -2.0 * log_likelihood + 2.0 * n_parameters
+
+
+def find_bad_weight(weights):
+    """Index of the first sample weight that is negative, NaN or infinite, or None."""
+    w = np.asarray(weights, dtype=np.float64)
+    bad = ~(np.isfinite(w) & (w >= 0))
+    return int(np.argmax(bad)) if bad.any() else None
 
 
 def find_nonfinite(X):

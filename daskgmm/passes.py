@@ -9,6 +9,11 @@ lazy dask arrays chunked like the input (:func:`map_rows`).
 A chunk holding NaN or infinity is reported with its location (chunk or file, row
 range, first bad row and column); a chunk whose finite values overflow float64 too.
 
+When the dataset carries sample weights (:attr:`daskgmm.sources.Dataset.weights`), each
+chunk's task receives its block of weights beside its block of rows (the kernels then
+take ``weights=``), and checks them: a negative, NaN or infinite weight, or a block of
+weights that does not match the rows, is an error naming the chunk and the row.
+
 An EM pass times every candidate's own kernel on every chunk (:class:`TimedStats`), so
 what a candidate costs is measured, not a share of the pass.
 """
@@ -29,7 +34,7 @@ from threadpoolctl import threadpool_limits
 from . import kernels, quantiles
 from .kernels import Params, Stats
 from .quantiles import RankSketch, combine_sketches
-from .sources import Dataset, current_client
+from .sources import Dataset, all_zero_weights_error, bad_weight_error, current_client
 
 try:  # dask's task classes, public in recent dask (the same classes before)
     from dask.task_spec import DataNode, List, Task, TaskRef
@@ -93,6 +98,26 @@ class _Where:
             raise nonfinite_error(self.description, label, start, start + block.shape[0],
                                   start + row, col, self.feature_names)
 
+    def check_weights(self, weights, block, label, start):
+        """The block's sample weights as float64, checked: one per row of ``block``,
+        finite and >= 0."""
+        weights = np.asarray(weights, dtype=np.float64)
+        stop = start + block.shape[0]
+        if weights.shape != (block.shape[0],):
+            raise ValueError(
+                f"sample_weight is not aligned with the rows: {label} of "
+                f"{self.description} holds rows {start} to {stop - 1} ({block.shape[0]} "
+                f"rows) but its block of sample weights has shape {weights.shape}, first "
+                f"unmatched row {start + min(block.shape[0], weights.size)}. Give one "
+                "weight per row, in the order of the rows (the source changed while it was "
+                "read if it came with the data: read it again)."
+            )
+        bad = kernels.find_bad_weight(weights)
+        if bad is not None:
+            raise bad_weight_error(self.description, label, start, stop, start + bad,
+                                   float(weights[bad]))
+        return weights
+
 
 class _ChunkTask:
     """Applies a per-chunk function; a non-finite result becomes a located error."""
@@ -100,10 +125,13 @@ class _ChunkTask:
     def __init__(self, fn, where: _Where):
         self.fn, self.where = fn, where
 
-    def __call__(self, block, args, label, start, extra=None):
+    def __call__(self, block, args, label, start, extra=None, weights=None):
+        kw = {}
+        if weights is not None:
+            kw["weights"] = self.where.check_weights(weights, block, label, start)
         with np.errstate(invalid="ignore", over="ignore"):
-            out = self.fn(block, *args, start) if extra is None else self.fn(
-                block, *args, extra, start)
+            out = self.fn(block, *args, start, **kw) if extra is None else self.fn(
+                block, *args, extra, start, **kw)
         if not all(_finite(s) for s in (out if isinstance(out, list) else [out])):
             self.where.check_finite(block, label, start)
             raise ValueError(
@@ -132,10 +160,24 @@ def pass_graph(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, spl
     from dask.delayed import Delayed
     from dask.highlevelgraph import HighLevelGraph
 
-    array = dataset.array
+    array, weights = dataset.array, dataset.weights
     keys = array.__dask_keys__()
     blocks = [row[0] for row in keys]  # one chunk across columns
-    reads = dict(array.__dask_optimize__(array.__dask_graph__(), keys))
+    if weights is None:
+        reads = dict(array.__dask_optimize__(array.__dask_graph__(), keys))
+        weight_blocks = [None] * len(blocks)
+    else:  # the weights' graph optimised with the rows' (they may share their reads)
+        weight_keys = weights.__dask_keys__()
+        if len(weight_keys) != len(blocks):
+            raise ValueError(
+                f"sample_weight has {len(weight_keys)} chunks but the {dataset.description} "
+                f"has {len(blocks)} row chunks: the weights must be chunked like the rows "
+                "(daskgmm.sources.with_weights aligns them)."
+            )
+        reads = dict(array.__dask_optimize__(
+            HighLevelGraph.merge(array.__dask_graph__(), weights.__dask_graph__()),
+            [keys, weight_keys]))
+        weight_blocks = [TaskRef(key) for key in weight_keys]
     offsets = dataset.row_offsets
     task = _ChunkTask(fn, _Where(dataset))
     name = f"{getattr(fn, '__name__', 'pass')}-{uuid.uuid4().hex}"  # unique per pass
@@ -146,7 +188,8 @@ def pass_graph(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, spl
         key = (name, i)
         layer[key] = Task(key, task, TaskRef(block), TaskRef(args_key),
                           DataNode(None, dataset.chunk_label(i)), int(offsets[i]),
-                          None if per_chunk is None else DataNode(None, per_chunk[i]))
+                          None if per_chunk is None else DataNode(None, per_chunk[i]),
+                          weight_blocks[i])
         parts.append(key)
     reads_name = f"{name}-reads"
     graph = lambda layer_: HighLevelGraph(  # noqa: E731
@@ -259,29 +302,30 @@ class TimedStats(Stats):
                           seconds=self.seconds + other.seconds)
 
 
-def em_chunk(block, candidates, row_start):
+def em_chunk(block, candidates, row_start, weights=None):
     """E-step and statistics of every candidate on one chunk, one candidate at a time so
     that each one's compute time is its own (``TimedStats.seconds``)."""
     X = np.asarray(block, dtype=np.float64)
     out = []
     for params in candidates:
         t0 = time.perf_counter()
-        (stats,) = kernels.chunk_stats(X, [params])
+        (stats,) = kernels.chunk_stats(X, [params], weights)
         out.append(TimedStats(**vars(stats), seconds=time.perf_counter() - t0))
     return out
 
 
-def hard_assignment_chunk(block, centers_and_params, row_start):
-    return [kernels.hard_assignment_stats(block, c, p) for c, p in centers_and_params]
+def hard_assignment_chunk(block, centers_and_params, row_start, weights=None):
+    return [kernels.hard_assignment_stats(block, c, p, weights)
+            for c, p in centers_and_params]
 
 
-def random_resp_chunk(block, seeds_and_params, row_start):
-    return [kernels.random_resp_stats(block, seed, row_start, p)
+def random_resp_chunk(block, seeds_and_params, row_start, weights=None):
+    return [kernels.random_resp_stats(block, seed, row_start, p, weights)
             for seed, p in seeds_and_params]
 
 
-def _log_likelihood_chunk(block, params, row_start):
-    return kernels.chunk_log_likelihood(block, params)
+def _log_likelihood_chunk(block, params, row_start, weights=None):
+    return kernels.chunk_log_likelihood(block, params, weights)
 
 
 def _sketch_chunk(block, params, n_points, row_start):
@@ -294,9 +338,18 @@ def _sketch_chunk(block, params, n_points, row_start):
 
 
 def score_pass(dataset: Dataset, params: list[Params], split_every: int = 8):
-    """Total log-likelihood and row count of ``dataset`` under each of ``params``."""
+    """Total log-likelihood and total weight of ``dataset`` under each of ``params``:
+    ``sum_i w_i log p(x_i)`` and ``sum_i w_i`` with sample weights, else the sum of the
+    log-densities and the row count (as a float)."""
     stats = data_pass(dataset, _log_likelihood_chunk, (params,), split_every=split_every)
-    return [(s.log_likelihood, s.n_samples) for s in stats]
+    check_total_weight(dataset, stats[0].weight)
+    return [(s.log_likelihood, s.weight) for s in stats]
+
+
+def check_total_weight(dataset: Dataset, total: float):
+    """Raise when the sample weights of ``dataset`` sum to 0 (found by a pass)."""
+    if dataset.weights is not None and not total > 0:
+        raise all_zero_weights_error(dataset.description)
 
 
 def sketch_pass(dataset: Dataset, params: list[Params]):

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import zarr
 from dask.base import tokenize
 
+from . import kernels
 from ._storage import expand, redact_url, url_to_fs
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class Dataset:
         True when the user passed a lazy (dask/Zarr/Parquet) input: outputs are lazy too.
     origin : Origin or None
         For Zarr and Parquet paths, where the rows live (used to write results back).
+    weights : dask.array.Array of shape (n_samples,), float64, or None
+        The rows' sample weights, chunked exactly like the rows (see
+        :func:`with_weights`); None: every row weighs 1.
     """
 
     array: da.Array
@@ -94,6 +98,7 @@ class Dataset:
     chunk_labels: list[str] = field(default_factory=list)
     lazy: bool = False
     origin: Origin | None = None
+    weights: da.Array | None = None
 
     @property
     def n_samples(self) -> int:
@@ -352,6 +357,92 @@ def as_dataset(
 
 
 ###############################################################################
+# Sample weights
+
+
+def bad_weight_error(description, label, start, stop, row, value):
+    """The error for a sample weight that is negative, NaN or infinite at global ``row``,
+    found in chunk ``label`` (rows ``start`` to ``stop - 1``) of the data ``description``."""
+    return ValueError(
+        f"sample_weight holds {value!r} at row {row} ({label} of {description}, rows "
+        f"{start} to {stop - 1}): sample weights must be finite and >= 0. Fix or drop "
+        "that row's weight; a weight of 0 leaves a row out of the fit, e.g. "
+        "w = np.where(np.isfinite(w) & (w > 0), w, 0.0) (for dask, da.where)."
+    )
+
+
+def all_zero_weights_error(description):
+    """The error for sample weights that sum to zero: no row counts."""
+    return ValueError(
+        f"Every sample weight of the {description} is zero (their total is 0): no row "
+        "counts, so there is nothing to fit or score. Sample weights must contain at "
+        "least one non-zero number: give some rows a positive weight."
+    )
+
+
+def with_weights(dataset: Dataset, sample_weight) -> Dataset:
+    """``dataset`` with the sample weights ``sample_weight`` (one per row), or as is for
+    None.
+
+    ``sample_weight``: a numpy array (or list) or a dask array of shape (n_samples,).
+    A dask array is rechunked to the rows' chunks, lazily; its values are checked by the
+    passes that read them (a negative, NaN or infinite weight is an error naming its
+    chunk and row). In-memory weights are checked here, and so is their total (not 0).
+    """
+    if sample_weight is None:
+        return dataset
+    n = dataset.n_samples
+    rows = dataset.array.chunks[0]
+    if isinstance(sample_weight, da.Array):
+        if any(np.isnan(c) for axis in sample_weight.chunks for c in axis):
+            raise ValueError(
+                f"sample_weight is a dask array of unknown chunk sizes (chunks "
+                f"{sample_weight.chunks}): its weights cannot be aligned with the rows of "
+                f"the {dataset.description}. Call sample_weight.compute_chunk_sizes() first."
+            )
+        _check_weight_shape(sample_weight.shape, n, dataset.description)
+        _check_numeric(sample_weight.dtype, "sample_weight dask array",
+                       fix="sample_weight.astype(np.float64)")
+        weights = sample_weight.astype(np.float64)
+        if weights.chunks[0] != rows:
+            weights = weights.rechunk((rows,))
+    else:
+        try:
+            w = np.asarray(sample_weight)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"sample_weight must be a 1-D array of numbers, one per row; could not "
+                f"convert {type(sample_weight).__name__}: {exc}."
+            ) from None
+        _check_weight_shape(w.shape, n, dataset.description)
+        _check_numeric(w.dtype, "sample_weight array", fix="sample_weight.astype(np.float64)")
+        w = w.astype(np.float64)
+        bad = kernels.find_bad_weight(w)
+        if bad is not None:
+            offsets = dataset.row_offsets
+            chunk = int(np.searchsorted(offsets, bad, side="right")) - 1
+            raise bad_weight_error(dataset.description, dataset.chunk_label(chunk),
+                                   int(offsets[chunk]), int(offsets[chunk + 1]), bad,
+                                   float(w[bad]))
+        if not w.sum() > 0:
+            raise all_zero_weights_error(dataset.description)
+        weights = da.from_array(w, chunks=(rows,))
+    return Dataset(dataset.array, dataset.feature_names, dataset.description,
+                   list(dataset.chunk_labels), dataset.lazy, dataset.origin, weights)
+
+
+def _check_weight_shape(shape, n_samples, description):
+    if len(shape) != 1 or shape[0] != n_samples:
+        raise ValueError(
+            f"sample_weight has shape {tuple(shape)} but the {description} has "
+            f"{n_samples} rows: give one weight per row, sample_weight of shape "
+            f"({n_samples},) in the order of the rows"
+            + (" (for a column vector: sample_weight.ravel())." if len(shape) == 2
+               and shape[1] == 1 else ".")
+        )
+
+
+###############################################################################
 # Checks shared by every kind of input
 
 
@@ -490,7 +581,7 @@ def _from_dataset(dataset):
     if array is dataset.array:
         return dataset
     return Dataset(array, dataset.feature_names, dataset.description,
-                   list(dataset.chunk_labels), dataset.lazy, dataset.origin)
+                   list(dataset.chunk_labels), dataset.lazy, dataset.origin, dataset.weights)
 
 
 ###############################################################################
@@ -1327,7 +1418,8 @@ def cached(dataset: Dataset, cache="auto") -> Dataset:
         return dataset
     logger.info("persisting %.1f MiB of %s for the fit",
                 dataset.array.nbytes / 2**20, dataset.description)
+    weights = None if dataset.weights is None else dataset.weights.persist()
     return Dataset(
         dataset.array.persist(), dataset.feature_names, dataset.description,
-        dataset.chunk_labels, dataset.lazy, dataset.origin,
+        dataset.chunk_labels, dataset.lazy, dataset.origin, weights,
     )

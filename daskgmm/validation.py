@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.utils.validation import validate_data
 
 from . import covariance
-from .sources import Dataset, MissingColumnError, as_dataset
+from .sources import Dataset, MissingColumnError, as_dataset, with_weights
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -170,16 +170,18 @@ def is_lazy_source(X) -> bool:
         "zarr")
 
 
-def fit_dataset(est, X) -> Dataset:
-    """``X`` as a row-chunked Dataset for ``est.fit``; sets ``n_features_in_`` and
+def fit_dataset(est, X, sample_weight=None) -> Dataset:
+    """``X`` as a row-chunked Dataset for ``est.fit``, with ``sample_weight`` (see
+    :func:`daskgmm.sources.with_weights`); sets ``n_features_in_`` and
     ``feature_names_in_`` (or removes a stale one), as scikit-learn's ``validate_data``."""
-    return _dataset(est, X, reset=True, fit=True)
+    return with_weights(_dataset(est, X, reset=True, fit=True), sample_weight)
 
 
-def predict_dataset(est, X) -> Dataset:
+def predict_dataset(est, X, sample_weight=None) -> Dataset:
     """``X`` as a Dataset for a fitted ``est``, checked against the fitted features
-    (Parquet without ``columns``: the columns seen at fit are read)."""
-    return _dataset(est, X, reset=False)
+    (Parquet without ``columns``: the columns seen at fit are read), with
+    ``sample_weight``."""
+    return with_weights(_dataset(est, X, reset=False), sample_weight)
 
 
 def _locate_text(X, exc):

@@ -9,8 +9,18 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from daskgmm import GaussianMixture
 
+# The check fits the weighted rows, shuffled, and the repeated rows with one seed: the
+# seeded initialisation (k-means on the rows in their order) differs, as for
+# scikit-learn's KMeans. From the same initial parameters weighted and repeated rows
+# give the same fit: tests/test_weights.py checks it against scikit-learn.
+EXPECTED_FAILED = {
+    "check_sample_weight_equivalence_on_dense_data":
+        "a seeded initialisation depends on the order and repetition of the rows",
+}
 
-@parametrize_with_checks([GaussianMixture(n_components=2, random_state=0)])
+
+@parametrize_with_checks([GaussianMixture(n_components=2, random_state=0)],
+                         expected_failed_checks=lambda est: EXPECTED_FAILED)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 

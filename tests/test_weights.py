@@ -1,0 +1,250 @@
+"""Sample weights: integer weights fit, score and select as the rows repeated that many
+times (scikit-learn fitting the repeated rows is the oracle), a weight of zero drops a
+row, and bad weights are errors naming their chunk and row."""
+
+import re
+
+import dask.array as da
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+from daskgmm import Checkpoint, GaussianMixture, kernels
+from daskgmm.sources import as_dataset, with_weights
+
+from .conftest import COVARIANCE_TYPES, make_blobs, random_params
+from .test_estimator import assert_same_model, sk_start
+
+RTOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def weighted():
+    """Rows, integer weights 0 to 4 (a fifth of them 0) and the rows repeated."""
+    X = make_blobs(400, 3, 3, seed=5)
+    w = np.random.default_rng(1).integers(0, 5, len(X))
+    return X, w, np.repeat(X, w, axis=0)
+
+
+def _inputs(X, w, kind):
+    if kind == "numpy":
+        return X, w
+    # several chunks, the weights chunked otherwise than the rows (aligned by daskgmm)
+    return da.from_array(X, chunks=(90, 3)), da.from_array(w, chunks=(130,))
+
+
+###############################################################################
+# The kernels
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_weighted_statistics_are_those_of_repeated_rows(covariance_type):
+    p = random_params(covariance_type, n_features=4, seed=2)
+    rng = np.random.default_rng(3)
+    X = rng.normal(0, 3, size=(500, 4))
+    w = rng.integers(0, 4, len(X))
+    (weighted,) = kernels.chunk_stats(X, [p], w)
+    (repeated,) = kernels.chunk_stats(np.repeat(X, w, axis=0), [p])
+    for name in ("nk", "s1", "s2", "log_likelihood"):
+        assert_allclose(getattr(weighted, name), getattr(repeated, name), rtol=1e-12,
+                        atol=1e-9)
+    assert weighted.weight == w.sum() and weighted.n_samples == 500
+    (ll,) = kernels.chunk_log_likelihood(X, [p], w)
+    assert_allclose(ll.log_likelihood, repeated.log_likelihood, rtol=1e-12)
+    centers = X[:3] + 0.5
+    hard = kernels.hard_assignment_stats(X, centers, p, w)
+    ref = kernels.hard_assignment_stats(np.repeat(X, w, axis=0), centers, p)
+    assert_allclose(hard.nk, ref.nk, rtol=1e-12)
+    assert_allclose(hard.s2, ref.s2, rtol=1e-12)
+
+
+def test_zero_weight_row_whose_density_underflows_counts_for_nothing():
+    p = random_params("diag", n_features=2, seed=0)
+    X = np.array([[0.0, 0.0], [1e200, 1e200]])  # the second: log-density -inf
+    (ll,) = kernels.chunk_log_likelihood(X, [p], np.array([1.0, 0.0]))
+    (ref,) = kernels.chunk_log_likelihood(X[:1], [p])
+    assert ll.log_likelihood == ref.log_likelihood and ll.weight == 1.0
+
+
+###############################################################################
+# Fits against scikit-learn on the repeated rows
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dask"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_integer_weights_fit_as_repeated_rows(weighted, covariance_type, kind):
+    X, w, R = weighted
+    start = sk_start(R, covariance_type)
+    kw = dict(covariance_type=covariance_type, tol=1e-6, max_iter=500, **start)
+    ref = SkGaussianMixture(3, **kw).fit(R)
+    Xin, win = _inputs(X, w, kind)
+    ours = GaussianMixture(3, chunk_rows=None if kind == "dask" else 64, **kw).fit(
+        Xin, sample_weight=win)
+    assert_same_model(ours, ref, rtol=RTOL)
+    assert ours.fit_n_samples_ == len(X)
+    assert_allclose(ours.score(Xin, sample_weight=win), ref.score(R), rtol=RTOL)
+    assert_allclose(ours.bic(Xin, sample_weight=win), ref.bic(R), rtol=RTOL)
+    assert_allclose(ours.aic(Xin, sample_weight=win), ref.aic(R), rtol=RTOL)
+    # per-row outputs do not depend on weights: the same model's
+    scored = ours.score_samples(Xin)
+    assert_allclose(scored.compute() if kind == "dask" else scored, ref.score_samples(X),
+                    rtol=RTOL)
+
+
+def test_zero_weights_drop_rows(weighted):
+    X, w, _ = weighted
+    keep = w > 0
+    start = sk_start(X[keep], "full")
+    kw = dict(tol=1e-6, max_iter=500, **start)
+    ref = SkGaussianMixture(3, **kw).fit(X[keep])
+    ours = GaussianMixture(3, chunk_rows=50, **kw).fit(X, sample_weight=keep.astype(float))
+    assert_same_model(ours, ref)
+    assert_allclose(ours.score(X, sample_weight=keep), ref.score(X[keep]), rtol=RTOL)
+    assert_allclose(ours.bic(X, sample_weight=keep), ref.bic(X[keep]), rtol=RTOL)
+
+
+def test_real_weights_scale_free(weighted):
+    """Weights w and c*w give the same model; the lower bound is a weighted mean."""
+    X, w, _ = weighted
+    start = sk_start(X, "diag")
+    kw = dict(covariance_type="diag", tol=1e-8, max_iter=500, chunk_rows=70, **start)
+    a = GaussianMixture(3, **kw).fit(X, sample_weight=w * 0.37)
+    b = GaussianMixture(3, **kw).fit(X, sample_weight=w)
+    assert_same_model(a, b, rtol=1e-9)
+    logdens = a.score_samples(X)
+    assert_allclose(a.score(X, sample_weight=w * 0.37), np.average(logdens, weights=w),
+                    rtol=1e-12)
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "random"])
+def test_weighted_fit_from_own_initialisation(weighted, init_params):
+    """A seeded weighted fit runs and ends at a fixed point of EM on the repeated rows:
+    one more scikit-learn iteration from it changes nothing."""
+    X, w, R = weighted
+    ours = GaussianMixture(3, tol=1e-10, max_iter=1000, random_state=0,
+                           init_params=init_params, chunk_rows=100).fit(X, sample_weight=w)
+    ref = SkGaussianMixture(3, max_iter=1, tol=0.0, weights_init=ours.weights_,
+                            means_init=ours.means_, precisions_init=ours.precisions_)
+    with pytest.warns(ConvergenceWarning):  # one iteration
+        ref.fit(R)
+    assert_allclose(ref.means_, ours.means_, rtol=1e-6, atol=1e-8)
+    assert_allclose(ref.weights_, ours.weights_, rtol=1e-6)
+
+
+def test_weighted_fit_on_a_cluster(weighted, cluster_client):
+    X, w, R = weighted
+    start = sk_start(R, "full")
+    kw = dict(tol=1e-6, max_iter=500, **start)
+    ref = SkGaussianMixture(3, **kw).fit(R)
+    Xin, win = _inputs(X, w, "dask")
+    ours = GaussianMixture(3, chunk_rows=None, cache=False, **kw).fit(Xin, sample_weight=win)
+    assert_same_model(ours, ref)
+    assert_allclose(ours.bic(Xin, sample_weight=win), ref.bic(R), rtol=RTOL)
+
+
+###############################################################################
+# Checkpoints
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_at(n):
+    def callback(event):
+        if event.n_iter == n:
+            raise Crash(f"stopped at iteration {n}")
+    return callback
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dask"])
+def test_checkpoint_of_other_weights_is_not_resumed(weighted, tmp_path, caplog, kind):
+    X, w, _ = weighted
+    Xin, win = _inputs(X, w, kind)
+    _, other = _inputs(X, w + 1, kind)
+    kw = dict(tol=0.0, max_iter=8, random_state=0, chunk_rows=None)  # never converges
+    path = tmp_path / "ckpt"
+
+    def interrupted():
+        Checkpoint(path).remove()
+        with pytest.raises(Crash):
+            GaussianMixture(3, **kw).fit(Xin, sample_weight=win, callback=_crash_at(5),
+                                         checkpoint=Checkpoint(path, every=1))
+
+    interrupted()
+    with pytest.warns(ConvergenceWarning):
+        same = GaussianMixture(3, **kw).fit(Xin, sample_weight=win,
+                                            checkpoint=Checkpoint(path, every=1))
+    assert same.resumed_iteration_ == 4
+    for weights in (other, None):
+        interrupted()
+        with pytest.warns(ConvergenceWarning):
+            fit = GaussianMixture(3, **kw).fit(Xin, sample_weight=weights,
+                                               checkpoint=Checkpoint(path, every=1))
+        assert fit.resumed_iteration_ == 0
+    assert "belongs to another fit" in caplog.text
+
+
+###############################################################################
+# Errors
+
+
+@pytest.mark.parametrize("bad", [-1.0, np.nan, np.inf])
+def test_bad_numpy_weight_is_located(bad):
+    X = make_blobs(300, 2, 2)
+    w = np.ones(300)
+    w[217] = bad
+    gm = GaussianMixture(2, chunk_rows=100)
+    msg = (rf"sample_weight holds {re.escape(repr(bad))} at row 217 \(chunk 2 of numpy "
+           r"array, rows 200 to 299\): sample weights must be finite and >= 0")
+    with pytest.raises(ValueError, match=msg):
+        gm.fit(X, sample_weight=w)
+
+
+@pytest.mark.parametrize("bad", [-2.5, np.nan, -np.inf])
+def test_bad_dask_weight_is_located_by_the_pass(bad):
+    X = make_blobs(300, 2, 2)
+    w = np.ones(300)
+    w[131] = bad
+    gm = GaussianMixture(2, chunk_rows=None, init_params="random")
+    msg = (rf"sample_weight holds {re.escape(repr(bad))} at row 131 \(chunk 1 of dask "
+           r"array, rows 100 to 199\)")
+    with pytest.raises(ValueError, match=msg):
+        gm.fit(da.from_array(X, chunks=(100, 2)), sample_weight=da.from_array(w, chunks=60))
+
+
+def test_weights_of_the_wrong_shape():
+    X = make_blobs(300, 2, 2)
+    for w, shown in ((np.ones(299), r"\(299,\)"), (da.ones(301, chunks=100), r"\(301,\)"),
+                     (np.ones((300, 1)), r"\(300, 1\)")):
+        with pytest.raises(ValueError, match=rf"sample_weight has shape {shown} but the "
+                                             r"numpy array has 300 rows: give one weight"):
+            GaussianMixture(2).fit(X, sample_weight=w)
+    unknown = da.from_array(np.ones(300), chunks=100)
+    unknown = unknown[unknown > 0]
+    with pytest.raises(ValueError, match=r"unknown chunk sizes.*compute_chunk_sizes"):
+        GaussianMixture(2).fit(X, sample_weight=unknown)
+    with pytest.raises(ValueError, match=r"non-numeric dtype"):
+        GaussianMixture(2).fit(X, sample_weight=np.array(["a"] * 300))
+
+
+def test_all_zero_weights():
+    X = make_blobs(300, 2, 2)
+    with pytest.raises(ValueError, match=r"Every sample weight of the numpy array is zero"):
+        GaussianMixture(2).fit(X, sample_weight=np.zeros(300))
+    with pytest.raises(ValueError, match=r"Every sample weight of the dask array is zero"):
+        GaussianMixture(2, init_params="random").fit(
+            da.from_array(X, chunks=100), sample_weight=da.zeros(300, chunks=100))
+    gm = GaussianMixture(2, random_state=0).fit(X)
+    with pytest.raises(ValueError, match=r"Every sample weight of the dask array is zero"):
+        gm.score(da.from_array(X, chunks=100), sample_weight=da.zeros(300, chunks=100))
+
+
+def test_weights_travel_chunked_like_the_rows():
+    X = make_blobs(300, 2, 2)
+    dataset = with_weights(as_dataset(da.from_array(X, chunks=(70, 2)), chunk_rows=None),
+                           da.arange(300, chunks=110))
+    assert dataset.weights.chunks[0] == dataset.array.chunks[0]
+    assert_allclose(dataset.weights.compute(), np.arange(300))
