@@ -4,9 +4,18 @@ implements, and the few helpers they share. Pure numpy and scipy."""
 from __future__ import annotations
 
 import abc
+import functools
+import math
+import os
 
 import numpy as np
 from scipy import linalg
+
+# DASKGMM_KERNELS picks the E-step of 'diag' and 'spherical': 'auto' (the default) the
+# compiled one-pass kernel (._fused) when numba is installed, else numpy; 'numba' the
+# compiled kernel or an error; 'numpy' the numpy path, the reference.
+KERNELS_VARIABLE = "DASKGMM_KERNELS"
+_KERNEL_CHOICES = ("auto", "numba", "numpy")
 
 
 class CovarianceError(ValueError):
@@ -41,6 +50,36 @@ def overflow_message(component, covariance_type):
         "arithmetic (their squares overflow). Scale the input data, for instance with "
         "sklearn.preprocessing.StandardScaler."
     )
+
+
+@functools.cache
+def _compiled():
+    try:
+        from . import _fused
+    except ImportError:  # numba is not installed (or does not work with this numpy)
+        return None
+    return _fused
+
+
+def fused_module():
+    """The module of the compiled one-pass E-step (:mod:`._fused`), or None when the
+    numpy path is to run: ``DASKGMM_KERNELS=numpy``, or numba is not installed."""
+    choice = os.environ.get(KERNELS_VARIABLE, "auto").strip().lower() or "auto"
+    if choice not in _KERNEL_CHOICES:
+        raise ValueError(
+            f"{KERNELS_VARIABLE}={os.environ[KERNELS_VARIABLE]!r} is not one of "
+            f"{list(_KERNEL_CHOICES)}. Unset it, or set {KERNELS_VARIABLE}=numpy to run "
+            "the numpy kernels."
+        )
+    if choice == "numpy":
+        return None
+    module = _compiled()
+    if module is None and choice == "numba":
+        raise ImportError(
+            f"{KERNELS_VARIABLE}=numba, but numba cannot be imported. Install it "
+            f"(pip install numba), or unset {KERNELS_VARIABLE} to run the numpy kernels."
+        )
+    return module
 
 
 def add_to_diagonal(a, value):
@@ -97,6 +136,12 @@ class CovarianceModel(abc.ABC):
         """``s2``: second moments of the rows about each component's current mean,
         weighted by the responsibilities ``resp`` (n_rows, k). ``after_e_step``: the
         workspace still holds this block's E-step of :meth:`squared_mahalanobis`."""
+
+    def fused_e_step(self, weights, means, precisions_cholesky, shift):
+        """The compiled one-pass E-step of these parameters (an object with ``stats(X)``,
+        ``rows(X)`` and ``score(X, what)``, see :class:`._fused.OnePass`), or None: the
+        caller runs the numpy path. Only the variance types have one."""
+        return None
 
     # ------------------------------------------------------------------ M-step
 
@@ -191,6 +236,19 @@ class VarianceModel(CovarianceModel):
 
     def precisions_cholesky(self, covariances):
         return positive_variances(covariances, self.name)
+
+    def fused_e_step(self, weights, means, precisions_cholesky, shift):
+        fused = fused_module()
+        if fused is None:
+            return None
+        n_features = means.shape[1]
+        factors = np.broadcast_to(
+            precisions_cholesky.reshape(len(precisions_cholesky), -1), means.shape)
+        # as daskgmm.kernels.estimate_weighted_log_prob
+        const = (self.log_det_cholesky(precisions_cholesky, n_features)
+                 - 0.5 * n_features * math.log(2 * math.pi) + np.log(weights))
+        return fused.OnePass(*(np.ascontiguousarray(a, dtype=np.float64)
+                               for a in (shift, means, factors, const)))
 
     def precisions_cholesky_from_precisions(self, precisions):
         return np.sqrt(precisions)

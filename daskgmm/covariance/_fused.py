@@ -1,0 +1,282 @@
+"""The one-pass E-step of the variance types ('diag', 'spherical'), compiled by numba.
+
+The numpy path (:func:`daskgmm.kernels.chunk_stats` with :func:`._base.centred_squares`,
+:func:`._base.weighted_squares`, :func:`daskgmm.kernels.log_prob_resp` and
+:func:`._base.squares_statistic`) makes several passes over each block of rows. Here
+each tile of rows is read once: for every row, the squared Mahalanobis distance to
+every component, ``sum_j ((x_j - mu_kj) * p_kj)**2`` (each mean subtracted before
+squaring: exact centring; each difference whitened before squaring: no spurious
+overflow, as :func:`._base.refine_overflowed` gives), the log-sum-exp over components,
+the responsibilities, and their sums ``nk``, ``s1 = sum r x`` and ``s2 = sum r (x -
+mu)**2`` (centred on the current means). The conventions are those of the numpy path,
+which stays the reference the tests compare against:
+
+* a term ``log p_k - max`` is clipped at ``_LOG_TINY`` (-700); a responsibility below
+  ``exp(_LOG_RESP_ZERO)`` (~1e-200) counts as 0 in the statistics;
+* a row whose density underflows float64 under every component has log-density -inf
+  and equal responsibilities; a row holding NaN has NaN log-density, responsibilities
+  and statistics (the caller locates it);
+* a row adds nothing to a component whose responsibility is 0, even when its distance
+  to that mean overflows (as :func:`._base.refine_statistic` gives).
+
+The results differ from the numpy path only by the order of rounding (sums over
+features, components and rows are taken in another order). Terms ``exp(log p_k -
+max) < exp(-50)`` (~2e-22) are left out of the log-sum-exp: they change it by less than
+its rounding. Every function is compiled once per process (``cache=True`` keeps the
+machine code on disk) and releases the GIL, so Dask's threads run chunks in parallel.
+
+Importing this module imports numba; :func:`._base.fused_module` imports it only when
+numba is installed and ``DASKGMM_KERNELS`` is not ``numpy``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+# The numpy path's conventions (daskgmm.kernels._LOG_TINY, _LOG_RESP_ZERO).
+_LOG_TINY = -700.0
+_LOG_RESP_ZERO = -460.0
+# exp() of a term below this adds less than a rounding error to a sum that holds 1.
+_LOG_NEGLIGIBLE = -50.0
+# Rows per tile: the tile's temporaries (n_components + 2 * n_features doubles a row)
+# stay in the L1/L2 cache.
+_TILE = 256
+
+_jit = numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
+
+
+@_jit
+def _tile_distances(X, start, n_rows, shift, means, factors, xs, xt, dist):
+    """Shifted rows ``start:start + n_rows`` of ``X`` in ``xs`` (rows x features) and
+    ``xt`` (features x rows); their squared distances in ``dist`` (components x rows)."""
+    n_features = X.shape[1]
+    for i in range(n_rows):
+        for j in range(n_features):
+            v = X[start + i, j] - shift[j]
+            xs[i, j] = v
+            xt[j, i] = v
+    for c in range(means.shape[0]):
+        for i in range(n_rows):
+            dist[c, i] = 0.0
+        for j in range(n_features):
+            mu = means[c, j]
+            p = factors[c, j]
+            for i in range(n_rows):
+                t = (xt[j, i] - mu) * p
+                dist[c, i] += t * t
+
+
+@_jit
+def _log_resp(dist, i, const, log_resp, terms):
+    """Log-responsibilities of row ``i`` (from its squared distances ``dist[:, i]``) in
+    ``log_resp``, and ``terms[c] = exp(log p_c - max)`` where it is above
+    ``exp(_LOG_NEGLIGIBLE)`` (0 elsewhere); returns the row's log-density and the sum of
+    ``terms``."""
+    n_components = const.shape[0]
+    amax = -np.inf
+    for c in range(n_components):
+        v = dist[c, i] * -0.5 + const[c]
+        log_resp[c] = v
+        if v != v:  # NaN in the row
+            for c2 in range(n_components):
+                log_resp[c2] = np.nan
+                terms[c2] = np.nan
+            return np.nan, np.nan
+        if v > amax:
+            amax = v
+    if amax == -np.inf:  # the density underflows under every component
+        total = 0.0
+        for _ in range(n_components):
+            total += math.exp(_LOG_TINY)
+        log_total = math.log(total)
+        for c in range(n_components):
+            log_resp[c] = _LOG_TINY - log_total
+            terms[c] = 0.0
+        return -np.inf, total
+    total = 0.0
+    for c in range(n_components):
+        t = log_resp[c] - amax
+        log_resp[c] = t
+        if t == 0.0:
+            e = 1.0
+        elif t > _LOG_NEGLIGIBLE:
+            e = math.exp(t)
+        else:
+            e = 0.0
+        terms[c] = e
+        total += e
+    log_total = math.log(total)
+    for c in range(n_components):
+        log_resp[c] = max(log_resp[c], _LOG_TINY) - log_total
+    return log_total + amax, total
+
+
+@_jit
+def _responsibility(log_resp, terms, total, c):
+    """Row's responsibility of component ``c`` from :func:`_log_resp`'s results:
+    ``terms[c] / total`` (= exp(log_resp[c]) up to rounding, without another exp)."""
+    if terms[c] > 0.0:
+        return terms[c] / total
+    return math.exp(log_resp[c])
+
+
+# Sums of rows in any order (the vector loop keeps one partial sum per lane): only
+# reassociation, which changes how the sums round; no other fast-math flag (NaN and inf
+# keep their meaning).
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
+def _moments(r, x, mu, n_rows):
+    """``sum_i r_i``, ``sum_i r_i x_i`` and ``sum_i r_i (x_i - mu)**2`` over ``n_rows``
+    rows."""
+    total = first = second = 0.0
+    for i in range(n_rows):
+        d = x[i] - mu
+        total += r[i]
+        first += r[i] * x[i]
+        second += r[i] * (d * d)
+    return total, first, second
+
+
+@_jit
+def _add_tile_stats(resp, xt, means, n_rows, nk, s1, s2):
+    """Adds sum_i r_ci, sum_i r_ci x_ji and sum_i r_ci (x_ji - mu_cj)**2 over the tile's
+    rows (``resp`` components x rows, ``xt`` features x rows) to ``nk``, ``s1``, ``s2``.
+    A row whose responsibility is 0 adds 0, even when its distance to the mean
+    overflows (the vector loop makes NaN of 0 * inf: such a sum is taken again)."""
+    n_components, n_features = means.shape
+    for c in range(n_components):
+        r = resp[c]
+        for j in range(n_features):
+            x = xt[j]
+            mu = means[c, j]
+            total, first, second = _moments(r, x, mu, n_rows)
+            if second != second:
+                second = 0.0
+                for i in range(n_rows):
+                    if r[i] != 0.0:
+                        d = x[i] - mu
+                        second += r[i] * (d * d)
+            s1[c, j] += first
+            s2[c, j] += second
+        nk[c] += total
+
+
+@_jit
+def _stats(X, weights, shift, means, factors, const, nk, s1, s2):
+    """Adds the statistics of the rows of ``X`` to ``nk``, ``s1``, ``s2``; returns the
+    sum of their log-densities. With ``weights`` (not empty) each row's responsibilities
+    and log-density are multiplied by its weight (a row of weight 0 adds nothing, even
+    when its density underflows). Sums run per tile, then across tiles."""
+    n_samples, n_features = X.shape
+    n_components = means.shape[0]
+    xs = np.empty((_TILE, n_features))
+    xt = np.empty((n_features, _TILE))
+    dist = np.empty((n_components, _TILE))
+    resp = np.empty((n_components, _TILE))
+    log_resp = np.empty(n_components)
+    terms = np.empty(n_components)
+    weighted = weights.shape[0] > 0
+    log_likelihood = 0.0
+    for start in range(0, n_samples, _TILE):
+        n_rows = min(_TILE, n_samples - start)
+        _tile_distances(X, start, n_rows, shift, means, factors, xs, xt, dist)
+        tile_log_likelihood = 0.0
+        for i in range(n_rows):
+            log_density, total = _log_resp(dist, i, const, log_resp, terms)
+            w = weights[start + i] if weighted else 1.0
+            if not weighted:
+                tile_log_likelihood += log_density
+            elif w > 0.0:
+                tile_log_likelihood += w * log_density
+            for c in range(n_components):
+                if log_resp[c] < _LOG_RESP_ZERO:
+                    resp[c, i] = 0.0  # (NaN goes on, and spoils the sums)
+                elif weighted:
+                    resp[c, i] = _responsibility(log_resp, terms, total, c) * w
+                else:
+                    resp[c, i] = _responsibility(log_resp, terms, total, c)
+        _add_tile_stats(resp, xt, means, n_rows, nk, s1, s2)
+        log_likelihood += tile_log_likelihood
+    return log_likelihood
+
+
+@_jit
+def _scores(X, shift, means, factors, const, log_norm, component, responsibility, proba):
+    """Per row: log-density, most probable component and its responsibility; with a
+    non-empty ``proba`` (rows x components) every responsibility."""
+    n_samples, n_features = X.shape
+    n_components = means.shape[0]
+    xs = np.empty((_TILE, n_features))
+    xt = np.empty((n_features, _TILE))
+    dist = np.empty((n_components, _TILE))
+    log_resp = np.empty(n_components)
+    terms = np.empty(n_components)
+    with_proba = proba.shape[0] > 0
+    for start in range(0, n_samples, _TILE):
+        n_rows = min(_TILE, n_samples - start)
+        _tile_distances(X, start, n_rows, shift, means, factors, xs, xt, dist)
+        for i in range(n_rows):
+            row = start + i
+            log_norm[row], total = _log_resp(dist, i, const, log_resp, terms)
+            best = 0  # the first maximum (a NaN row: 0, as numpy's argmax)
+            for c in range(1, n_components):
+                if log_resp[c] > log_resp[best]:
+                    best = c
+            component[row] = best
+            responsibility[row] = _responsibility(log_resp, terms, total, best)
+            if with_proba:
+                for c in range(n_components):
+                    proba[row, c] = _responsibility(log_resp, terms, total, c)
+
+
+@dataclass(frozen=True)
+class OnePass:
+    """The compiled E-step of one model with variances ('diag', 'spherical').
+
+    ``factors`` (n_components, n_features) are the precision factors 1 / std per feature
+    (a 'spherical' model's repeated); ``const`` is log w_k + log det of the factor -
+    d/2 log(2 pi). Rows given to the methods are unshifted (the engine's ``shift`` is
+    subtracted here, as in :func:`daskgmm.kernels.chunk_stats`).
+    """
+
+    shift: np.ndarray
+    means: np.ndarray
+    factors: np.ndarray
+    const: np.ndarray
+
+    def stats(self, X, weights=None):
+        """``(nk, s1, s2, log_likelihood)`` of the rows ``X``, as
+        :func:`daskgmm.kernels.chunk_stats` gathers them; ``weights``: the rows' sample
+        weights (None: all 1)."""
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        weights = np.empty(0) if weights is None else np.ascontiguousarray(
+            weights, dtype=np.float64)
+        n_components, n_features = self.means.shape
+        nk = np.zeros(n_components)
+        s1 = np.zeros((n_components, n_features))
+        s2 = np.zeros((n_components, n_features))
+        log_likelihood = _stats(X, weights, self.shift, self.means, self.factors, self.const,
+                                nk, s1, s2)
+        return nk, s1, s2, float(log_likelihood)
+
+    def rows(self, X, proba=False):
+        """Per row: ``(log_density, component, responsibility)`` (the most probable
+        component, int64, and its responsibility), and with ``proba`` every
+        responsibility (n_samples, n_components) after them."""
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        n = X.shape[0]
+        out = (np.empty(n), np.empty(n, dtype=np.int64), np.empty(n),
+               np.empty((n if proba else 0, self.means.shape[0])))
+        _scores(X, self.shift, self.means, self.factors, self.const, *out)
+        return out if proba else out[:3]
+
+    def score(self, X, what):
+        """As :func:`daskgmm.kernels.score_chunk`: 'score_samples' (log-density),
+        'predict' (component) or 'predict_proba' (responsibilities)."""
+        if what == "predict_proba":
+            return self.rows(X, proba=True)[3]
+        log_density, component, _ = self.rows(X)
+        return component if what == "predict" else log_density
