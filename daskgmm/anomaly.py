@@ -20,7 +20,7 @@ import numpy as np
 from . import kernels, passes
 from .mixture import Mixture
 from .progress import PassCounter
-from .quantiles import RankSketch
+from .quantiles import RankSketch, WeightedRankSketch
 from .sources import Dataset
 
 logger = logging.getLogger(__name__)
@@ -122,9 +122,13 @@ def check_rule(contamination, threshold):
         check_contamination(contamination)
 
 
-def from_sketch(sketch: RankSketch, contamination=None, threshold=None) -> Threshold:
+def from_sketch(sketch: RankSketch | WeightedRankSketch, contamination=None,
+                threshold=None) -> Threshold:
     """The threshold of a sketch of the training log-densities: its ``contamination``
-    quantile, or the fixed ``threshold`` with the fraction of rows at or below it."""
+    quantile, or the fixed ``threshold`` with the fraction of rows at or below it. With
+    sample weights (a :class:`WeightedRankSketch`) the quantile is the weighted one,
+    fractions are of the total weight and the training log-likelihood is the weighted
+    mean."""
     levels = np.asarray(SCORE_QUANTILE_LEVELS)
     quantiles, _ = sketch.quantile(levels)
     if threshold is None:
@@ -135,8 +139,8 @@ def from_sketch(sketch: RankSketch, contamination=None, threshold=None) -> Thres
         value, contamination = float(threshold), None
         ((lo, hi),) = sketch.fraction_at_or_below([threshold])
         bounds = (float(lo), float(hi))
-    return Threshold(value, contamination, bounds, sketch.log_likelihood / sketch.n_samples,
-                     levels, quantiles)
+    return Threshold(value, contamination, bounds,
+                     sketch.log_likelihood / sketch.total_weight, levels, quantiles)
 
 
 def compute(dataset: Dataset, mixture: Mixture, *, contamination=0.01, threshold=None,

@@ -298,7 +298,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # -------------------------------------------------------------- anomalies
 
-    def set_threshold(self, X=None, *, contamination=0.01, threshold=None, callback=None):
+    def set_threshold(self, X=None, *, sample_weight=None, contamination=0.01, threshold=None,
+                      callback=None):
         """Set the log-density threshold below which a row is flagged as an anomaly.
 
         By default the threshold is the ``contamination`` quantile of the log-density of
@@ -315,6 +316,11 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         ----------
         X : the data the model was fitted on (any input :meth:`fit` takes); optional with
             ``threshold``.
+        sample_weight : array-like or dask array of shape (n_samples,), default=None
+            Frequency weights of the rows of ``X`` (as :meth:`fit`): the threshold is
+            the weighted ``contamination`` quantile (for integer weights, the quantile of
+            the rows repeated that many times), bounds and quantiles are fractions of the
+            total weight, ``training_log_likelihood_`` the weighted mean.
         contamination : float in (0, 0.5], default=0.01
             Expected fraction of anomalies in ``X``.
         threshold : float, default=None
@@ -333,7 +339,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """
         check_is_fitted(self)
         anomaly.check_rule(contamination, threshold)  # before reading anything
-        dataset = None if X is None else validation.predict_dataset(self, X)
+        if X is None and sample_weight is not None:
+            raise ValueError("sample_weight was given without X: pass the rows it weighs.")
+        dataset = None if X is None else validation.predict_dataset(self, X, sample_weight)
         counter = PassCounter(callback)
         anomaly.attach(self, anomaly.compute(
             dataset, _mixture_of(self), contamination=contamination, threshold=threshold,

@@ -13,6 +13,15 @@ When the sample is the whole dataset (``n_samples <= init_sample_size``), 'kmean
 and give scikit-learn's initial parameters. The sample depends only on ``random_state``
 and the number of rows: the same seed gives the same model whatever the chunking or the
 number of workers. All restarts of a fit share one sample and one data pass.
+
+With sample weights the sample is drawn with probability proportional to weight: when
+the rows fit, it is every row of positive weight, and k-means (its k-means++ seeding
+too), 'k-means++' and 'random_from_data' take the weights as scikit-learn's
+``sample_weight`` (``p`` for the latter); otherwise ``init_sample_size`` rows are drawn
+without replacement with probability proportional to weight (keys hashed from the row
+index, as for 'random': independent of the chunking), in one pass over the weights, and
+the sample is used unweighted. The statistics of the pass over all rows are weighted,
+and initial weights are divided by the total weight.
 """
 
 from __future__ import annotations
@@ -20,11 +29,12 @@ from __future__ import annotations
 import logging
 import time
 
+import dask
 import numpy as np
 from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.utils import check_random_state
 
-from . import kernels, passes
+from . import kernels, passes, sources
 from .kernels import Params
 from .progress import PassCounter
 from .sources import Dataset
@@ -36,23 +46,44 @@ _SHIFT_ROWS = 1000
 
 
 def draw_sample(dataset: Dataset, size: int, random_state):
-    """A uniform random sample of rows (sorted by row index), or all rows if they fit.
+    """A random sample of rows (sorted by row index), or all rows if they fit:
+    ``(sample, sample_weight, total_weight)``.
 
+    Without sample weights the sample is uniform, ``sample_weight`` None and
+    ``total_weight`` the number of rows. With them, all rows of positive weight with
+    their weights when the rows fit, else ``size`` rows drawn with probability
+    proportional to weight (one pass over the weights, then the rows: a sample that
+    stands for the weighted rows as it is, so ``sample_weight`` is None).
     A NaN or infinite value in the sample raises the same located error as a data pass.
     """
     n = dataset.n_samples
+    sample_weight, total = None, n
     if n <= size:
         idx = None
-        sample = np.asarray(dataset.array.compute(), dtype=np.float64)
+        if dataset.weights is None:
+            sample = np.asarray(dataset.array.compute(), dtype=np.float64)
+        else:
+            sample, sample_weight = dask.compute(dataset.array, dataset.weights)
+            sample = np.asarray(sample, dtype=np.float64)
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
+            sources.check_weights(dataset, sample_weight)
+            total = float(sample_weight.sum())
     else:
-        rng = np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
-        idx = np.sort(rng.choice(n, size=size, replace=False))
+        seed = random_state.randint(np.iinfo(np.int32).max)
+        if dataset.weights is None:
+            rng = np.random.default_rng(seed)
+            idx = np.sort(rng.choice(n, size=size, replace=False))
+        else:
+            idx, total = passes.weighted_sample_rows(dataset, size, seed)
         sample = passes.take_rows(dataset, idx)
     bad = kernels.find_nonfinite(sample)
     if bad is not None:
         row = bad[0] if idx is None else int(idx[bad[0]])
         raise passes.locate_nonfinite(dataset, row, bad[1])
-    return sample
+    if sample_weight is not None:  # rows of weight 0 play no part
+        keep = sample_weight > 0
+        sample, sample_weight = sample[keep], sample_weight[keep]
+    return sample, sample_weight, total
 
 
 def data_shift(dataset: Dataset, sample=None):
@@ -170,10 +201,19 @@ def initial_params_grid(
     largest = max(k for k, _ in grid)
     size = max(init_sample_size, largest)
     needs_sample = init_params != "random"
-    sample = draw_sample(dataset, size, sample_rs) if needs_sample else None
+    sample, sample_weight, total = (draw_sample(dataset, size, sample_rs) if needs_sample
+                                    else (None, None, n))
     shift = data_shift(dataset, sample)
     if needs_sample and n > size:
+        if dataset.weights is not None:  # the pass over the weights, then the rows'
+            counter.done("initialization")
         counter.done("initialization")
+    if needs_sample and sample.shape[0] < largest:
+        raise ValueError(
+            f"Only {sample.shape[0]} rows of the {dataset.description} have a positive "
+            f"sample weight, fewer than n_components={largest}. Use at most "
+            f"n_components={sample.shape[0]}, or give more rows a positive weight."
+        )
     d = shift.size
 
     out, work = [], []
@@ -186,7 +226,8 @@ def initial_params_grid(
                 key = (k, r)
                 if shared or key not in centers_cache:
                     km = KMeans(n_clusters=k, n_init=1, random_state=rs)
-                    centers_cache[key] = km.fit(sample).cluster_centers_
+                    centers_cache[key] = km.fit(
+                        sample, sample_weight=sample_weight).cluster_centers_
                 centers = centers_cache[key]
                 work.append((centers, _placeholder(covariance_type, centers - shift, shift)))
                 entry.append(None)
@@ -195,11 +236,15 @@ def initial_params_grid(
                 work.append((seed, _placeholder(covariance_type, np.zeros((k, d)), shift)))
                 entry.append(None)
             elif init_params == "k-means++":
-                _, idx = kmeans_plusplus(sample, k, random_state=rs)
-                entry.append(_one_hot_params(sample[idx], covariance_type, reg_covar, n, shift))
+                _, idx = kmeans_plusplus(sample, k, random_state=rs,
+                                         sample_weight=sample_weight)
+                entry.append(_one_hot_params(sample[idx], covariance_type, reg_covar, total,
+                                             shift))
             else:  # random_from_data
-                idx = rs.choice(sample.shape[0], size=k, replace=False)
-                entry.append(_one_hot_params(sample[idx], covariance_type, reg_covar, n, shift))
+                idx = rs.choice(sample.shape[0], size=k, replace=False, p=None if (
+                    sample_weight is None) else sample_weight / sample_weight.sum())
+                entry.append(_one_hot_params(sample[idx], covariance_type, reg_covar, total,
+                                             shift))
         out.append(entry)
     if work:
         chunk_fn = (passes.hard_assignment_chunk if init_params == "kmeans"

@@ -438,18 +438,38 @@ def hard_assignment_stats(X, centers, params: Params, weights=None) -> Stats:
     return responsibility_stats(X, params, nearest, weights)
 
 
-def random_resp(seed, row_start, n_rows, n_components):
-    """Uniform random responsibilities normalised per row, a function of the global row
-    index only (SplitMix64 hash), so they do not depend on the chunking."""
-    idx = (np.arange(row_start, row_start + n_rows, dtype=np.uint64)[:, None]
-           * np.uint64(n_components) + np.arange(n_components, dtype=np.uint64))
+def _hash_uniform(idx, seed):
+    """Uniform numbers in [0, 1), a SplitMix64 hash of the uint64 indices ``idx``."""
     with np.errstate(over="ignore"):
         z = idx + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    u = (z >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+
+def random_resp(seed, row_start, n_rows, n_components):
+    """Uniform random responsibilities normalised per row, a function of the global row
+    index only (SplitMix64 hash), so they do not depend on the chunking."""
+    idx = (np.arange(row_start, row_start + n_rows, dtype=np.uint64)[:, None]
+           * np.uint64(n_components) + np.arange(n_components, dtype=np.uint64))
+    u = _hash_uniform(idx, seed)
     return u / u.sum(axis=1, keepdims=True)
+
+
+def sample_keys(seed, row_start, weights):
+    """Keys of weighted sampling without replacement (Efraimidis and Spirakis): the rows
+    of the largest keys ``log(u) / w`` are a sample drawn with probability proportional
+    to weight, one row after another. ``u`` is a hash of the global row index (from
+    ``row_start``), so the sample does not depend on the chunking; a row of weight 0 has
+    key -inf (never drawn)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    idx = np.arange(row_start, row_start + weights.shape[0], dtype=np.uint64)
+    u = _hash_uniform(idx, seed) + 0.5 / 2**53  # in (0, 1)
+    keys = np.full(weights.shape, -np.inf)
+    positive = weights > 0
+    keys[positive] = np.log(u[positive]) / weights[positive]
+    return keys
 
 
 def random_resp_stats(X, seed, row_start, params: Params, weights=None) -> Stats:

@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from . import kernels, quantiles
 from .kernels import Params, Stats
-from .quantiles import RankSketch, combine_sketches
+from .quantiles import RankSketch, WeightedRankSketch, combine_sketches
 from .sources import Dataset, all_zero_weights_error, bad_weight_error, current_client
 
 try:  # dask's task classes, public in recent dask (the same classes before)
@@ -256,7 +256,8 @@ class ClusterLostError(ConnectionError):
 _PASS_NAMES = {"em_chunk": "an EM iteration", "hard_assignment_chunk": "the initialisation",
                "random_resp_chunk": "the initialisation",
                "_log_likelihood_chunk": "a scoring pass", "_sketch_chunk": "a threshold pass",
-               "_take": "the initialisation's sample"}
+               "_take": "the initialisation's sample",
+               "_sample_keys_chunk": "the initialisation's weighted sample"}
 
 
 @contextlib.contextmanager
@@ -328,9 +329,60 @@ def _log_likelihood_chunk(block, params, row_start, weights=None):
     return kernels.chunk_log_likelihood(block, params, weights)
 
 
-def _sketch_chunk(block, params, n_points, row_start):
-    return [RankSketch.from_values(kernels.score_chunk(block, p, "score_samples"), n_points)
-            for p in params]
+def _sketch_chunk(block, params, n_points, row_start, weights=None):
+    if weights is None:
+        return [RankSketch.from_values(kernels.score_chunk(block, p, "score_samples"),
+                                       n_points) for p in params]
+    return [WeightedRankSketch.from_values(kernels.score_chunk(block, p, "score_samples"),
+                                           weights, n_points) for p in params]
+
+
+@dataclass
+class SampleKeys:
+    """The (at most ``size``) rows of largest sampling keys among some rows: their
+    global indices and keys (:func:`daskgmm.kernels.sample_keys`); ``weight``: the total
+    weight of all those rows."""
+
+    rows: np.ndarray
+    keys: np.ndarray
+    size: int
+    weight: float
+    log_likelihood: float = 0.0  # nothing to check: the weights are checked as read
+
+
+def combine_sample_keys(parts) -> SampleKeys:
+    """Merge :class:`SampleKeys`: the ``size`` largest keys (ties: the lower row)."""
+    rows = np.concatenate([p.rows for p in parts])
+    keys = np.concatenate([p.keys for p in parts])
+    size = parts[0].size
+    order = np.lexsort((rows, -keys))[:size]
+    return SampleKeys(rows[order], keys[order], size, sum((p.weight for p in parts), 0.0))
+
+
+def _sample_keys_chunk(block, seed, size, description, label, row_start):
+    """The sampling keys of one chunk of weights (a one-column block), checked."""
+    weights = np.asarray(block, dtype=np.float64)[:, 0]
+    bad = kernels.find_bad_weight(weights)
+    if bad is not None:
+        raise bad_weight_error(description, label, row_start, row_start + len(weights),
+                               row_start + bad, float(weights[bad]))
+    keys = kernels.sample_keys(seed, row_start, weights)
+    rows = np.arange(row_start, row_start + len(weights), dtype=np.int64)
+    return combine_sample_keys([SampleKeys(rows, keys, size, float(weights.sum()))])
+
+
+def weighted_sample_rows(dataset: Dataset, size: int, seed: int):
+    """Sorted global indices of ``size`` rows drawn without replacement with probability
+    proportional to their sample weight (all rows of positive weight when they are
+    fewer), and the total weight: one pass over the weights only, whose result does not
+    depend on the chunking."""
+    weights = Dataset(dataset.weights[:, None], None, dataset.description,
+                      list(dataset.chunk_labels), dataset.lazy)
+    labels = [dataset.chunk_label(i) for i in range(len(dataset.array.chunks[0]))]
+    top = data_pass(weights, _sample_keys_chunk, (seed, size, dataset.description),
+                    combine=combine_sample_keys, per_chunk=labels)
+    check_total_weight(dataset, top.weight)
+    return np.sort(top.rows[np.isfinite(top.keys)]), top.weight
 
 
 ###############################################################################
@@ -353,7 +405,8 @@ def check_total_weight(dataset: Dataset, total: float):
 
 
 def sketch_pass(dataset: Dataset, params: list[Params]):
-    """Per model, a :class:`RankSketch` of the log-densities of all rows (one pass).
+    """Per model, a :class:`RankSketch` of the log-densities of all rows (one pass);
+    with sample weights a :class:`WeightedRankSketch` (weighted quantiles).
 
     The sketches give the total log-likelihood and row count as :func:`score_pass`
     does, and quantiles of the log-density with a guaranteed rank error: each chunk
@@ -363,8 +416,10 @@ def sketch_pass(dataset: Dataset, params: list[Params]):
     n = dataset.n_samples
     points = [quantiles.sketch_points(int(rows), n) for rows in dataset.array.chunks[0]]
     # Sketches combine by concatenation: gather them flat rather than through a tree.
-    return data_pass(dataset, _sketch_chunk, (params,), combine=combine_sketches,
-                     split_every=None, per_chunk=points)
+    sketches = data_pass(dataset, _sketch_chunk, (params,), combine=combine_sketches,
+                         split_every=None, per_chunk=points)
+    check_total_weight(dataset, sketches[0].total_weight if sketches else 0.0)
+    return sketches
 
 
 ###############################################################################

@@ -17,6 +17,20 @@ row per chunk (each kept value's rank in its own chunk is exact; only the other 
 counts are estimated). A chunk of at most ``n_points`` rows is kept whole, and when every chunk
 is, :meth:`RankSketch.quantile` equals ``numpy.quantile`` (linear interpolation). The
 bounds actually reached are returned with every quantile, so callers can report them.
+
+Sample weights
+--------------
+:class:`WeightedRankSketch` is the same summary of values with frequency weights: a
+value of weight ``w`` counts as ``w`` rows, and rows of weight 0 are left out. Each chunk
+keeps its sorted values at evenly spaced cumulative weights, with the weight of its rows
+sorted before each kept value and up to it; the bounds above hold with weights in place
+of row counts (at most 1/2048 of the total weight off, plus the largest kept weight per
+chunk). The quantile at level ``q`` is read at position ``q (W - 1)`` (``W`` the total
+weight) of the values laid out by weight: a value of weight ``w`` whose predecessors
+weigh ``C`` spans the positions ``C`` to ``C + w - 1``, with linear interpolation between
+neighbours. So for integer weights, when every chunk is kept whole, it equals
+``numpy.quantile(numpy.repeat(values, weights))``; a weight below 1 gives its value a
+single position.
 """
 
 from __future__ import annotations
@@ -79,6 +93,11 @@ class RankSketch:
     @property
     def n_samples(self) -> int:
         return int(sum(self.counts))
+
+    @property
+    def total_weight(self) -> int:
+        """The rows summarised (each weighs 1)."""
+        return self.n_samples
 
     def __add__(self, other: RankSketch) -> RankSketch:
         return RankSketch(
@@ -165,10 +184,160 @@ class RankSketch:
 
 
 def combine_sketches(parts) -> RankSketch:
-    """Combine a list of sketches (or of lists of per-candidate sketches)."""
+    """Combine a list of sketches (or of lists of per-candidate sketches), all of one
+    kind (:class:`RankSketch` or :class:`WeightedRankSketch`)."""
     if parts and isinstance(parts[0], list):
         return [combine_sketches(list(group)) for group in zip(*parts, strict=True)]
+    if parts and isinstance(parts[0], WeightedRankSketch):
+        return WeightedRankSketch(
+            *([x for p in parts for x in getattr(p, name)]
+              for name in ("values", "below", "upto", "totals", "counts")),
+            sum((p.log_likelihood for p in parts), 0.0))
     return RankSketch(
         [v for p in parts for v in p.values], [r for p in parts for r in p.ranks],
         [c for p in parts for c in p.counts], sum((p.log_likelihood for p in parts), 0.0),
     )
+
+
+@dataclass
+class WeightedRankSketch:
+    """Sorted values of chunks with frequency weights, at known cumulative weights (see
+    the module's notes): a value of weight ``w`` counts as ``w`` rows.
+
+    Attributes
+    ----------
+    values : list of ndarray
+        Per chunk, the kept values in increasing order (its first and last value of
+        positive weight always kept).
+    below, upto : list of ndarray of float64
+        Per chunk, the weight of its rows sorted before each kept value, and up to and
+        including it.
+    totals : list of float
+        Per chunk, its total weight.
+    counts : list of int
+        Per chunk, its number of rows of positive weight.
+    log_likelihood : float
+        Weighted sum of the summarised values, ``sum_i w_i v_i``.
+    """
+
+    values: list = field(default_factory=list)
+    below: list = field(default_factory=list)
+    upto: list = field(default_factory=list)
+    totals: list = field(default_factory=list)
+    counts: list = field(default_factory=list)
+    log_likelihood: float = 0.0
+    _cumulative_cache: tuple | None = field(default=None, init=False, repr=False,
+                                            compare=False)
+
+    @classmethod
+    def from_values(cls, values, weights, n_points: int = N_POINTS) -> WeightedRankSketch:
+        """The sketch of ``values`` with ``weights`` (finite, >= 0; same shape)."""
+        values = np.asarray(values, dtype=np.float64).ravel()
+        weights = np.asarray(weights, dtype=np.float64).ravel()
+        keep = weights > 0
+        values, weights = values[keep], weights[keep]
+        n = values.shape[0]
+        if n == 0:
+            return cls()
+        order = np.argsort(values, kind="stable")
+        v, w = values[order], weights[order]
+        upto = np.cumsum(w)
+        total = float(upto[-1])
+        if n <= n_points:
+            idx = np.arange(n)
+        else:  # the first value reaching each of n_points evenly spaced weights
+            targets = np.linspace(0.0, total, n_points)
+            idx = np.unique(np.minimum(np.searchsorted(upto, targets), n - 1))
+            idx = np.union1d(idx, [0, n - 1])
+        return cls([v[idx]], [upto[idx] - w[idx]], [upto[idx]], [total], [n],
+                   float(np.dot(w, v)))
+
+    @property
+    def n_samples(self) -> int:
+        """Rows of positive weight summarised."""
+        return int(sum(self.counts))
+
+    @property
+    def total_weight(self) -> float:
+        return float(sum(self.totals))
+
+    def __add__(self, other: WeightedRankSketch) -> WeightedRankSketch:
+        return combine_sketches([self, other])
+
+    def _cumulative(self):
+        """Sorted kept values, their own weights, and bounds on the weight of the rows
+        ``<=`` each of them, with the part of that uncertainty from the value's own chunk."""
+        if self._cumulative_cache is None:
+            values, own_w, d_lo, d_hi, own = [], [], [], [], []
+            for v, below, upto, total in zip(self.values, self.below, self.upto,
+                                             self.totals, strict=True):
+                # weight <= t, for t in [v_j, v_{j+1}): at least upto_j, at most below_{j+1}
+                lo, hi = upto, np.append(below[1:], total)
+                values.append(v)
+                own_w.append(upto - below)
+                d_lo.append(np.diff(lo, prepend=0.0))
+                d_hi.append(np.diff(hi, prepend=0.0))
+                own.append(hi - lo)
+            values = np.concatenate(values)
+            order = np.argsort(values, kind="stable")
+            self._cumulative_cache = (
+                values[order], np.concatenate(own_w)[order],
+                np.cumsum(np.concatenate(d_lo)[order]), np.cumsum(np.concatenate(d_hi)[order]),
+                np.concatenate(own)[order])
+        return self._cumulative_cache
+
+    def quantile(self, levels):
+        """Weighted quantiles at ``levels`` in [0, 1] (see the module's notes).
+
+        Returns
+        -------
+        values : ndarray of float64
+        bounds : ndarray of shape (len(levels), 2)
+            For each returned value ``t``, the lowest and highest possible fraction of
+            the total weight on rows ``<= t``.
+        """
+        levels = np.atleast_1d(np.asarray(levels, dtype=np.float64))
+        if np.any((levels < 0) | (levels > 1)):
+            raise ValueError(f"Quantile levels must lie in [0, 1]; got {levels.tolist()}.")
+        if not self.values:
+            raise ValueError("Cannot compute quantiles of zero rows (or of zero weight).")
+        values, own_w, lower, upper, own = self._cumulative()
+        # estimated weight up to each kept value (its own chunk's exact, the others' at
+        # the middle of their bounds); the value spans positions upto - w to upto - 1
+        upto = lower + 0.5 * (upper - lower - own)
+        first = upto - own_w
+        last = np.maximum(first, upto - 1.0)
+        positions = np.maximum.accumulate(np.column_stack([first, last]).ravel())
+        q = np.interp(levels * (self.total_weight - 1.0), positions, np.repeat(values, 2))
+        return q, self._bounds(q, values, lower, upper)
+
+    def fraction_at_or_below(self, t):
+        """Lowest and highest possible fraction of the total weight on rows ``<= t``,
+        shape (len(t), 2)."""
+        if not self.values:
+            raise ValueError("Cannot compute fractions of zero rows (or of zero weight).")
+        values, _, lower, upper, _ = self._cumulative()
+        return self._bounds(np.atleast_1d(np.asarray(t, dtype=np.float64)), values, lower,
+                            upper)
+
+    def _bounds(self, t, values, lower, upper):
+        idx = np.searchsorted(values, t, side="right") - 1
+        lo = np.where(idx >= 0, lower[np.maximum(idx, 0)], 0.0)
+        hi = np.where(idx >= 0, upper[np.maximum(idx, 0)], 0.0)
+        return np.stack([lo, hi], axis=1) / self.total_weight
+
+    def weighted_values(self):
+        """Kept values with the weight each stands for (for histograms)."""
+        if not self.values:
+            return np.empty(0), np.empty(0)
+        weights = [np.diff(np.append(b, total)) for b, total in
+                   zip(self.below, self.totals, strict=True)]
+        return np.concatenate(self.values), np.concatenate(weights)
+
+    def max_rank_error(self) -> float:
+        """Largest possible error, as a fraction of the total weight, of any rank read
+        off."""
+        total = self.total_weight
+        gaps = sum(float(np.max(np.append(b[1:], t) - u, initial=0.0))
+                   for b, u, t in zip(self.below, self.upto, self.totals, strict=True))
+        return gaps / total if total else 0.0

@@ -29,8 +29,9 @@ class ModelSelection:
         The fitted candidate with the lowest criterion.
     table_ : pandas.DataFrame
         One row per candidate (best restart of each ``(n_components, covariance_type)``):
-        n_components, covariance_type, bic, aic, log_likelihood (mean per row, under the
-        final parameters), n_parameters, n_iter, converged, seconds, error. ``seconds``
+        n_components, covariance_type, bic, aic, log_likelihood (mean per row, weighted
+        with ``sample_weight``, under the final parameters), n_parameters, n_iter,
+        converged, seconds, error. ``seconds``
         is measured: the compute time of the entry's own E-steps and statistics over all
         its EM passes and restarts, summed over the chunks wherever they ran (a pass that
         several candidates share is not split between them; the initialisation, the final
@@ -90,6 +91,7 @@ def select_model(
     contamination=0.01,
     threshold=None,
     callback=None,
+    sample_weight=None,
     **estimator_params,
 ) -> ModelSelection:
     """Fit every ``(n_components, covariance_type)`` with ``n_init`` restarts and keep the
@@ -103,6 +105,11 @@ def select_model(
     would. A candidate whose covariance becomes singular is reported in ``table_['error']``
     and left out of the choice. ``callback`` receives a
     :class:`daskgmm.progress.ProgressEvent` after every pass.
+
+    ``sample_weight`` (one per row of ``X``, as :meth:`GaussianMixture.fit`) weighs the
+    fits, the criteria and the threshold: BIC takes the total weight as the sample size
+    (the effective sample size of frequency weights), so integer weights choose as the
+    rows repeated that many times would, with the same BIC and AIC values.
 
     The final pass also summarises every candidate's log-densities, so the chosen model
     gets its anomaly threshold without another pass: the ``contamination`` quantile of
@@ -118,7 +125,7 @@ def select_model(
     )
     validation.check_params(template.get_params(deep=False))
     anomaly.check_rule(contamination, threshold)
-    dataset = validation.fit_dataset(template, X)
+    dataset = validation.fit_dataset(template, X, sample_weight)
     ks, types = _check_grid(n_components, covariance_types, criterion, dataset.n_samples)
     grid = [(k, t) for t in types for k in ks]
     fit_data = sources.cached(dataset, template.cache)
@@ -163,11 +170,11 @@ def select_model(
                              seconds=sum(x.seconds for x in mine),
                              error=str(next(x.error for x in mine if x.error))))
             continue
-        total = sketches[g].log_likelihood
+        total, weight = sketches[g].log_likelihood, sketches[g].total_weight
         rows.append(dict(
             n_components=k, covariance_type=covariance_type,
-            bic=kernels.bic(total, n, p), aic=kernels.aic(total, p),
-            log_likelihood=total / n, n_parameters=p, n_iter=c.n_iter,
+            bic=kernels.bic(total, weight, p), aic=kernels.aic(total, p),
+            log_likelihood=total / weight, n_parameters=p, n_iter=c.n_iter,
             converged=c.converged, seconds=sum(x.seconds for x in mine), error=None,
         ))
     table = pd.DataFrame(rows)

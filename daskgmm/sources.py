@@ -417,18 +417,24 @@ def with_weights(dataset: Dataset, sample_weight) -> Dataset:
         _check_weight_shape(w.shape, n, dataset.description)
         _check_numeric(w.dtype, "sample_weight array", fix="sample_weight.astype(np.float64)")
         w = w.astype(np.float64)
-        bad = kernels.find_bad_weight(w)
-        if bad is not None:
-            offsets = dataset.row_offsets
-            chunk = int(np.searchsorted(offsets, bad, side="right")) - 1
-            raise bad_weight_error(dataset.description, dataset.chunk_label(chunk),
-                                   int(offsets[chunk]), int(offsets[chunk + 1]), bad,
-                                   float(w[bad]))
-        if not w.sum() > 0:
-            raise all_zero_weights_error(dataset.description)
+        check_weights(dataset, w)
         weights = da.from_array(w, chunks=(rows,))
     return Dataset(dataset.array, dataset.feature_names, dataset.description,
                    list(dataset.chunk_labels), dataset.lazy, dataset.origin, weights)
+
+
+def check_weights(dataset: Dataset, weights: np.ndarray):
+    """Check all the sample weights of ``dataset``, held in memory (float64): each
+    finite and >= 0 (else an error naming its chunk and row), and not all 0."""
+    bad = kernels.find_bad_weight(weights)
+    if bad is not None:
+        offsets = dataset.row_offsets
+        chunk = int(np.searchsorted(offsets, bad, side="right")) - 1
+        raise bad_weight_error(dataset.description, dataset.chunk_label(chunk),
+                               int(offsets[chunk]), int(offsets[chunk + 1]), bad,
+                               float(weights[bad]))
+    if not weights.sum() > 0:
+        raise all_zero_weights_error(dataset.description)
 
 
 def _check_weight_shape(shape, n_samples, description):

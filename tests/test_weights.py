@@ -11,7 +11,10 @@ from numpy.testing import assert_allclose
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
-from daskgmm import Checkpoint, GaussianMixture, kernels
+from daskgmm import Checkpoint, GaussianMixture, kernels, passes, select_model
+from daskgmm.anomaly import SCORE_QUANTILE_LEVELS
+from daskgmm.initialization import draw_sample
+from daskgmm.quantiles import RankSketch, WeightedRankSketch, combine_sketches
 from daskgmm.sources import as_dataset, with_weights
 
 from .conftest import COVARIANCE_TYPES, make_blobs, random_params
@@ -142,6 +145,8 @@ def test_weighted_fit_on_a_cluster(weighted, cluster_client):
     ours = GaussianMixture(3, chunk_rows=None, cache=False, **kw).fit(Xin, sample_weight=win)
     assert_same_model(ours, ref)
     assert_allclose(ours.bic(Xin, sample_weight=win), ref.bic(R), rtol=RTOL)
+    ours.set_threshold(Xin, sample_weight=win, contamination=0.05)
+    assert_allclose(ours.threshold_, np.quantile(ref.score_samples(R), 0.05), rtol=RTOL)
 
 
 ###############################################################################
@@ -248,3 +253,166 @@ def test_weights_travel_chunked_like_the_rows():
                            da.arange(300, chunks=110))
     assert dataset.weights.chunks[0] == dataset.array.chunks[0]
     assert_allclose(dataset.weights.compute(), np.arange(300))
+
+
+###############################################################################
+# Weighted quantiles and thresholds
+
+
+def test_weighted_sketch_is_numpy_quantile_of_repeated_values():
+    rng = np.random.default_rng(4)
+    v = rng.normal(size=3000)
+    w = rng.integers(0, 5, len(v))
+    levels = [0.0, 1e-3, 0.01, 0.05, 0.5, 0.99, 1.0]
+    sketch = combine_sketches([WeightedRankSketch.from_values(v[i:i + 700], w[i:i + 700])
+                               for i in range(0, len(v), 700)])
+    q, bounds = sketch.quantile(levels)
+    repeated = np.repeat(v, w)
+    assert_allclose(q, np.quantile(repeated, levels), rtol=1e-12)
+    at_or_below = [(repeated <= t).mean() for t in q]
+    assert_allclose(bounds[:, 0], at_or_below, rtol=1e-12)
+    assert_allclose(bounds[:, 1], at_or_below, rtol=1e-12)
+    assert sketch.total_weight == w.sum() and sketch.n_samples == (w > 0).sum()
+    assert_allclose(sketch.log_likelihood, (v * w).sum(), rtol=1e-12)
+    assert sketch.max_rank_error() == 0.0
+    # weights of 1 are the unweighted sketch
+    ones = WeightedRankSketch.from_values(v, np.ones(len(v)), n_points=len(v))
+    assert_allclose(ones.quantile(levels)[0],
+                    RankSketch.from_values(v, n_points=len(v)).quantile(levels)[0],
+                    rtol=1e-12)
+
+
+def test_weighted_sketch_bounds_hold_when_it_summarises():
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=50_000)
+    w = rng.uniform(0, 3, len(v)) * (rng.random(len(v)) > 0.1)
+    sketch = combine_sketches([WeightedRankSketch.from_values(v[i:i + 9000], w[i:i + 9000],
+                                                              n_points=101)
+                               for i in range(0, len(v), 9000)])
+    levels = np.array([0.001, 0.01, 0.2, 0.5, 0.9, 0.999])
+    q, bounds = sketch.quantile(levels)
+    fraction = np.array([w[v <= t].sum() for t in q]) / w.sum()
+    assert np.all(bounds[:, 0] <= fraction + 1e-12) and np.all(fraction <= bounds[:, 1] + 1e-12)
+    assert np.all(bounds[:, 1] - bounds[:, 0] <= sketch.max_rank_error() + 1e-12)
+    assert sketch.max_rank_error() < 6 / 100 + 6 * w.max() / w.sum()
+    assert_allclose(fraction, levels, atol=sketch.max_rank_error())
+    values, weights = sketch.weighted_values()
+    assert_allclose(weights.sum(), w.sum(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dask"])
+def test_weighted_threshold_is_the_repeated_rows_quantile(weighted, kind):
+    X, w, R = weighted
+    Xin, win = _inputs(X, w, kind)
+    gm = GaussianMixture(3, random_state=0).fit(X)
+    gm.set_threshold(Xin, sample_weight=win, contamination=0.03)
+    logdens = gm.score_samples(R)
+    assert_allclose(gm.threshold_, np.quantile(logdens, 0.03), rtol=1e-12)
+    assert_allclose(gm.score_quantiles_, np.quantile(logdens, SCORE_QUANTILE_LEVELS),
+                    rtol=1e-12)
+    assert_allclose(gm.training_log_likelihood_, logdens.mean(), rtol=1e-12)
+    fraction = (logdens <= gm.threshold_).mean()
+    assert_allclose(gm.threshold_bounds_, (fraction, fraction), rtol=1e-12)
+    gm.set_threshold(Xin, sample_weight=win, threshold=float(np.median(logdens)))
+    assert_allclose(gm.threshold_bounds_[0], (logdens <= np.median(logdens)).mean(),
+                    rtol=1e-12)
+    with pytest.raises(ValueError, match="sample_weight was given without X"):
+        gm.set_threshold(sample_weight=w, threshold=-3.0)
+
+
+###############################################################################
+# Model selection, fit_predict
+
+
+def test_select_model_with_weights_is_selection_on_repeated_rows():
+    X = make_blobs(600, 2, 3, seed=11, spread=8.0)
+    w = np.random.default_rng(2).integers(0, 4, len(X))
+    R = np.repeat(X, w, axis=0)
+    kw = dict(n_components=[1, 2, 3], covariance_types=["full", "diag"], random_state=0,
+              tol=1e-10, max_iter=1000, contamination=0.02)
+    ours = select_model(X, sample_weight=w, chunk_rows=150, **kw)
+    rep = select_model(R, **kw)
+    assert ours.best_.n_components == rep.best_.n_components == 3
+    assert ours.best_.covariance_type == rep.best_.covariance_type
+    for column in ("bic", "aic", "log_likelihood"):
+        assert_allclose(ours.table_[column], rep.table_[column], rtol=RTOL)
+    # the chosen model's criteria, from scikit-learn's scoring of the repeated rows
+    best = ours.best_
+    sk = SkGaussianMixture(best.n_components, covariance_type=best.covariance_type)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        setattr(sk, name, getattr(best, name))
+    chosen = ours.table_.loc[ours.table_["bic"].idxmin()]
+    assert_allclose(chosen["bic"], sk.bic(R), rtol=1e-9)
+    assert_allclose(chosen["aic"], sk.aic(R), rtol=1e-9)
+    assert_allclose(best.threshold_, np.quantile(sk.score_samples(R), 0.02), rtol=1e-9)
+
+
+def test_fit_predict_with_weights(weighted):
+    X, w, R = weighted
+    start = sk_start(R, "tied")
+    kw = dict(covariance_type="tied", tol=1e-8, max_iter=500, **start)
+    ref = SkGaussianMixture(3, **kw).fit(R)
+    labels = GaussianMixture(3, chunk_rows=70, **kw).fit_predict(X, sample_weight=w)
+    np.testing.assert_array_equal(labels, ref.predict(X))
+
+
+###############################################################################
+# The initialisation's weighted sample
+
+
+def test_sample_is_drawn_with_probability_proportional_to_weight():
+    n = 40_000
+    X = np.arange(n, dtype=float)[:, None]
+    w = np.where(np.arange(n) % 2 == 0, 10.0, 1.0)
+    w[np.arange(n) % 7 == 0] = 0.0
+    picked = []
+    for chunks in (5000, 3333):
+        dataset = with_weights(as_dataset(da.from_array(X, chunks=(chunks, 1)),
+                                          chunk_rows=None), da.from_array(w, chunks=4000))
+        sample, sample_weight, total = draw_sample(dataset, 1000,
+                                                   np.random.RandomState(0))
+        assert sample_weight is None and total == w.sum()
+        picked.append(sample[:, 0].astype(int))
+    np.testing.assert_array_equal(picked[0], picked[1])  # whatever the chunking
+    rows = picked[0]
+    assert len(np.unique(rows)) == 1000 and np.all(w[rows] > 0)
+    # heavy rows are 10/11 of the weight of the rows that can be drawn (binomial sd 0.009)
+    assert abs((w[rows] == 10.0).mean() - 10 / 11) < 0.04
+
+
+def test_sample_keys_of_a_pass_are_the_largest_keys():
+    w = np.random.default_rng(0).uniform(0, 2, 5000)
+    dataset = with_weights(as_dataset(da.zeros((5000, 2), chunks=(600, 2)), chunk_rows=None),
+                           da.from_array(w, chunks=600))
+    rows, total = passes.weighted_sample_rows(dataset, 300, seed=12)
+    keys = kernels.sample_keys(12, 0, w)
+    np.testing.assert_array_equal(rows, np.sort(np.argsort(-keys)[:300]))
+    assert_allclose(total, w.sum(), rtol=1e-12)
+
+
+def test_large_weighted_fit_initialises_from_a_weighted_sample(weighted):
+    """Rows of weight 0 in one cluster: the k-means sample has none of them, so no
+    initial centre lies there, and the fit matches scikit-learn on the repeated rows."""
+    X, w, R = weighted
+    labels = SkGaussianMixture(3, random_state=0).fit(X).predict(X)
+    w = np.where(labels == 0, 0, w)
+    start = GaussianMixture(2, init_sample_size=100, random_state=0, max_iter=0,
+                            chunk_rows=64).fit(X, sample_weight=w)
+    assert start.weights_.min() > 0.2  # no centre among the rows of weight 0
+    ours = GaussianMixture(2, init_sample_size=100, random_state=0, tol=1e-10,
+                           max_iter=1000, chunk_rows=64).fit(X, sample_weight=w)
+    assert ours.n_passes_ >= 3  # the weights, the sample's rows, the assignment pass
+    ref = SkGaussianMixture(2, tol=1e-10, max_iter=1000, weights_init=ours.weights_,
+                            means_init=ours.means_, precisions_init=ours.precisions_)
+    ref.fit(np.repeat(X, w, axis=0))
+    assert_allclose(ref.means_, ours.means_, rtol=1e-6, atol=1e-8)
+    assert ref.n_iter_ <= 2
+
+
+def test_fewer_weighted_rows_than_components():
+    X = make_blobs(300, 2, 2)
+    w = np.zeros(300)
+    w[:2] = 1.0
+    with pytest.raises(ValueError, match=r"Only 2 rows of the numpy array have a positive "
+                                         r"sample weight, fewer than n_components=3"):
+        GaussianMixture(3).fit(X, sample_weight=w)
