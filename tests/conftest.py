@@ -1,7 +1,15 @@
 import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
 
@@ -252,3 +260,62 @@ def edit_json(member, fn):
         fn(data)
         members[member] = json.dumps(data).encode()
     return edit
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Processes:
+    """Long-running commands (schedulers, workers, servers), each in its own session and
+    process group with its output in ``<logs>/<name>.log``; :meth:`stop` stops them all,
+    the last started first (SIGTERM to the group, SIGKILL after ``grace`` seconds, then
+    SIGKILL to what the group left behind), also after a failure."""
+
+    def __init__(self, logs: Path, grace: float = 30.0):
+        self.logs, self.grace, self.started = Path(logs), grace, []
+
+    def start(self, name, argv, *, env=None, cwd=ROOT):
+        out = (self.logs / f"{name}.log").open("wb")  # closed by stop()
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.started.append((name, proc, out))
+        return proc
+
+    def log(self, name, tail: int | None = None) -> str:
+        text = (self.logs / f"{name}.log").read_text(errors="replace")
+        return text if tail is None else text[-tail:]
+
+    def all_logs(self, tail=3000) -> str:
+        return "\n".join(f"--- {name}:\n{self.log(name, tail)}" for name, _, _ in self.started)
+
+    def wait_listening(self, port, proc, timeout=60):
+        """Until something listens on loopback ``port``; fails if ``proc`` exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"{proc.args[0]} exited with {proc.returncode}:\n{self.all_logs()}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.1)
+        pytest.fail(f"nothing listened on {port} in {timeout}s:\n{self.all_logs()}")
+
+    def stop(self):
+        gone = contextlib.suppress(ProcessLookupError, PermissionError)
+        for _, proc, _ in reversed(self.started):
+            with gone:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc, out in reversed(self.started):
+            try:
+                proc.wait(timeout=self.grace)
+            except subprocess.TimeoutExpired:
+                with gone:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            with gone:  # children left behind in the group (a flow run, uvicorn)
+                os.killpg(proc.pid, signal.SIGKILL)
+            out.close()

@@ -2,17 +2,14 @@
 processes started with the commands of deploy/local/README.md, plain TCP and TLS from a
 throwaway CA made by deploy/local/make-certs.py; the nightly flow run against them."""
 
-import contextlib
 import logging
 import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -28,7 +25,8 @@ from daskgmm.synthetic import write_mixture_zarr
 from daskgmm_pipelines.cluster import ClusterConnectionError, ClusterStartError, dask_client
 from daskgmm_pipelines.config import ClusterConfig, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import ROOT, Processes, free_port
+
 README = ROOT / "deploy" / "local" / "README.md"
 BIN = Path(sys.executable).parent
 
@@ -67,12 +65,6 @@ def test_readme_gives_one_scheduler_two_workers_and_a_job_per_protocol():
     assert "deploy/local/tls/ca.pem" in kinds["tls scheduler"][0]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def argv(command: str, ports: dict, certs: Path | None = None) -> list[str]:
     """A README command with this test's ports and certificate directory."""
     command = command.replace("127.0.0.1:8786", f"127.0.0.1:{ports['scheduler']}")
@@ -88,48 +80,6 @@ def argv(command: str, ports: dict, certs: Path | None = None) -> list[str]:
     return words
 
 
-class Processes:
-    """Processes started in their own session, each logging to a file; stopped (TERM, then
-    KILL) by :meth:`stop`."""
-
-    def __init__(self, directory: Path):
-        self.directory, self.procs = directory, []
-
-    def start(self, words, name):
-        log = open(self.directory / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop
-        proc = subprocess.Popen(words, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        self.procs.append((proc, log, name))
-        return proc
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {name}:\n" + (self.directory / f"{name}.log").read_text()[-3000:]
-                         for _, _, name in self.procs)
-
-    def wait_listening(self, port, proc, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"the scheduler exited with {proc.returncode}:\n{self.logs()}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            time.sleep(0.1)
-        pytest.fail(f"the scheduler did not listen on {port} in {timeout}s:\n{self.logs()}")
-
-    def stop(self):
-        for proc, _, _ in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc, log, _ in self.procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            log.close()
-
-
 def start_cluster(tmp, kind, certs=None):
     """The README's scheduler and two workers of ``kind`` ('tcp' or 'tls'); returns the
     processes, the ports and the scheduler's address."""
@@ -137,11 +87,11 @@ def start_cluster(tmp, kind, certs=None):
     ports = {"scheduler": free_port(), "dashboard": free_port()}
     procs = Processes(tmp)
     try:
-        scheduler = procs.start(argv(commands[f"{kind} scheduler"][0], ports, certs),
-                                "scheduler")
+        scheduler = procs.start("scheduler",
+                                argv(commands[f"{kind} scheduler"][0], ports, certs))
         procs.wait_listening(ports["scheduler"], scheduler)
         for i, command in enumerate(commands[f"{kind} worker"]):
-            procs.start(argv(command, ports, certs), f"worker-{i}")
+            procs.start(f"worker-{i}", argv(command, ports, certs))
     except BaseException:
         procs.stop()
         raise
@@ -282,8 +232,8 @@ def test_a_scheduler_without_workers_fails_naming_the_worker_command(tmp_path):
     ports = {"scheduler": free_port(), "dashboard": free_port()}
     procs = Processes(tmp_path)
     try:
-        scheduler = procs.start(argv(readme_commands()["tcp scheduler"][0], ports),
-                                "scheduler")
+        scheduler = procs.start("scheduler",
+                                argv(readme_commands()["tcp scheduler"][0], ports))
         procs.wait_listening(ports["scheduler"], scheduler)
         address = f"tcp://127.0.0.1:{ports['scheduler']}"
         with pytest.raises(ClusterStartError, match=rf"The Dask scheduler at {address} has no "

@@ -12,14 +12,11 @@ that stack and the README's commands read what it wrote.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import re
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +28,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import ROOT, Processes, free_port
+
 DOCKER = ROOT / "deploy" / "docker"
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -119,12 +117,6 @@ def dockerfile_env() -> dict:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Here:
     """Where the compose services' addresses and paths are on this machine."""
 
@@ -173,44 +165,6 @@ class Here:
 
     def cwd(self, service: dict) -> str:
         return self.text(service.get("working_dir", IMAGE_HOME))
-
-
-class Processes:
-    """Processes started in their own session, logged to files, stopped (SIGTERM, then
-    SIGKILL to their process group) by :meth:`stop`."""
-
-    def __init__(self, logs: Path):
-        self.logs = logs
-        self.started = []
-
-    def start(self, name, argv, env, cwd):
-        log = open(self.logs / f"{name}.log", "wb")  # closed by stop()
-        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        self.started.append((proc, log))
-        return proc
-
-    def log(self, name) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
-
-    def stop(self):
-        for proc, _ in reversed(self.started):
-            with _gone():
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc, log in reversed(self.started):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with _gone():
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            with _gone():  # children left behind in the group (a flow run, uvicorn)
-                os.killpg(proc.pid, signal.SIGKILL)
-            log.close()
-
-
-def _gone():
-    return contextlib.suppress(ProcessLookupError, PermissionError)
 
 
 def wait_until(check, what, timeout=120, proc=None, log=""):
@@ -413,7 +367,7 @@ class Stack:
     def start(self, name, **env):
         service = self.service(name)
         return self.processes.start(name, self.here.argv(service_argv(service), name),
-                                    self.here.env(service, **env), self.here.cwd(service))
+                                    env=self.here.env(service, **env), cwd=self.here.cwd(service))
 
     def run(self, name, **env):
         service = self.service(name)
@@ -460,20 +414,20 @@ def stack(s3, tmp_path_factory):
         stack.demo_data_output = stack.run("demo-data")
         scheduler = stack.start("dask-scheduler")
         wait_until(lambda: stack.healthy("dask-scheduler"), "the Dask scheduler's health",
-                   proc=scheduler, log=lambda: processes.log("dask-scheduler"))
+                   proc=scheduler, log=lambda: processes.log("dask-scheduler", 4000))
         for name in ("dask-worker-1", "dask-worker-2"):
             stack.start(name)
         with Client(f"tcp://{here.address('dask-scheduler:8786')}", timeout="30s") as client:
             client.wait_for_workers(2, timeout=120)
 
         wait_until(lambda: stack.healthy("prefect-server"), "the Prefect server's health",
-                   timeout=240, proc=server, log=lambda: processes.log("prefect-server"))
+                   timeout=240, proc=server, log=lambda: processes.log("prefect-server", 4000))
         # the deploy step waits for a healthy worker: one whose pool exists
         stack.worker_healthy_before = stack.healthy("prefect-worker")
         # polling every second rather than 10 (the only change to a service's settings)
         worker = stack.start("prefect-worker", PREFECT_WORKER_QUERY_SECONDS="1")
         wait_until(lambda: stack.healthy("prefect-worker"), "the Prefect worker's health",
-                   proc=worker, log=lambda: processes.log("prefect-worker"))
+                   proc=worker, log=lambda: processes.log("prefect-worker", 4000))
         stack.deploy_output = stack.run("deploy")
         yield stack
     finally:

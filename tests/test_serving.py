@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,9 +34,8 @@ from scipy.stats import multivariate_normal
 
 import daskgmm
 
-from .conftest import write_demo, write_job_config
+from .conftest import ROOT, Processes, free_port, write_demo, write_job_config
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's commands: prefect, daskgmm
 PNG = b"\x89PNG\r\n\x1a\n"
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -50,43 +48,6 @@ print(Webhook(name="daskgmm", url=sys.argv[1],
               json_data={"text": "{{subject}}: {{body}}"}).save("daskgmm-failures",
                                                              overwrite=True))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Processes:
-    """Long-running commands (server, worker), each in its own process group with its
-    output in a file; all stopped by :meth:`stop`, also after a failure."""
-
-    def __init__(self, logs: Path):
-        self.logs, self.procs = logs, []
-
-    def start(self, name, args, env):
-        out = (self.logs / f"{name}.log").open("wb")
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        self.procs.append((name, proc, out))
-        return proc
-
-    def log(self, name) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
-
-    def stop(self):
-        for _, proc, _ in reversed(self.procs):  # the worker (and its flow runs) first
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for _, proc, out in reversed(self.procs):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            out.close()
 
 
 class _Webhook:
@@ -120,7 +81,7 @@ def served(tmp_path):
     """A Prefect server on a free port (its own PREFECT_HOME and SQLite database), the
     process work pool ``daskgmm`` and a worker in the project root; yields ``(run,
     api, procs)``: ``run(*args)`` runs a command against the server, ``api`` its URL."""
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     home = tmp_path / "prefect-home"
     home.mkdir()
@@ -133,7 +94,7 @@ def served(tmp_path):
                   # a run waiting for the deployment's slot asks again after 1 s, not 30
                   "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1"}
     server_env.pop("PREFECT_API_URL")
-    procs = _Processes(tmp_path)
+    procs = Processes(tmp_path, grace=20)
 
     def run(*args, check=True, timeout=120, **extra):
         done = subprocess.run(args, cwd=ROOT, env={**env, **extra}, capture_output=True,
@@ -147,7 +108,7 @@ def served(tmp_path):
         # no scheduler: no run of the deployments' cron schedules during the test
         server = procs.start("server", [str(BIN / "prefect"), "server", "start", "--host",
                                         "127.0.0.1", "--port", str(port), "--no-ui",
-                                        "--no-scheduler", "--analytics-off"], server_env)
+                                        "--no-scheduler", "--analytics-off"], env=server_env)
         deadline = time.monotonic() + 180
         while True:
             assert server.poll() is None, f"the server exited:\n{procs.log('server')}"
@@ -158,7 +119,7 @@ def served(tmp_path):
             time.sleep(0.5)
         run(str(BIN / "prefect"), "work-pool", "create", "daskgmm", "--type", "process")
         procs.start("worker", [str(BIN / "prefect"), "worker", "start", "--pool", "daskgmm"],
-                    {**env, "DASKGMM_HOME": str(ROOT), "PREFECT_WORKER_QUERY_SECONDS": "1"})
+                    env={**env, "DASKGMM_HOME": str(ROOT), "PREFECT_WORKER_QUERY_SECONDS": "1"})
         yield run, api, procs
     finally:
         procs.stop()
