@@ -194,7 +194,7 @@ def fingerprint(params: dict, dataset: Dataset, start: Mixture | None = None) ->
     file sources change from process to process; their chunking, which may follow the
     workers, is left out), else by the dask name (a content hash for numpy input). Sample
     weights are part of the data, named by their dask name (a hash of their values for
-    in-memory weights).
+    in-memory weights), or for a Parquet weight column by its name (and the files).
     Listing the files is why a fit computes this only when it checkpoints.
     """
     params = {k: v for k, v in portable_params(params).items()
@@ -205,8 +205,10 @@ def fingerprint(params: dict, dataset: Dataset, start: Mixture | None = None) ->
         [params, dataset.description, dataset.array.shape, data],
         sort_keys=True, default=str,
     ).encode())
-    if dataset.weights is not None:
-        h.update(b"sample_weight:" + dataset.weights.name.encode())
+    if dataset.weights is not None:  # a weight column: named by the files and its name
+        column = None if dataset.origin is None else dataset.origin.weight_column
+        h.update(b"sample_weight:" + (dataset.weights.name if column is None
+                                      else f"column {column}").encode())
     if start is not None:
         for array in (start.weights, start.means, start.precisions_cholesky):
             h.update(np.ascontiguousarray(array).tobytes())

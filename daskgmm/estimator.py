@@ -80,6 +80,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
     missing_chunks : {'raise', 'fill'}, default='raise'
         Zarr input: chunks missing from the store are an error naming them ('raise'),
         or are read as the array's fill value ('fill'; see :func:`daskgmm.as_dataset`).
+    weight_column : str, default=None
+        Parquet input: the column holding each row's sample weight (frequency weights,
+        as ``sample_weight`` of :meth:`fit`). :meth:`fit`, :meth:`score`, :meth:`bic`,
+        :meth:`aic`, :meth:`set_threshold` and :func:`daskgmm.select_model` read it with
+        the features, in the same pieces; it is never a feature (left out of the default
+        ``columns``). Prediction does not read it.
 
     Attributes
     ----------
@@ -122,6 +128,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         array_name=None,
         storage_options=None,
         missing_chunks="raise",
+        weight_column=None,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -147,6 +154,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         # Pipeline's, a notebook's HTML): they may hold credentials
         self.storage_options = masked(storage_options)
         self.missing_chunks = missing_chunks
+        self.weight_column = weight_column
 
     # -------------------------------------------------------------------- fit
 
@@ -270,7 +278,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def _log_likelihood(self, X, sample_weight=None):
         check_is_fitted(self)
-        dataset = validation.predict_dataset(self, X, sample_weight)
+        dataset = validation.predict_dataset(self, X, sample_weight, weighted=True)
         ((total, n),) = passes.score_pass(dataset, [_mixture_of(self).params()],
                                           self.split_every)
         return total, n
@@ -341,7 +349,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         anomaly.check_rule(contamination, threshold)  # before reading anything
         if X is None and sample_weight is not None:
             raise ValueError("sample_weight was given without X: pass the rows it weighs.")
-        dataset = None if X is None else validation.predict_dataset(self, X, sample_weight)
+        dataset = None if X is None else validation.predict_dataset(self, X, sample_weight,
+                                                                    weighted=True)
         counter = PassCounter(callback)
         anomaly.attach(self, anomaly.compute(
             dataset, _mixture_of(self), contamination=contamination, threshold=threshold,

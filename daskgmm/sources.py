@@ -138,6 +138,8 @@ class Origin:
         Parquet: per file, its size and modification time or ETag as listed.
     schemas : list of pyarrow.Schema
         Parquet: per file, its schema (read from its footer).
+    weight_column : str or None
+        Parquet: the column the rows' sample weights are read from, if any.
     """
 
     kind: str
@@ -149,6 +151,7 @@ class Origin:
     files: list = field(default_factory=list)
     versions: list = field(default_factory=list)
     schemas: list = field(default_factory=list)
+    weight_column: str | None = None
 
     def listing(self) -> dict[str, str]:
         """Every object of the data as listed now (no cache): its name relative to the
@@ -240,13 +243,14 @@ class SourceFingerprint:
 
 
 def source_fingerprint(source, *, columns=None, array_name=None, storage_options=None,
-                       missing_chunks="raise") -> SourceFingerprint:
+                       missing_chunks="raise", weight_column=None) -> SourceFingerprint:
     """The :class:`SourceFingerprint` of a Zarr or Parquet path or URL (or a
     :class:`Dataset` read from one): one listing, no data read."""
     from datetime import UTC, datetime
 
     dataset = as_dataset(source, columns=columns, array_name=array_name,
-                         storage_options=storage_options, missing_chunks=missing_chunks)
+                         storage_options=storage_options, missing_chunks=missing_chunks,
+                         weight_column=weight_column)
     if dataset.origin is None:
         raise ValueError(
             f"A {dataset.description} has no files to fingerprint; only Zarr and Parquet "
@@ -265,6 +269,7 @@ def as_dataset(
     chunk_rows="auto",
     feature_names=None,
     missing_chunks="raise",
+    weight_column=None,
 ) -> Dataset:
     """``X`` as a :class:`Dataset`: a 2-D float64 dask array chunked by rows only.
 
@@ -314,6 +319,11 @@ def as_dataset(
         for arrays written with ``write_empty_chunks=False`` on purpose. The stored
         chunks are listed once, on the client; a dask array built by ``da.from_zarr`` is
         not checked (pass the path or the Zarr array instead).
+    weight_column : str, default=None
+        Parquet only: a numeric column holding each row's sample weight (see
+        :func:`with_weights`), read in the same pieces as the features into
+        ``Dataset.weights`` and never a feature (left out of the default columns; an
+        error in ``columns``). Other inputs take weights as arrays (``sample_weight=``).
 
     Returns
     -------
@@ -334,11 +344,14 @@ def as_dataset(
     _check_chunk_rows(chunk_rows)
     if missing_chunks not in MISSING_CHUNKS:
         raise ValueError(f"missing_chunks must be 'raise' or 'fill', got {missing_chunks!r}.")
+    if weight_column is not None and not isinstance(weight_column, str):
+        raise ValueError(f"weight_column must be a column name (str) or None; got "
+                         f"{weight_column!r}.")
     if isinstance(X, Dataset):
         dataset = _from_dataset(X)
     elif isinstance(X, (str, os.PathLike)):
         dataset = _from_path(X, columns, array_name, storage_options, chunk_rows,
-                             missing_chunks)
+                             missing_chunks, weight_column)
     elif isinstance(X, da.Array):
         dataset = _from_dask(X, chunk_rows)
     elif isinstance(X, zarr.Array):
@@ -351,6 +364,13 @@ def as_dataset(
                                    missing_chunks=missing_chunks)
     else:
         dataset = _from_memory(X, chunk_rows)
+    if weight_column is not None and (
+            dataset.origin is None or dataset.origin.weight_column != weight_column):
+        raise ValueError(
+            f"weight_column={weight_column!r} names a column of a Parquet source, but X "
+            f"is a {dataset.description}. Pass the weights as an array instead: "
+            "fit(X, sample_weight=w)."
+        )
     if feature_names is not None:
         dataset.feature_names = _checked_feature_names(feature_names, dataset)
     return dataset
@@ -391,6 +411,11 @@ def with_weights(dataset: Dataset, sample_weight) -> Dataset:
     """
     if sample_weight is None:
         return dataset
+    if dataset.weights is not None:
+        raise ValueError(
+            f"The {dataset.description} already has sample weights (its weight column); "
+            "sample_weight was given too. Give one: drop sample_weight, or weight_column."
+        )
     n = dataset.n_samples
     rows = dataset.array.chunks[0]
     if isinstance(sample_weight, da.Array):
@@ -794,7 +819,8 @@ def _from_dask(X, chunk_rows):
 # Paths and URLs: dispatch on what is stored there
 
 
-def _from_path(X, columns, array_name, storage_options, chunk_rows, missing_chunks):
+def _from_path(X, columns, array_name, storage_options, chunk_rows, missing_chunks,
+               weight_column=None):
     raw = os.fspath(X)
     if not isinstance(raw, str):
         raw = os.fsdecode(raw)
@@ -817,7 +843,8 @@ def _from_path(X, columns, array_name, storage_options, chunk_rows, missing_chun
     if fs.isfile(root):
         if root.lower().endswith(_PARQUET_SUFFIXES) or _has_parquet_magic(fs, root):
             files = [(root, os.path.basename(root), fs.info(root))]
-            dataset = _from_parquet(fs, files, shown, columns, chunk_rows, url, root)
+            dataset = _from_parquet(fs, files, shown, columns, chunk_rows, url, root,
+                                    weight_column)
             return dataset
         raise ValueError(
             f"{shown!r} is a file but neither a Parquet file (no .parquet suffix, does not "
@@ -827,7 +854,8 @@ def _from_path(X, columns, array_name, storage_options, chunk_rows, missing_chun
     if fs.isdir(root):
         files = _parquet_files(fs, root)
         if files:
-            dataset = _from_parquet(fs, files, shown, columns, chunk_rows, url, root)
+            dataset = _from_parquet(fs, files, shown, columns, chunk_rows, url, root,
+                                    weight_column)
             return dataset
         found = sorted(fs.ls(root, detail=False))[:10]
         raise ValueError(
@@ -1121,9 +1149,16 @@ def _default_columns(schema):
     ]
 
 
-def _checked_columns(columns, schema, relative, description):
-    """The selected columns, checked against the first file's schema."""
-    numeric = _default_columns(schema)
+def _checked_columns(columns, schema, relative, description, weight_column=None):
+    """The selected columns, checked against the first file's schema; the default
+    leaves out ``weight_column``, which may not be selected."""
+    numeric = [c for c in _default_columns(schema) if c != weight_column]
+    if columns is not None and weight_column in [str(c) for c in columns]:
+        raise ValueError(
+            f"columns lists the weight column {weight_column!r} of the {description}: a "
+            "row's sample weight is not a feature. Drop it from columns, e.g. "
+            f"columns={numeric!r}."
+        )
     if columns is None:
         if not numeric:
             found = ", ".join(f"{f.name!r} ({f.type})" for f in schema) or "none"
@@ -1199,14 +1234,16 @@ def _describe_columns(columns):
     return f"{len(columns)} columns {', '.join(columns[:4])}, ..., {columns[-1]}"
 
 
-def _from_parquet(fs, files, shown, columns, chunk_rows, url, root):
+def _from_parquet(fs, files, shown, columns, chunk_rows, url, root, weight_column=None):
     description = f"Parquet dataset {shown!r}"
     metas = [_read_footer(fs, path, relative, description) for path, relative, _ in files]
     schemas = [meta.schema.to_arrow_schema() for meta in metas]
-    columns = _checked_columns(columns, schemas[0], files[0][1], description)
+    columns = _checked_columns(columns, schemas[0], files[0][1], description, weight_column)
+    read = columns if weight_column is None else [*columns, weight_column]
     for (_, relative, _), schema in zip(files, schemas, strict=True):
-        _check_file_columns(columns, schema, relative, description)
-    description = f"{description} ({_describe_columns(columns)})"
+        _check_file_columns(read, schema, relative, description)
+    description = f"{description} ({_describe_columns(columns)}" + (
+        ")" if weight_column is None else f"; weight column {weight_column!r})")
 
     budget = chunk_budget(parquet=True)
     kept, chunks, labels, versions, kept_schemas = [], [], [], [], []
@@ -1264,8 +1301,18 @@ def _from_parquet(fs, files, shown, columns, chunk_rows, url, root):
     logger.debug("%s: %d rows in %d files, %d chunks", description, n_rows, len(kept),
                  len(array.chunks[0]))
     origin = Origin("parquet", url, fs, root, files=[(p, r, sum(rg)) for p, r, rg in kept],
-                    versions=versions, schemas=kept_schemas)
-    return Dataset(array, list(columns), description, labels, lazy=True, origin=origin)
+                    versions=versions, schemas=kept_schemas, weight_column=weight_column)
+    weights = None
+    if weight_column is not None:  # the same pieces of the same files, one column
+        files_rg = [(p, rg) for p, _, rg in kept]
+        weights = da.from_array(
+            _ParquetRows(fs, files_rg, [weight_column]), chunks=(array.chunks[0], (1,)),
+            name="parquet-weights-" + tokenize(fs, files_rg, versions, weight_column,
+                                               row_chunks),
+            meta=np.empty((0, 0), dtype=np.float64), fancy=False,
+        )[:, 0]
+    return Dataset(array, list(columns), description, labels, lazy=True, origin=origin,
+                   weights=weights)
 
 
 def _read_footer(fs, path, relative, description):

@@ -61,6 +61,16 @@ def _boolean(name):
     return check
 
 
+def _column_name(name):
+    def check(owner, value):
+        if value is not None and not (isinstance(value, str) and value):
+            raise ValueError(
+                f"The {name!r} parameter of {owner} must be a column name (a non-empty "
+                f"str) or None. Got {value!r} instead."
+            )
+    return check
+
+
 def _check_cache(owner, value):
     if value not in (True, False, "auto") or isinstance(value, (int, float)) and (
         not isinstance(value, bool)
@@ -97,6 +107,7 @@ CONSTRAINTS = {
     "cache": _check_cache,
     "chunk_rows": _check_chunk_rows,
     "missing_chunks": _options("missing_chunks", ("raise", "fill")),
+    "weight_column": _column_name("weight_column"),
 }
 
 
@@ -172,16 +183,18 @@ def is_lazy_source(X) -> bool:
 
 def fit_dataset(est, X, sample_weight=None) -> Dataset:
     """``X`` as a row-chunked Dataset for ``est.fit``, with ``sample_weight`` (see
-    :func:`daskgmm.sources.with_weights`); sets ``n_features_in_`` and
-    ``feature_names_in_`` (or removes a stale one), as scikit-learn's ``validate_data``."""
-    return with_weights(_dataset(est, X, reset=True, fit=True), sample_weight)
+    :func:`daskgmm.sources.with_weights`) or the weights of ``est.weight_column``; sets
+    ``n_features_in_`` and ``feature_names_in_`` (or removes a stale one), as
+    scikit-learn's ``validate_data``."""
+    return with_weights(_dataset(est, X, reset=True, fit=True, weighted=True), sample_weight)
 
 
-def predict_dataset(est, X, sample_weight=None) -> Dataset:
+def predict_dataset(est, X, sample_weight=None, *, weighted=False) -> Dataset:
     """``X`` as a Dataset for a fitted ``est``, checked against the fitted features
-    (Parquet without ``columns``: the columns seen at fit are read), with
-    ``sample_weight``."""
-    return with_weights(_dataset(est, X, reset=False), sample_weight)
+    (Parquet without ``columns``: the columns seen at fit are read). ``weighted``: with
+    ``sample_weight``, or the weights of ``est.weight_column`` (for a Parquet source);
+    else no weights are read (data to score need not have the weight column)."""
+    return with_weights(_dataset(est, X, reset=False, weighted=weighted), sample_weight)
 
 
 def _locate_text(X, exc):
@@ -208,7 +221,14 @@ def _locate_text(X, exc):
     return None
 
 
-def _dataset(est, X, *, reset, fit=False):
+def _dataset(est, X, *, reset, fit=False, weighted=False):
+    weight_column = getattr(est, "weight_column", None) if weighted else None
+    if weight_column is not None and not isinstance(X, (str, Path)):
+        raise ValueError(
+            f"weight_column={weight_column!r} names a column of a Parquet source, but X is "
+            f"a {type(X).__name__}. Pass the weights as an array instead "
+            "(sample_weight=w), or set weight_column=None."
+        )
     if not is_lazy_source(X):
         try:
             X = validate_data(
@@ -233,6 +253,7 @@ def _dataset(est, X, *, reset, fit=False):
             storage_options=est.storage_options,
             chunk_rows=est.chunk_rows if fit else None,
             missing_chunks=getattr(est, "missing_chunks", "raise"),
+            weight_column=weight_column,
         )
     except MissingColumnError as exc:
         if fitted is None:

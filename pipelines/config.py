@@ -327,14 +327,18 @@ class SourceConfig(_Section):
     id_columns: Annotated[list[str], AfterValidator(_unique)] = []
     storage_options: StorageOptions = {}
     missing_chunks: Literal["raise", "fill"] = "raise"
+    # a numeric column of each row's sample weight (Parquet): fit, selection and the
+    # threshold weigh the rows by it; never a feature
+    weight_column: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _check_format_keys(self):
         problems = []
-        if self.format == "zarr":
+        if self.format == "zarr" or (self.is_zarr and self.weight_column is not None):
             problems += [((key,), "applies to Parquet sources only; a Zarr source reads the "
                                   "array given by array_name")
-                         for key in ("columns", "id_columns") if getattr(self, key)]
+                         for key in ("columns", "id_columns", "weight_column")
+                         if getattr(self, key)]
         if self.format == "parquet" and self.array_name is not None:
             problems.append((("array_name",), "applies to Zarr groups only; a Parquet "
                                               "source reads columns"))
@@ -348,6 +352,9 @@ class SourceConfig(_Section):
             problems.append((("id_columns",), f"{', '.join(both)} also in columns; an id "
                                               "column is copied next to the scores, not "
                                               "used as a feature"))
+        if self.weight_column is not None and self.weight_column in (self.columns or ()):
+            problems.append((("weight_column",), f"{self.weight_column} also in columns; "
+                                                 "a row's sample weight is not a feature"))
         if problems:
             raise _located(problems)
         return self

@@ -152,6 +152,12 @@ def _read_kwargs(cfg: JobConfig) -> dict:
                 missing_chunks=cfg.source.missing_chunks)
 
 
+def _fit_kwargs(cfg: JobConfig) -> dict:
+    """GaussianMixture parameters that say how to read the source for a fit: the
+    features and the rows' sample weights (scoring reads only the features)."""
+    return dict(_read_kwargs(cfg), weight_column=cfg.source.weight_column)
+
+
 def _table(selection):
     """The selection table with NaN as None (JSON null)."""
     return selection.table_.replace({np.nan: None})
@@ -266,7 +272,7 @@ def check_source(cfg: JobConfig) -> JobConfig:
     """Read the source's metadata (shape, columns) and check that the score location can
     take its scores, before any pass over the data. A Parquet source needs the job's
     feature columns (:func:`policy.feature_columns`)."""
-    dataset = daskgmm.as_dataset(cfg.source.uri, **_read_kwargs(cfg))
+    dataset = daskgmm.as_dataset(cfg.source.uri, **_fit_kwargs(cfg))
     if dataset.origin is not None and dataset.origin.kind == "parquet":
         policy.feature_columns(cfg.source.columns, cfg.source.id_columns,
                                dataset.feature_names, dataset.description)
@@ -317,7 +323,7 @@ def select_task(cfg: JobConfig, key: str, progress: Callable | None = None):
         n_init=m.n_init, random_state=m.seed, tol=m.tol, max_iter=m.max_iter,
         reg_covar=m.reg_covar, init_params=m.init, **_anomaly_kwargs(cfg),
         callback=_progress(_key(key, "selection-progress"), "selection", progress),
-        **_read_kwargs(cfg),
+        **_fit_kwargs(cfg),
     )
     table = _table(selection)
     create_table_artifact(
@@ -340,7 +346,7 @@ def fit_task(cfg: JobConfig, key: str, run_id: str, n_components=None, covarianc
         n_components=n_components or m.n_components[0],
         covariance_type=covariance_type or m.covariance_types[0], tol=m.tol,
         reg_covar=m.reg_covar, max_iter=m.max_iter, n_init=m.n_init,
-        init_params=m.init, random_state=m.seed, **_read_kwargs(cfg),
+        init_params=m.init, random_state=m.seed, **_fit_kwargs(cfg),
     )
     callback = _progress(_key(key, "fit-progress"), "fit", progress)
     _fit(cfg, run_id, gm, callback)
@@ -356,7 +362,7 @@ def warm_fit_task(cfg: JobConfig, key: str, run_id: str, start,
     m = cfg.model
     gm = copy.deepcopy(start)  # a retry must start from the same model again
     gm.set_params(warm_start=True, tol=m.tol, max_iter=m.max_iter, reg_covar=m.reg_covar,
-                  **_read_kwargs(cfg))
+                  **_fit_kwargs(cfg))
     guard = policy.DriftGuard(getattr(start, "training_log_likelihood_", math.nan),
                               cfg.nightly.drift_margin)
     callback = _progress(_key(key, "fit-progress"), "fit", progress)

@@ -11,6 +11,7 @@ from numpy.testing import assert_allclose
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
+import daskgmm
 from daskgmm import Checkpoint, GaussianMixture, kernels, passes, select_model
 from daskgmm.anomaly import SCORE_QUANTILE_LEVELS
 from daskgmm.initialization import draw_sample
@@ -416,3 +417,138 @@ def test_fewer_weighted_rows_than_components():
     with pytest.raises(ValueError, match=r"Only 2 rows of the numpy array have a positive "
                                          r"sample weight, fewer than n_components=3"):
         GaussianMixture(3).fit(X, sample_weight=w)
+
+
+###############################################################################
+# A weight column of a Parquet source, and the pipelines' config key
+
+
+def _write_parquet(path, X, w, files=3, row_group_size=50, weight_name="w"):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.mkdir()
+    for i, rows in enumerate(np.array_split(np.arange(len(X)), files)):
+        table = {f"f{j}": X[rows, j] for j in range(X.shape[1])}
+        if weight_name is not None:
+            table[weight_name] = pa.array(w[rows])
+        table["id"] = rows.astype(str)
+        pq.write_table(pa.table(table), path / f"part.{i}.parquet",
+                       row_group_size=row_group_size)
+    return str(path)
+
+
+def test_parquet_weight_column_fits_as_repeated_rows(weighted, tmp_path):
+    X, w, R = weighted
+    path = _write_parquet(tmp_path / "pq", X, w.astype(np.int32))
+    start = sk_start(R, "diag")
+    kw = dict(covariance_type="diag", tol=1e-6, max_iter=500, **start)
+    ref = SkGaussianMixture(3, **kw).fit(R)
+    ours = GaussianMixture(3, weight_column="w", chunk_rows=None, **kw).fit(path)
+    assert list(ours.feature_names_in_) == ["f0", "f1", "f2"]  # the weights: no feature
+    assert_same_model(ours, ref)
+    assert_allclose(ours.score(path), ref.score(R), rtol=RTOL)
+    assert_allclose(ours.bic(path), ref.bic(R), rtol=RTOL)
+    ours.set_threshold(path, contamination=0.02)
+    assert_allclose(ours.threshold_, np.quantile(ref.score_samples(R), 0.02), rtol=RTOL)
+    # scoring reads only the features: data without the weight column score alike
+    other = _write_parquet(tmp_path / "new", X, None, weight_name=None)
+    assert_allclose(ours.score_samples(other).compute(), ref.score_samples(X), rtol=RTOL)
+    selection = select_model(path, [2, 3], ["diag"], weight_column="w", random_state=0,
+                             tol=1e-8)
+    again = select_model(X, [2, 3], ["diag"], sample_weight=w, random_state=0, tol=1e-8,
+                         chunk_rows=64)
+    assert_allclose(selection.table_["bic"], again.table_["bic"], rtol=RTOL)
+
+
+def test_parquet_weight_column_errors(weighted, tmp_path):
+    X, w, _ = weighted
+    w = w.astype(float)
+    w[307] = np.nan  # a null: NaN
+    path = _write_parquet(tmp_path / "pq", X, w)
+    with pytest.raises(ValueError, match=r"sample_weight holds nan at row 307 \(file "
+                                         r"'part.2.parquet' of Parquet dataset .*; weight "
+                                         r"column 'w'\), rows 267 to 399\)"):
+        GaussianMixture(2, weight_column="w", init_params="random").fit(path)
+    with pytest.raises(ValueError, match=r"columns lists the weight column 'w'"):
+        GaussianMixture(2, weight_column="w", columns=["f0", "w"]).fit(path)
+    with pytest.raises(ValueError, match=r"Column 'v' is not in file 'part.0.parquet'"):
+        GaussianMixture(2, weight_column="v").fit(path)
+    with pytest.raises(ValueError, match=r"Column 'id' has Arrow type string"):
+        GaussianMixture(2, weight_column="id").fit(path)
+    with pytest.raises(ValueError, match=r"already has sample weights .* Give one"):
+        GaussianMixture(2, weight_column="w").fit(path, sample_weight=np.ones(len(X)))
+    with pytest.raises(ValueError, match=r"weight_column='w' names a column of a Parquet "
+                                         r"source, but X is a ndarray"):
+        GaussianMixture(2, weight_column="w").fit(X)
+    with pytest.raises(ValueError, match=r"'weight_column' parameter of GaussianMixture "
+                                         r"must be a column name"):
+        GaussianMixture(2, weight_column=3).fit(path)
+
+
+def test_checkpoint_fingerprint_names_the_weight_column(weighted, tmp_path):
+    from daskgmm.checkpoint import fingerprint
+
+    X, w, _ = weighted
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "one.parquet"
+    pq.write_table(pa.table({"f0": X[:, 0], "f1": X[:, 1], "w": w, "v": w + 1}), path)
+    params = GaussianMixture(2).get_params()
+    prints = [fingerprint(params, as_dataset(str(path), columns=["f0", "f1"],
+                                             weight_column=column))
+              for column in ("w", "w", "v", None)]
+    assert prints[0] == prints[1] and len(set(prints)) == 3
+
+
+def test_pipeline_config_weight_column(tmp_path):
+    from daskgmm_pipelines.config import ConfigError, load_config
+
+    def load(source):
+        path = tmp_path / "job.yaml"
+        path.write_text(f"name: job\nsource:\n{source}outputs:\n  model_store: models\n"
+                        "  scores: scores/\n")
+        return load_config(path)
+
+    cfg = load("  uri: data/pq/\n  format: parquet\n  columns: [f0, f1]\n"
+               "  weight_column: w\n")
+    assert cfg.source.weight_column == "w"
+    with pytest.raises(ConfigError, match=r"source\.weight_column .*applies to Parquet"):
+        load("  uri: data/x.zarr\n  weight_column: w\n")
+    with pytest.raises(ConfigError, match=r"source\.weight_column .*w also in columns"):
+        load("  uri: data/pq/\n  format: parquet\n  columns: [f0, w]\n  weight_column: w\n")
+    assert load("  uri: data/x.zarr\n").source.weight_column is None
+
+
+def test_nightly_job_weighs_the_rows_by_its_weight_column(weighted, tmp_path, prefect_api,
+                                                          monkeypatch):
+    import pandas as pd
+    import yaml
+
+    from daskgmm_pipelines.flows import nightly
+
+    X, w, _ = weighted
+    source = _write_parquet(tmp_path / "pq", X, w.astype(np.int64))
+    job = {"name": "weighted",
+           "source": {"uri": source, "format": "parquet", "columns": ["f0", "f1", "f2"],
+                      "id_columns": ["id"], "weight_column": "w"},
+           "model": {"n_components": [2, 3], "covariance_types": ["diag"], "seed": 0,
+                     "tol": 1e-6},
+           "anomaly": {"contamination": 0.05},
+           "outputs": {"model_store": str(tmp_path / "models"),
+                       "scores": str(tmp_path / "scores")},
+           "cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": None,
+                       "processes": False}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    monkeypatch.chdir(tmp_path)
+    nightly(config_path=str(tmp_path / "job.yaml"))
+    model = daskgmm.ModelStore(str(tmp_path / "models")).load()
+    assert model.weight_column == "w" and list(model.feature_names_in_) == ["f0", "f1", "f2"]
+    logdens = model.score_samples(pd.DataFrame(X, columns=["f0", "f1", "f2"]))
+    repeated = np.repeat(logdens, w)
+    assert_allclose(model.threshold_, np.quantile(repeated, 0.05), rtol=1e-9)
+    assert_allclose(model.training_log_likelihood_, repeated.mean(), rtol=1e-9)
+    scores = pd.read_parquet(daskgmm.latest_scores(str(tmp_path / "scores")))
+    assert len(scores) == len(X)  # every row scored, weight 0 or not
+    assert_allclose(scores["log_density"], logdens, rtol=1e-9)
