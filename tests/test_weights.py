@@ -97,6 +97,30 @@ def test_integer_weights_fit_as_repeated_rows(weighted, covariance_type, kind):
                     rtol=RTOL)
 
 
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_weighted_fit_far_from_the_origin_fits_like_centred(weighted, covariance_type):
+    X, w, _ = weighted
+    start = sk_start(X, covariance_type)
+    kw = dict(covariance_type=covariance_type, tol=1e-8, max_iter=500, chunk_rows=90)
+    centred = GaussianMixture(3, **kw, **start).fit(X, sample_weight=w * 0.5)
+    shifted = GaussianMixture(3, **kw, **{**start, "means_init": start["means_init"] + 1e6})
+    shifted.fit(X + 1e6, sample_weight=w * 0.5)
+    assert shifted.n_iter_ == centred.n_iter_
+    assert_allclose(shifted.means_ - 1e6, centred.means_, atol=1e-7)
+    assert_allclose(shifted.covariances_, centred.covariances_, rtol=1e-7)
+    assert_allclose(shifted.lower_bound_, centred.lower_bound_, rtol=1e-9)
+
+
+def test_weights_computed_from_the_same_dask_array(weighted):
+    """Weights and rows from one dask array share their reads in a pass's graph."""
+    X, w, _ = weighted
+    both = da.from_array(np.column_stack([X, w]), chunks=(90, 4))
+    kw = dict(tol=1e-8, max_iter=500, random_state=0, init_params="random", chunk_rows=None)
+    shared = GaussianMixture(3, **kw).fit(both[:, :3], sample_weight=both[:, 3])
+    apart = GaussianMixture(3, **kw).fit(da.from_array(X, chunks=(90, 3)), sample_weight=w)
+    assert_same_model(shared, apart, rtol=1e-12)
+
+
 def test_zero_weights_drop_rows(weighted):
     X, w, _ = weighted
     keep = w > 0
