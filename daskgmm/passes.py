@@ -307,6 +307,10 @@ def em_chunk(block, candidates, row_start, weights=None):
     """E-step and statistics of every candidate on one chunk, one candidate at a time so
     that each one's compute time is its own (``TimedStats.seconds``)."""
     X = np.asarray(block, dtype=np.float64)
+    # one row first, untimed: a process's first call of a compiled kernel loads it (or
+    # compiles it, once per installation), which is not the candidate's compute time
+    for params in candidates:
+        kernels.chunk_stats(X[:1], [params], None if weights is None else weights[:1])
     out = []
     for params in candidates:
         t0 = time.perf_counter()
