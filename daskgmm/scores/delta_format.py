@@ -46,7 +46,16 @@ from threadpoolctl import threadpool_limits
 from .._storage import RUN_ID, is_local, naming_write_errors, redact_url, url_of, url_to_fs
 from ..passes import compute_each
 from ..quantiles import combine_sketches, sketch_points
-from .formats import FORMAT, FORMAT_VERSION, ROW_NUMBER, SCORE_FIELDS, ScoreFormat, summary
+from .formats import (
+    FORMAT,
+    FORMAT_VERSION,
+    ROW_NUMBER,
+    SCORE_FIELDS,
+    ScoreFormat,
+    id_arrays,
+    score_pieces,
+    summary,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +138,7 @@ class DeltaScores(ScoreFormat):
         uri = url_of(fs, root)
         options = object_store_options(uri, storage_options)
         table = _open(uri, storage_options) if self.check(target, storage_options) else None
-        scores, id_fields, origin_files = _pieces(scores, dataset, id_columns)
+        scores, id_fields, origin_files = score_pieces(scores, dataset, id_columns)
         score_fields = [pa.field(n, t, nullable=False) for n, t in SCORE_FIELDS]
         schema = pa.schema(list(id_fields) + score_fields + RUN_FIELDS)
         with _delta_errors(uri, "describe the scores' schema"):
@@ -277,38 +286,12 @@ class DeltaScores(ScoreFormat):
 # Workers
 
 
-def _pieces(scores, dataset, id_columns):
-    """The scores chunked as written (one file per input file of a Parquet source, else
-    per row chunk), the id fields and the input files (or None)."""
-    origin = dataset.origin
-    if origin is not None and origin.kind == "parquet":
-        files = origin.files
-        scores = scores.rechunk((tuple(n for _, _, n in files),))
-        if id_columns:
-            fields = [origin.schemas[0].field(c) for c in id_columns]
-        else:
-            fields = [pa.field(ROW_NUMBER, pa.int64(), nullable=False)]
-        return scores, fields, files
-    return scores, [pa.field(ROW_NUMBER, pa.int64(), nullable=False)], None
-
-
 def _write_file(scores, fs, root, relative, schema, constants, row_start, ids, n_points):
     """Write one data file; returns its summary and what its add action needs."""
     n = scores.shape[0]
-    if ids is None:
-        id_arrays = [pa.array(np.arange(row_start, row_start + n, dtype=np.int64))]
-    else:
-        in_path, in_fs, id_columns, source_name = ids
-        table = pq.read_table(in_path, columns=id_columns, filesystem=in_fs,
-                              use_threads=False)
-        if table.num_rows != n:
-            raise ValueError(
-                f"File {source_name!r} changed while it was scored: it has {table.num_rows} "
-                f"rows, {n} were scored. Re-run on data that is not being written."
-            )
-        id_arrays = [table.column(c).combine_chunks() for c in id_columns]
+    ids_columns = id_arrays(n, row_start, ids)
     model_id, model_version, threshold = constants
-    arrays = id_arrays + [pa.array(scores[name]) for name, _ in SCORE_FIELDS] + [
+    arrays = ids_columns + [pa.array(scores[name]) for name, _ in SCORE_FIELDS] + [
         pa.repeat(pa.scalar(model_id, pa.string()), n),
         pa.repeat(pa.scalar(model_version, pa.string()), n),
         pa.array(np.full(n, threshold, dtype=np.float64)),
@@ -324,7 +307,7 @@ def _write_file(scores, fs, root, relative, schema, constants, row_start, ids, n
         fs.pipe_file(path, data.to_pybytes())
     add = {"path": relative, "size": data.size, "modification_time": int(time.time() * 1000),
            "stats": json.dumps(_stats(table), allow_nan=False)}
-    del table, arrays, id_arrays, data
+    del table, arrays, ids_columns, data
     pa.default_memory_pool().release_unused()
     return summary(scores, n_points), add
 

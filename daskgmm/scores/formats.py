@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .._storage import RUN_ID, join, naming_write_errors
 from ..kernels import SCORE_DTYPE
@@ -35,6 +36,37 @@ _VERSION = re.compile(rf"{VERSIONS}/{RUN_ID.pattern}/[0-9a-f]+")
 ROW_NUMBER = "row_number"
 # Score columns, in the order they are written, with their Arrow types.
 SCORE_FIELDS = [(name, pa.from_numpy_dtype(SCORE_DTYPE[name])) for name in SCORE_DTYPE.names]
+
+
+def score_pieces(scores, dataset, id_columns):
+    """How a file format splits a run's scores: one piece per input file of a Parquet
+    source (the scores rechunked so), else per row chunk. Returns the scores, the id
+    fields (the ``id_columns`` as in the source, or ``row_number``) and the source's files
+    (``(path, relative, n_rows)``, or None)."""
+    origin = dataset.origin
+    if origin is not None and origin.kind == "parquet":
+        files = origin.files
+        scores = scores.rechunk((tuple(n for _, _, n in files),))
+        if id_columns:
+            return scores, [origin.schemas[0].field(c) for c in id_columns], files
+        return scores, [pa.field(ROW_NUMBER, pa.int64(), nullable=False)], files
+    return scores, [pa.field(ROW_NUMBER, pa.int64(), nullable=False)], None
+
+
+def id_arrays(n, row_start, ids):
+    """The id columns of a piece of ``n`` scored rows: ``row_number`` from ``row_start``,
+    or (``ids = (path, fs, id_columns, relative)``) the id columns read from its input
+    file, which must still hold ``n`` rows."""
+    if ids is None:
+        return [pa.array(np.arange(row_start, row_start + n, dtype=np.int64))]
+    in_path, in_fs, id_columns, relative = ids
+    table = pq.read_table(in_path, columns=id_columns, filesystem=in_fs, use_threads=False)
+    if table.num_rows != n:
+        raise ValueError(
+            f"File {relative!r} changed while it was scored: it has {table.num_rows} "
+            f"rows, {n} were scored. Re-run on data that is not being written."
+        )
+    return [table.column(c).combine_chunks() for c in id_columns]
 
 
 def summary(scores, n_points):

@@ -28,7 +28,7 @@ from .._storage import naming_write_errors, url_of
 from ..passes import compute_each
 from ..quantiles import sketch_points
 from ..versioned import JsonMetadata
-from .formats import ROW_NUMBER, SCORE_FIELDS, VersionedScores, summary
+from .formats import SCORE_FIELDS, VersionedScores, id_arrays, score_pieces, summary
 
 MARKER = "_daskgmm_scores.json"
 POINTER = "_latest"
@@ -43,19 +43,9 @@ class ParquetScores(VersionedScores):
 
     def write_version(self, scores, dataset, location, version, info, id_columns,
                       storage_options):
-        origin = dataset.origin
-        if origin is not None and origin.kind == "parquet":
-            files = origin.files
-            scores = scores.rechunk((tuple(n for _, _, n in files),))
-            names = [relative for _, relative, _ in files]
-            if id_columns:
-                id_fields = [origin.schemas[0].field(c) for c in id_columns]
-            else:
-                id_fields = [pa.field(ROW_NUMBER, pa.int64(), nullable=False)]
-        else:
-            files = None
-            names = [f"part-{i:05d}.parquet" for i in range(scores.numblocks[0])]
-            id_fields = [pa.field(ROW_NUMBER, pa.int64(), nullable=False)]
+        scores, id_fields, files = score_pieces(scores, dataset, id_columns)
+        names = ([relative for _, relative, _ in files] if files is not None
+                 else [f"part-{i:05d}.parquet" for i in range(scores.numblocks[0])])
         fields = list(id_fields) + [pa.field(n, t, nullable=False) for n, t in SCORE_FIELDS]
         schema = pa.schema(fields, metadata={"daskgmm": json.dumps(info, sort_keys=True)})
         vroot = location.version_path(version)
@@ -64,7 +54,7 @@ class ParquetScores(VersionedScores):
         tasks = [
             dask.delayed(_write_part, pure=False)(
                 block, location.fs, f"{vroot}/{name}", schema, int(offsets[i]),
-                (files[i][0], origin.fs, id_columns, files[i][1]) if files and id_columns
+                (files[i][0], dataset.origin.fs, id_columns, files[i][1]) if files and id_columns
                 else None,
                 sketch_points(int(scores.chunks[0][i]), n),
             )
@@ -84,24 +74,12 @@ class ParquetScores(VersionedScores):
 
 
 def _write_part(scores, fs, path, schema, row_start, ids, n_points):
-    n = scores.shape[0]
-    if ids is None:
-        id_arrays = [pa.array(np.arange(row_start, row_start + n, dtype=np.int64))]
-    else:
-        in_path, in_fs, id_columns, relative = ids
-        table = pq.read_table(in_path, columns=id_columns, filesystem=in_fs,
-                              use_threads=False)
-        if table.num_rows != n:
-            raise ValueError(
-                f"File {relative!r} changed while it was scored: it has {table.num_rows} "
-                f"rows, {n} were scored. Re-run on data that is not being written."
-            )
-        id_arrays = [table.column(c).combine_chunks() for c in id_columns]
-    arrays = id_arrays + [pa.array(scores[name]) for name, _ in SCORE_FIELDS]
+    id_columns = id_arrays(scores.shape[0], row_start, ids)
+    arrays = id_columns + [pa.array(scores[name]) for name, _ in SCORE_FIELDS]
     table = pa.Table.from_arrays(arrays, schema=schema)
     with naming_write_errors(url_of(fs, path)):
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         pq.write_table(table, path, filesystem=fs)
-    del table, arrays, id_arrays
+    del table, arrays, id_columns
     pa.default_memory_pool().release_unused()  # arrow keeps freed pages for later
     return summary(scores, n_points)
