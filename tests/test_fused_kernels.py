@@ -1,4 +1,4 @@
-"""The compiled one-pass E-step of 'diag' and 'spherical' (daskgmm.covariance._fused)
+"""The compiled one-pass E-step of 'diag' and 'spherical' (daskgmm.covariance.compiled)
 against the numpy path, the reference (DASKGMM_KERNELS=numpy)."""
 
 import re
@@ -16,7 +16,7 @@ from .conftest import random_params
 from .test_estimator import assert_same_model, sk_start
 
 pytest.importorskip("numba")
-from daskgmm.covariance import _fused  # noqa: E402
+from daskgmm.covariance import compiled  # noqa: E402
 
 VARIANCE_TYPES = ["diag", "spherical"]
 
@@ -35,7 +35,7 @@ def numpy_kernels(monkeypatch):
 
 def one_pass(p):
     f = p.model.fused_e_step(p.weights, p.means, p.precisions_cholesky, p.shift)
-    assert isinstance(f, _fused.OnePass)
+    assert isinstance(f, compiled.OnePass)
     return f
 
 
@@ -65,8 +65,8 @@ def assert_same_scores(X, p, numpy_kernels, rtol=1e-12):
 
 
 def test_constants_are_the_numpy_paths():
-    assert _fused._LOG_TINY == kernels._LOG_TINY  # noqa: SLF001
-    assert _fused._LOG_RESP_ZERO == kernels._LOG_RESP_ZERO  # noqa: SLF001
+    assert compiled._LOG_TINY == kernels._LOG_TINY  # noqa: SLF001
+    assert compiled._LOG_RESP_ZERO == kernels._LOG_RESP_ZERO  # noqa: SLF001
 
 
 @pytest.mark.parametrize("covariance_type", VARIANCE_TYPES)

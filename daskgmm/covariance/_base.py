@@ -12,7 +12,7 @@ import numpy as np
 from scipy import linalg
 
 # DASKGMM_KERNELS picks the E-step of 'diag' and 'spherical': 'auto' (the default) the
-# compiled one-pass kernel (._fused) when numba is installed, else numpy; 'numba' the
+# compiled one-pass kernel (.compiled) when numba is installed, else numpy; 'numba' the
 # compiled kernel or an error; 'numpy' the numpy path, the reference.
 KERNELS_VARIABLE = "DASKGMM_KERNELS"
 _KERNEL_CHOICES = ("auto", "numba", "numpy")
@@ -55,14 +55,14 @@ def overflow_message(component, covariance_type):
 @functools.cache
 def _compiled():
     try:
-        from . import _fused
+        from . import compiled
     except ImportError:  # numba is not installed (or does not work with this numpy)
         return None
-    return _fused
+    return compiled
 
 
 def fused_module():
-    """The module of the compiled one-pass E-step (:mod:`._fused`), or None when the
+    """The module of the compiled one-pass E-step (:mod:`.compiled`), or None when the
     numpy path is to run: ``DASKGMM_KERNELS=numpy``, or numba is not installed."""
     choice = os.environ.get(KERNELS_VARIABLE, "auto").strip().lower() or "auto"
     if choice not in _KERNEL_CHOICES:
@@ -139,7 +139,7 @@ class CovarianceModel(abc.ABC):
 
     def fused_e_step(self, weights, means, precisions_cholesky, shift):
         """The compiled one-pass E-step of these parameters (an object with ``stats(X)``,
-        ``rows(X)`` and ``score(X, what)``, see :class:`._fused.OnePass`), or None: the
+        ``rows(X)`` and ``score(X, what)``, see :class:`.compiled.OnePass`), or None: the
         caller runs the numpy path. Only the variance types have one."""
         return None
 
