@@ -206,6 +206,7 @@ def test_a_retry_on_other_workers_resumes_though_auto_chunks_differ(tmp_path):
     """``chunk_rows='auto'`` follows the workers' memory: a fit interrupted on small
     workers (Zarr read in 3 chunks) resumes without a cluster (1 chunk), and reaches the
     uninterrupted model up to the rounding of the sums."""
+    import dask
     from distributed import Client, LocalCluster
     from numpy.testing import assert_allclose
 
@@ -215,8 +216,11 @@ def test_a_retry_on_other_workers_resumes_though_auto_chunks_differ(tmp_path):
     write_mixture_zarr(path, 400_000, 3, 3, chunk_rows=50_000, seed=3)
     kw = dict(n_components=3, random_state=0, tol=0.0, max_iter=8, array_name="X")
     ckpt = Checkpoint(tmp_path / "ckpt", every=2)
-    with LocalCluster(n_workers=1, threads_per_worker=32, processes=False,
-                      memory_limit="1GiB", dashboard_address=None) as cluster, \
+    # an in-process worker measures this whole process's memory (over 1 GiB late in a
+    # full test run) and would pause: its memory limit shapes the chunks, never pauses
+    with dask.config.set({"distributed.worker.memory.monitor-interval": "1h"}), \
+            LocalCluster(n_workers=1, threads_per_worker=32, processes=False,
+                         memory_limit="1GiB", dashboard_address=None) as cluster, \
             Client(cluster):
         with pytest.raises(Crash):
             GaussianMixture(**kw).fit(path, checkpoint=ckpt, callback=_crash_at(5))
