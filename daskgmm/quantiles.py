@@ -54,8 +54,101 @@ def sketch_points(n_rows: int, n_total: int, budget: int | None = None) -> int:
     return max(N_POINTS, -(-budget * n_rows // max(n_total, 1)))
 
 
+class _ChunkSketch:
+    """What :class:`RankSketch` and :class:`WeightedRankSketch` share: per chunk, kept
+    values in increasing order, each with the weight of the chunk's rows sorted before it
+    (``below``) and up to and including it (``upto``), and the chunk's total weight (a row
+    weighs 1 in a :class:`RankSketch`). From these come the bounds on the weight at or
+    below any value and the weight each kept value stands for; the subclasses differ in
+    how they count (:meth:`_chunks`) and in how a quantile is read off."""
+
+    # the empty sketch, in error messages
+    _nothing = "zero rows"
+    # whether _cumulative also keeps each kept value's own weight (for quantile)
+    _own_weights = False
+
+    def _chunks(self):
+        """Per chunk, ``(values, below, upto, total)``."""
+        raise NotImplementedError
+
+    def _is_empty(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def n_samples(self) -> int:
+        """Rows summarised (of positive weight, with sample weights)."""
+        return int(sum(self.counts))
+
+    def _checked_levels(self, levels):
+        levels = np.atleast_1d(np.asarray(levels, dtype=np.float64))
+        if np.any((levels < 0) | (levels > 1)):
+            raise ValueError(f"Quantile levels must lie in [0, 1]; got {levels.tolist()}.")
+        if self._is_empty():
+            raise ValueError(f"Cannot compute quantiles of {self._nothing}.")
+        return levels
+
+    def _cumulative(self):
+        """Sorted kept values with bounds on the weight of the rows ``<=`` each of them,
+        the part of that uncertainty that comes from the value's own chunk, and (when
+        ``_own_weights``) the value's own weight, else None (computed once per sketch: it
+        sorts every kept value)."""
+        if self._cumulative_cache is None:
+            self._cumulative_cache = self._compute_cumulative()
+        return self._cumulative_cache
+
+    def _compute_cumulative(self):
+        values, d_lo, d_hi, own, own_w = [], [], [], [], []
+        for v, below, upto, total in self._chunks():
+            # weight <= t, for t in [v_j, v_{j+1}): at least upto_j, at most below_{j+1}
+            lo, hi = upto, np.append(below[1:], total)
+            values.append(v)
+            d_lo.append(np.diff(lo, prepend=0))
+            d_hi.append(np.diff(hi, prepend=0))
+            own.append(hi - lo)
+            if self._own_weights:
+                own_w.append(upto - below)
+        values = np.concatenate(values)
+        order = np.argsort(values, kind="stable")
+        lower = np.cumsum(np.concatenate(d_lo)[order])
+        upper = np.cumsum(np.concatenate(d_hi)[order])
+        own_w = np.concatenate(own_w)[order] if self._own_weights else None
+        return values[order], lower, upper, np.concatenate(own)[order], own_w
+
+    def fraction_at_or_below(self, t):
+        """Lowest and highest possible fraction of the rows (of the total weight, with
+        sample weights) ``<= t``, shape (len(t), 2)."""
+        if self._is_empty():
+            raise ValueError(f"Cannot compute fractions of {self._nothing}.")
+        values, lower, upper, _, _ = self._cumulative()
+        return self._bounds(np.atleast_1d(np.asarray(t, dtype=np.float64)), values, lower,
+                            upper)
+
+    def _bounds(self, t, values, lower, upper):
+        idx = np.searchsorted(values, t, side="right") - 1
+        lo = np.where(idx >= 0, lower[np.maximum(idx, 0)], 0)
+        hi = np.where(idx >= 0, upper[np.maximum(idx, 0)], 0)
+        return np.stack([lo, hi], axis=1) / self.total_weight
+
+    def weighted_values(self):
+        """Kept values with the number of rows (the weight, with sample weights) each
+        stands for (for histograms)."""
+        if not self.values:
+            return np.empty(0), np.empty(0)
+        weights = [np.diff(np.append(below, total))
+                   for _, below, _, total in self._chunks()]
+        return np.concatenate(self.values), np.concatenate(weights).astype(np.float64)
+
+    def max_rank_error(self) -> float:
+        """Largest possible error, as a fraction of the rows (of the total weight, with
+        sample weights), of any rank read off."""
+        total = self.total_weight
+        gaps = sum(float(np.max(np.append(below[1:], t) - upto, initial=0))
+                   for _, below, upto, t in self._chunks())
+        return gaps / total if total else 0.0
+
+
 @dataclass
-class RankSketch:
+class RankSketch(_ChunkSketch):
     """Sorted values of chunks at known ranks.
 
     Attributes
@@ -90,9 +183,13 @@ class RankSketch:
             ranks = np.unique(np.round(np.linspace(0, n - 1, n_points)).astype(np.int64))
         return cls([v[ranks]], [ranks], [n], float(v.sum()))
 
-    @property
-    def n_samples(self) -> int:
-        return int(sum(self.counts))
+    def _chunks(self):
+        # a kept value of rank r has r rows before it and r + 1 up to it
+        return ((v, r, r + 1, n)
+                for v, r, n in zip(self.values, self.ranks, self.counts, strict=True))
+
+    def _is_empty(self) -> bool:
+        return self.n_samples == 0
 
     @property
     def total_weight(self) -> int:
@@ -105,30 +202,6 @@ class RankSketch:
             self.log_likelihood + other.log_likelihood,
         )
 
-    def _cumulative(self):
-        """Sorted kept values with bounds on how many rows are ``<=`` each of them, and
-        the part of that uncertainty that comes from the value's own chunk (computed
-        once per sketch: it sorts every kept value)."""
-        if self._cumulative_cache is None:
-            self._cumulative_cache = self._compute_cumulative()
-        return self._cumulative_cache
-
-    def _compute_cumulative(self):
-        values, d_lo, d_hi, own = [], [], [], []
-        for v, r, n in zip(self.values, self.ranks, self.counts, strict=True):
-            # rows <= t, for t in [v_j, v_{j+1}): at least r_j + 1, at most r_{j+1}
-            lo = r + 1
-            hi = np.append(r[1:], n)
-            values.append(v)
-            d_lo.append(np.diff(lo, prepend=0))
-            d_hi.append(np.diff(hi, prepend=0))
-            own.append(hi - lo)
-        values = np.concatenate(values)
-        order = np.argsort(values, kind="stable")
-        lower = np.cumsum(np.concatenate(d_lo)[order])
-        upper = np.cumsum(np.concatenate(d_hi)[order])
-        return values[order], lower, upper, np.concatenate(own)[order]
-
     def quantile(self, levels):
         """Quantiles at ``levels`` in [0, 1] (numpy's 'linear' method when exact).
 
@@ -139,48 +212,15 @@ class RankSketch:
             For each returned value ``t``, the lowest and highest possible fraction of
             the rows that are ``<= t``.
         """
-        levels = np.atleast_1d(np.asarray(levels, dtype=np.float64))
-        if np.any((levels < 0) | (levels > 1)):
-            raise ValueError(f"Quantile levels must lie in [0, 1]; got {levels.tolist()}.")
+        levels = self._checked_levels(levels)
         n = self.n_samples
-        if n == 0:
-            raise ValueError("Cannot compute quantiles of zero rows.")
-        values, lower, upper, own = self._cumulative()
+        values, lower, upper, own, _ = self._cumulative()
         # Estimated 0-based rank of each kept value: its rank in its own chunk is known
         # (the rows of the gap after it are above it), the other chunks' counts are taken
         # at the middle of their bounds. Exact (0, 1, 2, ...) when every row is kept.
         rank = lower - 1.0 + 0.5 * (upper - lower - own)
         q = np.interp(levels * (n - 1), rank, values)
         return q, self._bounds(q, values, lower, upper)
-
-    def fraction_at_or_below(self, t):
-        """Lowest and highest possible fraction of the rows ``<= t``, shape (len(t), 2)."""
-        if self.n_samples == 0:
-            raise ValueError("Cannot compute fractions of zero rows.")
-        values, lower, upper, _ = self._cumulative()
-        return self._bounds(np.atleast_1d(np.asarray(t, dtype=np.float64)), values, lower,
-                            upper)
-
-    def _bounds(self, t, values, lower, upper):
-        idx = np.searchsorted(values, t, side="right") - 1
-        lo = np.where(idx >= 0, lower[np.maximum(idx, 0)], 0)
-        hi = np.where(idx >= 0, upper[np.maximum(idx, 0)], 0)
-        return np.stack([lo, hi], axis=1) / self.n_samples
-
-    def weighted_values(self):
-        """Kept values with the number of rows each stands for (for histograms)."""
-        if not self.values:
-            return np.empty(0), np.empty(0)
-        weights = [np.diff(np.append(r, n)) for r, n in
-                   zip(self.ranks, self.counts, strict=True)]
-        return np.concatenate(self.values), np.concatenate(weights).astype(np.float64)
-
-    def max_rank_error(self) -> float:
-        """Largest possible error, as a fraction of the rows, of any rank read off."""
-        n = self.n_samples
-        gaps = sum(int(np.max(np.diff(np.append(r, c)) - 1, initial=0))
-                   for r, c in zip(self.ranks, self.counts, strict=True))
-        return gaps / n if n else 0.0
 
 
 def combine_sketches(parts) -> RankSketch:
@@ -200,7 +240,7 @@ def combine_sketches(parts) -> RankSketch:
 
 
 @dataclass
-class WeightedRankSketch:
+class WeightedRankSketch(_ChunkSketch):
     """Sorted values of chunks with frequency weights, at known cumulative weights (see
     the module's notes): a value of weight ``w`` counts as ``w`` rows.
 
@@ -229,6 +269,9 @@ class WeightedRankSketch:
     _cumulative_cache: tuple | None = field(default=None, init=False, repr=False,
                                             compare=False)
 
+    _nothing = "zero rows (or of zero weight)"
+    _own_weights = True
+
     @classmethod
     def from_values(cls, values, weights, n_points: int = N_POINTS) -> WeightedRankSketch:
         """The sketch of ``values`` with ``weights`` (finite, >= 0; same shape)."""
@@ -252,10 +295,11 @@ class WeightedRankSketch:
         return cls([v[idx]], [upto[idx] - w[idx]], [upto[idx]], [total], [n],
                    float(np.dot(w, v)))
 
-    @property
-    def n_samples(self) -> int:
-        """Rows of positive weight summarised."""
-        return int(sum(self.counts))
+    def _chunks(self):
+        return zip(self.values, self.below, self.upto, self.totals, strict=True)
+
+    def _is_empty(self) -> bool:
+        return not self.values
 
     @property
     def total_weight(self) -> float:
@@ -263,28 +307,6 @@ class WeightedRankSketch:
 
     def __add__(self, other: WeightedRankSketch) -> WeightedRankSketch:
         return combine_sketches([self, other])
-
-    def _cumulative(self):
-        """Sorted kept values, their own weights, and bounds on the weight of the rows
-        ``<=`` each of them, with the part of that uncertainty from the value's own chunk."""
-        if self._cumulative_cache is None:
-            values, own_w, d_lo, d_hi, own = [], [], [], [], []
-            for v, below, upto, total in zip(self.values, self.below, self.upto,
-                                             self.totals, strict=True):
-                # weight <= t, for t in [v_j, v_{j+1}): at least upto_j, at most below_{j+1}
-                lo, hi = upto, np.append(below[1:], total)
-                values.append(v)
-                own_w.append(upto - below)
-                d_lo.append(np.diff(lo, prepend=0.0))
-                d_hi.append(np.diff(hi, prepend=0.0))
-                own.append(hi - lo)
-            values = np.concatenate(values)
-            order = np.argsort(values, kind="stable")
-            self._cumulative_cache = (
-                values[order], np.concatenate(own_w)[order],
-                np.cumsum(np.concatenate(d_lo)[order]), np.cumsum(np.concatenate(d_hi)[order]),
-                np.concatenate(own)[order])
-        return self._cumulative_cache
 
     def quantile(self, levels):
         """Weighted quantiles at ``levels`` in [0, 1] (see the module's notes).
@@ -296,12 +318,8 @@ class WeightedRankSketch:
             For each returned value ``t``, the lowest and highest possible fraction of
             the total weight on rows ``<= t``.
         """
-        levels = np.atleast_1d(np.asarray(levels, dtype=np.float64))
-        if np.any((levels < 0) | (levels > 1)):
-            raise ValueError(f"Quantile levels must lie in [0, 1]; got {levels.tolist()}.")
-        if not self.values:
-            raise ValueError("Cannot compute quantiles of zero rows (or of zero weight).")
-        values, own_w, lower, upper, own = self._cumulative()
+        levels = self._checked_levels(levels)
+        values, lower, upper, own, own_w = self._cumulative()
         # estimated weight up to each kept value (its own chunk's exact, the others' at
         # the middle of their bounds); the value spans positions upto - w to upto - 1
         upto = lower + 0.5 * (upper - lower - own)
@@ -310,34 +328,3 @@ class WeightedRankSketch:
         positions = np.maximum.accumulate(np.column_stack([first, last]).ravel())
         q = np.interp(levels * (self.total_weight - 1.0), positions, np.repeat(values, 2))
         return q, self._bounds(q, values, lower, upper)
-
-    def fraction_at_or_below(self, t):
-        """Lowest and highest possible fraction of the total weight on rows ``<= t``,
-        shape (len(t), 2)."""
-        if not self.values:
-            raise ValueError("Cannot compute fractions of zero rows (or of zero weight).")
-        values, _, lower, upper, _ = self._cumulative()
-        return self._bounds(np.atleast_1d(np.asarray(t, dtype=np.float64)), values, lower,
-                            upper)
-
-    def _bounds(self, t, values, lower, upper):
-        idx = np.searchsorted(values, t, side="right") - 1
-        lo = np.where(idx >= 0, lower[np.maximum(idx, 0)], 0.0)
-        hi = np.where(idx >= 0, upper[np.maximum(idx, 0)], 0.0)
-        return np.stack([lo, hi], axis=1) / self.total_weight
-
-    def weighted_values(self):
-        """Kept values with the weight each stands for (for histograms)."""
-        if not self.values:
-            return np.empty(0), np.empty(0)
-        weights = [np.diff(np.append(b, total)) for b, total in
-                   zip(self.below, self.totals, strict=True)]
-        return np.concatenate(self.values), np.concatenate(weights)
-
-    def max_rank_error(self) -> float:
-        """Largest possible error, as a fraction of the total weight, of any rank read
-        off."""
-        total = self.total_weight
-        gaps = sum(float(np.max(np.append(b[1:], t) - u, initial=0.0))
-                   for b, u, t in zip(self.below, self.upto, self.totals, strict=True))
-        return gaps / total if total else 0.0
