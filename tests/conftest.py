@@ -262,6 +262,19 @@ def edit_json(member, fn):
     return edit
 
 
+class Crash(Exception):
+    """Raised by a :func:`crash_at` callback: a fit stopped on purpose."""
+
+
+def crash_at(n):
+    """A fit callback that raises :class:`Crash` at EM iteration ``n`` (an interrupted
+    fit, to resume from its checkpoint)."""
+    def callback(event):
+        if event.n_iter == n:
+            raise Crash(f"stopped at iteration {n}")
+    return callback
+
+
 def free_port() -> int:
     """A TCP port free on the loopback interface now."""
     with socket.socket() as sock:

@@ -6,18 +6,7 @@ from numpy.testing import assert_array_equal
 
 from daskgmm import Checkpoint, GaussianMixture
 
-from .conftest import COVARIANCE_TYPES, make_blobs
-
-
-class Crash(Exception):
-    pass
-
-
-def _crash_at(n):
-    def callback(event):
-        if event.n_iter == n:
-            raise Crash(f"stopped at iteration {n}")
-    return callback
+from .conftest import COVARIANCE_TYPES, Crash, crash_at, make_blobs
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
@@ -29,7 +18,7 @@ def test_resumed_fit_reaches_the_uninterrupted_model(tmp_path, covariance_type):
     assert ref.n_iter_ > 8
     ckpt = Checkpoint(tmp_path / "ckpt", every=3)
     with pytest.raises(Crash):
-        GaussianMixture(**kw).fit(X, checkpoint=ckpt, callback=_crash_at(8))
+        GaussianMixture(**kw).fit(X, checkpoint=ckpt, callback=crash_at(8))
     assert ckpt.n_saved == 2  # after iterations 3 and 6
     seen = []
     resumed = GaussianMixture(**kw).fit(X, checkpoint=ckpt, callback=seen.append)
@@ -69,7 +58,7 @@ def test_warm_start_resume_and_callback(tmp_path):
     assert infos[0].max_iter == 30 and infos[-1].active == 0
     ckpt = Checkpoint(tmp_path / "c", every=2)
     with pytest.raises(Crash):
-        copy.deepcopy(start).fit(X, checkpoint=ckpt, callback=_crash_at(5))
+        copy.deepcopy(start).fit(X, checkpoint=ckpt, callback=crash_at(5))
     resumed = copy.deepcopy(start).fit(X, checkpoint=ckpt)
     assert_array_equal(resumed.means_, ref.means_)
     assert_array_equal(resumed.covariances_, ref.covariances_)
@@ -143,7 +132,7 @@ def test_a_damaged_checkpoint_of_the_same_fit_is_reported_and_the_fit_starts_afr
     path = tmp_path / "ckpt"
     with pytest.raises(Crash):
         GaussianMixture(**kw).fit(X, checkpoint=Checkpoint(path, every=2),
-                                  callback=_crash_at(3))
+                                  callback=crash_at(3))
     original = path.read_bytes()
 
     def rewrite(edit):
@@ -223,7 +212,7 @@ def test_a_retry_on_other_workers_resumes_though_auto_chunks_differ(tmp_path):
                          memory_limit="1GiB", dashboard_address=None) as cluster, \
             Client(cluster):
         with pytest.raises(Crash):
-            GaussianMixture(**kw).fit(path, checkpoint=ckpt, callback=_crash_at(5))
+            GaussianMixture(**kw).fit(path, checkpoint=ckpt, callback=crash_at(5))
         from daskgmm.sources import as_dataset
 
         assert len(as_dataset(path, array_name="X").array.chunks[0]) == 3

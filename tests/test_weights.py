@@ -18,7 +18,7 @@ from daskgmm.initialization import draw_sample
 from daskgmm.quantiles import RankSketch, WeightedRankSketch, combine_sketches
 from daskgmm.sources import as_dataset, with_weights
 
-from .conftest import COVARIANCE_TYPES, make_blobs, random_params
+from .conftest import COVARIANCE_TYPES, Crash, crash_at, make_blobs, random_params
 from .test_estimator import assert_same_model, sk_start
 
 RTOL = 1e-6
@@ -178,17 +178,6 @@ def test_weighted_fit_on_a_cluster(weighted, cluster_client):
 # Checkpoints
 
 
-class Crash(Exception):
-    pass
-
-
-def _crash_at(n):
-    def callback(event):
-        if event.n_iter == n:
-            raise Crash(f"stopped at iteration {n}")
-    return callback
-
-
 @pytest.mark.parametrize("kind", ["numpy", "dask"])
 def test_checkpoint_of_other_weights_is_not_resumed(weighted, tmp_path, caplog, kind):
     X, w, _ = weighted
@@ -200,7 +189,7 @@ def test_checkpoint_of_other_weights_is_not_resumed(weighted, tmp_path, caplog, 
     def interrupted():
         Checkpoint(path).remove()
         with pytest.raises(Crash):
-            GaussianMixture(3, **kw).fit(Xin, sample_weight=win, callback=_crash_at(5),
+            GaussianMixture(3, **kw).fit(Xin, sample_weight=win, callback=crash_at(5),
                                          checkpoint=Checkpoint(path, every=1))
 
     interrupted()
