@@ -175,8 +175,8 @@ class _ScoreRows:
     def __init__(self, threshold):
         self.threshold = threshold
 
-    def __call__(self, X, params):
-        return kernels.score_rows(X, params, self.threshold)
+    def __call__(self, X, params, nan_policy="raise"):
+        return kernels.score_rows(X, params, self.threshold, nan_policy)
 
 
 def score_records(dataset: Dataset, mixture: Mixture, threshold: float):

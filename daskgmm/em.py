@@ -48,6 +48,7 @@ class Candidate:
     done: bool = False
     seconds: float = 0.0
     error: Exception | None = None
+    n_incomplete: int = 0  # rows holding NaN in the latest pass
 
     def __post_init__(self):
         self.label = self.label or f"init {self.tag}"
@@ -104,6 +105,7 @@ def run_em(
         changes = []
         for c, s in zip(active, stats, strict=True):
             c.seconds += s.seconds
+            c.n_incomplete = s.n_incomplete
             prev = c.lower_bound
             c.lower_bound = s.log_likelihood / s.weight
             c.lower_bounds.append(c.lower_bound)
@@ -166,4 +168,5 @@ def fitted(candidate: Candidate, *, n_samples: int, n_passes: int, seconds: floa
         lower_bound=candidate.lower_bound if candidate.n_iter > 0 else -np.inf,
         lower_bounds=list(candidate.lower_bounds), n_samples=n_samples,
         n_passes=n_passes, seconds=seconds, resumed_iteration=resumed_iteration,
+        n_incomplete=candidate.n_incomplete,
     )

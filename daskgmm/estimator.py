@@ -86,6 +86,17 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         :meth:`aic`, :meth:`set_threshold` and :func:`daskgmm.select_model` read it with
         the features, in the same pieces; it is never a feature (left out of the default
         ``columns``). Prediction does not read it.
+    nan_policy : {'raise', 'omit', 'marginalize'}, default='raise'
+        What rows holding NaN (missing values) do. 'raise': an error naming the chunk,
+        row and column. 'omit': they are left out of the fit and of ``score``, ``bic``,
+        ``aic`` and the threshold, counted in ``fit_n_incomplete_``; scoring them gives
+        NaN log-density and probabilities, component -1 and ``is_anomaly`` False.
+        'marginalize': EM for incomplete data (Ghahramani and Jordan, 1994): a row's
+        E-step and every score use the marginal density over its observed features, and
+        the M-step the conditional expectations of its missing features and their
+        conditional covariances (see :mod:`daskgmm.missing`); a row whose every feature
+        is NaN is an error. Infinity is an error under every policy. Without NaN every
+        policy fits and scores exactly as 'raise'.
 
     Attributes
     ----------
@@ -98,6 +109,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Rows fitted on, and the fit's duration.
     resumed_iteration_ : int
         Iteration the fit resumed from a checkpoint at (0: not resumed).
+    fit_n_incomplete_ : int
+        Rows of the fit's data holding NaN (left out under ``nan_policy='omit'``,
+        marginalized under 'marginalize'), counted by the last EM pass.
     threshold_, contamination_, threshold_bounds_, training_log_likelihood_,
     score_quantile_levels_, score_quantiles_, threshold_n_passes_
         Set by :meth:`set_threshold` (or :func:`daskgmm.select_model`).
@@ -129,6 +143,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         storage_options=None,
         missing_chunks="raise",
         weight_column=None,
+        nan_policy="raise",
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -155,6 +170,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.storage_options = masked(storage_options)
         self.missing_chunks = missing_chunks
         self.weight_column = weight_column
+        self.nan_policy = nan_policy
 
     # -------------------------------------------------------------------- fit
 
@@ -252,6 +268,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         self.fit_n_samples_ = int(fit.n_samples)
         self.fit_seconds_ = float(fit.seconds)
         self.resumed_iteration_ = int(fit.resumed_iteration)
+        self.fit_n_incomplete_ = int(fit.n_incomplete)
         anomaly.attach(self, threshold)
         return self
 
@@ -407,7 +424,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
+        tags.input_tags.allow_nan = self.nan_policy != "raise"
         return tags
 
 
@@ -449,7 +466,8 @@ def _record_of(est: GaussianMixture) -> model_file.ModelRecord:
         fit=FitSummary(n_iter=est.n_iter_, converged=est.converged_,
                        lower_bound=est.lower_bound_, lower_bounds=est.lower_bounds_,
                        n_samples=getattr(est, "fit_n_samples_", -1),
-                       n_passes=getattr(est, "n_passes_", 0)),
+                       n_passes=getattr(est, "n_passes_", 0),
+                       n_incomplete=getattr(est, "fit_n_incomplete_", 0)),
         n_features_in=est.n_features_in_,
         feature_names=None if names is None else [str(n) for n in names],
         threshold=anomaly.attached(est),

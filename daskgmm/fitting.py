@@ -62,6 +62,11 @@ def fit(dataset: Dataset, params: dict, *, start: Mixture | None = None,
     )
     verbose.end()
     best = em.best_candidate(result.candidates)
+    if best.n_incomplete:
+        logger.info("%d of %d rows of %s hold NaN: %s (nan_policy=%r)", best.n_incomplete,
+                    dataset.n_samples, dataset.description,
+                    "left out" if p["nan_policy"] == "omit" else "marginalized",
+                    p["nan_policy"])
     if not best.converged and p["max_iter"] > 0 and not result.stopped:
         warnings.warn(
             "Best performing initialization did not converge. Try different init "

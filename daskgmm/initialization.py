@@ -41,6 +41,10 @@ from .sources import Dataset
 
 logger = logging.getLogger(__name__)
 
+# Under nan_policy='marginalize', the sample's complete rows seed k-means when they are
+# at least this fraction of it (else its NaN are filled with column medians).
+_COMPLETE_FOR_KMEANS = 0.05
+
 # Rows of the data whose mean fixes the engine's coordinate shift when no sample is drawn.
 _SHIFT_ROWS = 1000
 
@@ -76,14 +80,35 @@ def draw_sample(dataset: Dataset, size: int, random_state):
         else:
             idx, total = passes.weighted_sample_rows(dataset, size, seed)
         sample = passes.take_rows(dataset, idx)
-    bad = kernels.find_nonfinite(sample)
+    policy = dataset.nan_policy
+    bad = kernels.find_nonfinite(sample, allow_nan=policy != "raise")
     if bad is not None:
         row = bad[0] if idx is None else int(idx[bad[0]])
-        raise passes.locate_nonfinite(dataset, row, bad[1])
+        raise passes.locate_nonfinite(dataset, row, bad[1], sample[bad])
     if sample_weight is not None:  # rows of weight 0 play no part
         keep = sample_weight > 0
         sample, sample_weight = sample[keep], sample_weight[keep]
+    if policy != "raise":
+        sample, sample_weight = complete_sample(sample, sample_weight, policy)
     return sample, sample_weight, total
+
+
+def complete_sample(sample, sample_weight, nan_policy):
+    """The sample for k-means and the other sample-based starts, without NaN: under
+    'omit' its rows without NaN; under 'marginalize' the same when at least
+    ``_COMPLETE_FOR_KMEANS`` of them are complete, else every row with each NaN
+    replaced by its column's median over the sample (a start only)."""
+    incomplete = np.isnan(sample).any(axis=1)
+    if not incomplete.any():
+        return sample, sample_weight
+    complete = ~incomplete
+    if nan_policy == "omit" or complete.mean() >= _COMPLETE_FOR_KMEANS:
+        return sample[complete], None if sample_weight is None else sample_weight[complete]
+    filled = sample.copy()
+    medians = np.nanmedian(sample, axis=0)
+    rows, cols = np.nonzero(np.isnan(filled))
+    filled[rows, cols] = np.where(np.isnan(medians[cols]), 0.0, medians[cols])
+    return filled, sample_weight
 
 
 def data_shift(dataset: Dataset, sample=None):
@@ -208,6 +233,13 @@ def initial_params_grid(
         if dataset.weights is not None:  # the pass over the weights, then the rows'
             counter.done("initialization")
         counter.done("initialization")
+    if needs_sample and sample.shape[0] < largest and dataset.nan_policy == "omit":
+        raise ValueError(
+            f"Only {sample.shape[0]} rows of the initialisation's sample of the "
+            f"{dataset.description} have no NaN (nan_policy='omit' leaves the others "
+            f"out), fewer than n_components={largest}. Use nan_policy='marginalize', "
+            "a larger init_sample_size, or fewer components."
+        )
     if needs_sample and sample.shape[0] < largest:
         raise ValueError(
             f"Only {sample.shape[0]} rows of the {dataset.description} have a positive "
@@ -251,8 +283,9 @@ def initial_params_grid(
                     else passes.random_resp_chunk)
         stats = passes.data_pass(dataset, chunk_fn, (work,), split_every=split_every)
         passes.check_total_weight(dataset, stats[0].weight)
-        # weights nk / n, n the rows or with sample weights their total weight
-        total = n if dataset.weights is None else stats[0].weight
+        # weights nk / n, n the rows used (without NaN under nan_policy='omit') or with
+        # sample weights their total weight
+        total = stats[0].weight
         stats = iter(stats)
         counter.done("initialization")
         work = iter(work)

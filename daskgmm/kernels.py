@@ -23,17 +23,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import covariance
+from . import covariance, missing
 from .covariance import CovarianceError
 
 __all__ = [
-    "SCORE_DTYPE", "CovarianceError", "Params", "Stats", "Workspace", "aic", "bic",
+    "NAN_POLICIES", "SCORE_DTYPE", "CovarianceError", "Params", "Stats", "Workspace", "aic", "bic",
     "chunk_log_likelihood", "chunk_stats", "combine_stats", "data_shift",
     "estimate_gaussian_parameters", "estimate_weighted_log_prob", "find_bad_weight",
-    "find_nonfinite",
+    "find_nonfinite", "incomplete_rows",
     "hard_assignment_stats", "log_prob_resp", "m_step", "random_resp",
     "responsibility_stats", "score_chunk", "score_rows", "stats_from_resp",
 ]
+
+# What a pass does with rows holding NaN (the estimator's ``nan_policy``): 'raise' (an
+# error naming the row), 'omit' (left out of fits and sums; scored NaN), 'marginalize'
+# (the marginal density over the observed features, :mod:`daskgmm.missing`).
+NAN_POLICIES = ("raise", "omit", "marginalize")
 
 # Rows per sub-block inside a chunk: temporaries of shape (block, n_components * n_features)
 # stay within a few MiB, i.e. in the CPU's L2/L3 cache.
@@ -71,7 +76,9 @@ class Stats:
     ``nk``: sum of responsibilities per component; ``s1``: sum_i r_ik x_i (shifted x);
     ``s2``: second moments about each component's current mean (shape per covariance
     type, see :mod:`daskgmm.covariance`); ``log_likelihood``: sum of log p(x_i);
-    ``n_samples``: number of rows; ``weight``: their total sample weight.
+    ``n_samples``: number of rows; ``weight``: their total sample weight;
+    ``n_incomplete``: rows holding NaN among the rows seen (with ``nan_policy='omit'``
+    they are not in ``n_samples``, with 'marginalize' they are).
 
     With sample weights ``w_i`` each row's responsibilities are multiplied by its
     weight and its log-likelihood too (``log_likelihood`` is sum_i w_i log p(x_i)), so
@@ -85,6 +92,7 @@ class Stats:
     log_likelihood: float
     n_samples: int
     weight: float
+    n_incomplete: int = 0
 
     def __add__(self, other: Stats) -> Stats:
         return Stats(
@@ -94,6 +102,7 @@ class Stats:
             self.log_likelihood + other.log_likelihood,
             self.n_samples + other.n_samples,
             self.weight + other.weight,
+            self.n_incomplete + other.n_incomplete,
         )
 
 
@@ -262,18 +271,66 @@ def _as_weights(weights):
     return None if weights is None else np.asarray(weights, dtype=np.float64)
 
 
+def incomplete_rows(X, nan_policy="raise"):
+    """Boolean mask of the rows of ``X`` holding a NaN, or None: none does, or
+    ``nan_policy`` is 'raise' (the rows are not looked at: a NaN makes the result
+    non-finite and the caller locates it)."""
+    if nan_policy == "raise":
+        return None
+    mask = np.isnan(X).any(axis=1)
+    return mask if mask.any() else None
+
+
+def _take_weights(weights, rows):
+    return None if weights is None else weights[rows]
+
+
+def _total_weight(X, weights):
+    return float(X.shape[0]) if weights is None else float(weights.sum())
+
+
+def incomplete_stats(X, params: Params, weights=None) -> Stats:
+    """Statistics of (unshifted) rows that each hold a NaN, under ``params``: their
+    marginal E-step and expected statistics (:func:`daskgmm.missing.stats`)."""
+    nk, s1, s2, log_likelihood = missing.stats(X - params.shift, params, weights)
+    return Stats(nk, s1, s2, log_likelihood, X.shape[0], _total_weight(X, weights),
+                 X.shape[0])
+
+
 @overflow_is_inf
-def chunk_stats(X, candidates: list[Params], weights=None) -> list[Stats]:
+def chunk_stats(X, candidates: list[Params], weights=None, nan_policy="raise") -> list[Stats]:
     """E-step of every candidate on one chunk of (unshifted) rows, with statistics.
 
     The chunk is processed in sub-blocks of rows sized to keep temporaries in cache.
     ``weights``: the rows' sample weights (n_samples,), folded into the
     responsibilities and the log-likelihood (see :class:`Stats`); None: all 1.
+    ``nan_policy``: what rows holding NaN do (:data:`NAN_POLICIES`): 'omit' leaves them
+    out, 'marginalize' adds their expected statistics (:func:`incomplete_stats`).
     Returns one ``Stats`` per candidate; a non-finite ``log_likelihood`` means the
-    chunk holds NaN or infinite values (the caller locates them).
+    chunk holds NaN (under 'raise') or infinite values (the caller locates them).
     """
     X = np.asarray(X, dtype=np.float64)
     weights = _as_weights(weights)
+    incomplete = incomplete_rows(X, nan_policy)
+    if incomplete is None:
+        return _complete_stats(X, candidates, weights)
+    complete = ~incomplete
+    out = _complete_stats(X[complete], candidates, _take_weights(weights, complete))
+    rows, w = X[incomplete], _take_weights(weights, incomplete)
+    if nan_policy == "omit":
+        return [_with_incomplete(s, rows.shape[0]) for s in out]
+    return [s + incomplete_stats(rows, p, w) for s, p in zip(out, candidates, strict=True)]
+
+
+def _with_incomplete(stats: Stats, n_incomplete: int) -> Stats:
+    stats.n_incomplete += n_incomplete
+    return stats
+
+
+def _complete_stats(X, candidates: list[Params], weights=None) -> list[Stats]:
+    """:func:`chunk_stats` of rows without NaN (float64)."""
+    if X.shape[0] == 0:
+        return [empty_stats(p, X.shape[1]) for p in candidates]
     fused = [_fused(p) for p in candidates]  # diag, spherical: one compiled pass
     if all(f is not None for f in fused):
         weight = float(X.shape[0]) if weights is None else float(weights.sum())
@@ -317,22 +374,55 @@ def _e_steps(X, params: Params):
         yield slice(start, start + block.shape[0]), log_norm, log_resp
 
 
+def _result_array(n, params: Params, what):
+    if what == "predict_proba":
+        return np.empty((n, params.n_components))
+    return np.empty(n, dtype=np.int64 if what == "predict" else np.float64)
+
+
+def _incomplete_results(rows, params: Params, what, nan_policy):
+    """:func:`score_chunk` of rows that each hold a NaN: under 'marginalize' from
+    their marginal densities; under 'omit' NaN (component -1 for 'predict')."""
+    out = _result_array(rows.shape[0], params, what)
+    if nan_policy == "omit":
+        out[...] = -1 if what == "predict" else np.nan
+        return out
+    log_norm, log_resp = missing.log_prob_resp(rows - params.shift, params)
+    if what == "score_samples":
+        out[:] = log_norm
+    elif what == "predict":
+        out[:] = log_resp.argmax(axis=1)
+    else:
+        np.exp(log_resp, out=out)
+    return out
+
+
 @overflow_is_inf
-def score_chunk(X, params: Params, what):
+def score_chunk(X, params: Params, what, nan_policy="raise"):
     """Per-row results of one model on a chunk of (unshifted) rows, block by block.
 
     ``what``: 'score_samples' (log-density, float64), 'predict' (int64 component) or
-    'predict_proba' (float64, (n_samples, n_components)).
+    'predict_proba' (float64, (n_samples, n_components)). Rows holding NaN, under
+    ``nan_policy`` 'marginalize': the results of their marginal density over the
+    observed features; under 'omit': NaN (component -1).
     """
     X = np.asarray(X, dtype=np.float64)
+    incomplete = incomplete_rows(X, nan_policy)
+    if incomplete is None:
+        return _complete_scores(X, params, what)
+    out = _result_array(X.shape[0], params, what)
+    complete = ~incomplete
+    if complete.any():
+        out[complete] = _complete_scores(X[complete], params, what)
+    out[incomplete] = _incomplete_results(X[incomplete], params, what, nan_policy)
+    return out
+
+
+def _complete_scores(X, params: Params, what):
     fused = _fused(params)
     if fused is not None:
         return fused.score(X, what)
-    n = X.shape[0]
-    if what == "predict_proba":
-        out = np.empty((n, params.n_components))
-    else:
-        out = np.empty(n, dtype=np.int64 if what == "predict" else np.float64)
+    out = _result_array(X.shape[0], params, what)
     for rows, log_norm, log_resp in _e_steps(X, params):
         if what == "score_samples":
             out[rows] = log_norm
@@ -351,43 +441,97 @@ SCORE_DTYPE = np.dtype([
     ("component", np.int32),
     ("responsibility", np.float64),
     ("is_anomaly", np.bool_),
+    ("missing_features", np.int32),
 ])
 
 
 @overflow_is_inf
-def score_rows(X, params: Params, threshold: float):
+def score_rows(X, params: Params, threshold: float, nan_policy="raise"):
     """Anomaly scores of a chunk of (unshifted) rows under one model, block by block.
 
     Returns a structured array of ``SCORE_DTYPE``: log-density (``score_samples``), the
     anomaly score (its negative), the most probable component (``predict``), that
-    component's responsibility (the row's maximum of ``predict_proba``) and
-    ``is_anomaly = log_density < threshold``.
+    component's responsibility (the row's maximum of ``predict_proba``),
+    ``is_anomaly = log_density < threshold`` and the number of the row's features that
+    are NaN. Rows holding NaN: under ``nan_policy='marginalize'`` scored by their
+    marginal density over the observed features; under 'omit' log-density, score and
+    responsibility NaN, component -1, ``is_anomaly`` False.
     """
     X = np.asarray(X, dtype=np.float64)
+    incomplete = incomplete_rows(X, nan_policy)
+    if incomplete is None:
+        out = _complete_score_rows(X, params, threshold)
+        out["missing_features"] = 0
+        return out
+    out = np.empty(X.shape[0], dtype=SCORE_DTYPE)
+    complete = ~incomplete
+    if complete.any():
+        out[complete] = _complete_score_rows(X[complete], params, threshold)
+    rows = X[incomplete]
+    if nan_policy == "omit":
+        log_norm = np.full(rows.shape[0], np.nan)
+        component, responsibility = np.full(rows.shape[0], -1), log_norm
+    else:
+        log_norm, log_resp = missing.log_prob_resp(rows - params.shift, params)
+        component, responsibility = log_resp.argmax(axis=1), np.exp(log_resp.max(axis=1))
+    out[incomplete] = _records(log_norm, component, responsibility, threshold)
+    out["missing_features"] = np.isnan(X).sum(axis=1)
+    return out
+
+
+def _records(log_norm, component, responsibility, threshold):
+    rec = np.empty(log_norm.shape[0], dtype=SCORE_DTYPE)
+    _fill_records(rec, log_norm, component, responsibility, threshold)
+    return rec
+
+
+def _fill_records(rec, log_norm, component, responsibility, threshold):
+    rec["log_density"] = log_norm
+    rec["anomaly_score"] = -log_norm
+    rec["component"] = component
+    rec["responsibility"] = responsibility
+    rec["is_anomaly"] = log_norm < threshold  # False for NaN
+
+
+def _complete_score_rows(X, params: Params, threshold: float):
     out = np.empty(X.shape[0], dtype=SCORE_DTYPE)
     fused = _fused(params)
     parts = [(slice(None), *fused.rows(X))] if fused is not None else (
         (rows, log_norm, log_resp.argmax(axis=1), np.exp(log_resp.max(axis=1)))
         for rows, log_norm, log_resp in _e_steps(X, params))
     for rows, log_norm, component, responsibility in parts:
-        rec = out[rows]
-        rec["log_density"] = log_norm
-        rec["anomaly_score"] = -log_norm
-        rec["component"] = component
-        rec["responsibility"] = responsibility
-        rec["is_anomaly"] = log_norm < threshold
+        _fill_records(out[rows], log_norm, component, responsibility, threshold)
     return out
 
 
 @overflow_is_inf
-def chunk_log_likelihood(X, candidates: list[Params], weights=None) -> list[Stats]:
+def chunk_log_likelihood(X, candidates: list[Params], weights=None,
+                         nan_policy="raise") -> list[Stats]:
     """Only the log-likelihood (and row count and total weight) of every candidate on a
-    chunk of rows; ``weights`` as in :func:`chunk_stats`.
+    chunk of rows; ``weights`` and ``nan_policy`` as in :func:`chunk_stats`.
 
     A non-finite ``log_likelihood`` means the chunk holds NaN or infinite values.
     """
     X = np.asarray(X, dtype=np.float64)
     weights = _as_weights(weights)
+    incomplete = incomplete_rows(X, nan_policy)
+    if incomplete is None:
+        return _complete_log_likelihood(X, candidates, weights)
+    complete = ~incomplete
+    out = _complete_log_likelihood(X[complete], candidates, _take_weights(weights, complete))
+    rows, w = X[incomplete], _take_weights(weights, incomplete)
+    if nan_policy == "omit":
+        return [_with_incomplete(s, rows.shape[0]) for s in out]
+    for s, p in zip(out, candidates, strict=True):
+        log_norm, _ = missing.log_prob_resp(rows - p.shift, p)
+        s.log_likelihood += weighted_log_likelihood(log_norm, w)
+        s.n_samples += rows.shape[0]
+        s.weight += _total_weight(rows, w)
+        s.n_incomplete += rows.shape[0]
+    return out
+
+
+def _complete_log_likelihood(X, candidates: list[Params], weights=None) -> list[Stats]:
     totals = [0.0] * len(candidates)
     ws = Workspace()
     for start, block in _blocks(X, candidates):
@@ -424,8 +568,30 @@ def responsibility_stats(X, params: Params, resp_fn, weights=None) -> Stats:
     return out
 
 
-def hard_assignment_stats(X, centers, params: Params, weights=None) -> Stats:
+def initialisation_rows(X, weights, nan_policy, centres):
+    """The rows of a chunk an initialisation pass uses, their weights and their
+    positions in the chunk: every row (under 'raise', or without NaN); under 'omit' the
+    rows without NaN; under 'marginalize' every row, each NaN replaced by the value of
+    the nearest of ``centres`` over the row's observed features (a single imputation
+    for the start only: EM then marginalizes)."""
+    X = np.asarray(X, dtype=np.float64)
+    weights = _as_weights(weights)
+    incomplete = incomplete_rows(X, nan_policy)
+    if incomplete is None:
+        return X, weights, np.arange(X.shape[0])
+    if nan_policy == "omit":
+        keep = np.flatnonzero(~incomplete)
+        return X[keep], _take_weights(weights, keep), keep
+    X = X.copy()
+    X[incomplete] = missing.impute(X[incomplete], centres)
+    return X, weights, np.arange(X.shape[0])
+
+
+def hard_assignment_stats(X, centers, params: Params, weights=None,
+                          nan_policy="raise") -> Stats:
     """Statistics of rows assigned to their nearest centre (k-means initialisation)."""
+    n = np.shape(X)[0]
+    X, weights, _ = initialisation_rows(X, weights, nan_policy, centers)
     c = centers - params.shift
     c2 = (c * c).sum(axis=1)
 
@@ -435,7 +601,12 @@ def hard_assignment_stats(X, centers, params: Params, weights=None) -> Stats:
         resp[np.arange(xs.shape[0]), d2.argmin(axis=1)] = 1.0
         return resp
 
-    return responsibility_stats(X, params, nearest, weights)
+    return _with_incomplete(responsibility_stats(X, params, nearest, weights),
+                            _n_left_out(n, X, nan_policy))
+
+
+def _n_left_out(n, X, nan_policy):
+    return n - X.shape[0] if nan_policy == "omit" else 0
 
 
 def _hash_uniform(idx, seed):
@@ -451,7 +622,12 @@ def _hash_uniform(idx, seed):
 def random_resp(seed, row_start, n_rows, n_components):
     """Uniform random responsibilities normalised per row, a function of the global row
     index only (SplitMix64 hash), so they do not depend on the chunking."""
-    idx = (np.arange(row_start, row_start + n_rows, dtype=np.uint64)[:, None]
+    return random_resp_at(seed, np.arange(row_start, row_start + n_rows), n_components)
+
+
+def random_resp_at(seed, rows, n_components):
+    """:func:`random_resp` of the rows of global indices ``rows``."""
+    idx = (np.asarray(rows, dtype=np.uint64)[:, None]
            * np.uint64(n_components) + np.arange(n_components, dtype=np.uint64))
     u = _hash_uniform(idx, seed)
     return u / u.sum(axis=1, keepdims=True)
@@ -472,13 +648,19 @@ def sample_keys(seed, row_start, weights):
     return keys
 
 
-def random_resp_stats(X, seed, row_start, params: Params, weights=None) -> Stats:
+def random_resp_stats(X, seed, row_start, params: Params, weights=None,
+                      nan_policy="raise") -> Stats:
     """Statistics of a chunk starting at global row ``row_start`` under
-    :func:`random_resp` responsibilities ('random' initialisation)."""
+    :func:`random_resp` responsibilities ('random' initialisation); under
+    'marginalize' a NaN is replaced by the data's centre (the engine's shift)."""
     k = params.n_components
-    return responsibility_stats(
-        X, params, lambda xs, start: random_resp(seed, row_start + start, xs.shape[0], k),
-        weights)
+    n = np.shape(X)[0]
+    X, weights, positions = initialisation_rows(X, weights, nan_policy, params.shift[None])
+    rows = row_start + positions
+    return _with_incomplete(responsibility_stats(
+        X, params,
+        lambda xs, start: random_resp_at(seed, rows[start:start + xs.shape[0]], k),
+        weights), _n_left_out(n, X, nan_policy))
 
 
 ###############################################################################
@@ -599,13 +781,21 @@ def find_bad_weight(weights):
     return int(np.argmax(bad)) if bad.any() else None
 
 
-def find_nonfinite(X):
-    """(row, column) of the first NaN or infinite value in ``X``, or None."""
-    bad = ~np.isfinite(np.asarray(X, dtype=np.float64))
+def find_nonfinite(X, allow_nan=False):
+    """(row, column) of the first NaN or infinite value in ``X`` (``allow_nan``: of the
+    first infinite value), or None."""
+    X = np.asarray(X, dtype=np.float64)
+    bad = np.isinf(X) if allow_nan else ~np.isfinite(X)
     if not bad.any():
         return None
     row, col = np.argwhere(bad)[0]
     return int(row), int(col)
+
+
+def find_all_missing(X):
+    """Index of the first row of ``X`` whose every value is NaN, or None."""
+    empty = np.isnan(np.asarray(X, dtype=np.float64)).all(axis=1)
+    return int(np.argmax(empty)) if empty.any() else None
 
 
 def data_shift(sample):

@@ -82,7 +82,8 @@ class FitSummary:
     ``lower_bound`` is the mean log-likelihood per row of the last E-step (-inf when no
     iteration ran); ``lower_bounds`` one per iteration; ``n_passes`` the passes over the
     data the fit made (initialisation included); ``resumed_iteration`` the iteration a
-    checkpoint resumed from (0: not resumed).
+    checkpoint resumed from (0: not resumed); ``n_incomplete`` the rows holding NaN
+    the last pass saw (see the estimator's ``nan_policy``).
     """
 
     n_iter: int
@@ -93,3 +94,4 @@ class FitSummary:
     n_passes: int = 0
     seconds: float = 0.0
     resumed_iteration: int = 0
+    n_incomplete: int = 0

@@ -120,7 +120,8 @@ def write_model(path, record: ModelRecord, *, storage_options=None):
         "converged": bool(fit.converged),
         "lower_bound": lower_bound if np.isfinite(lower_bound) else None,
         "lower_bounds": [float(v) for v in fit.lower_bounds],
-        "fit_data": {"n_samples": int(fit.n_samples), "n_features": int(record.n_features_in)},
+        "fit_data": {"n_samples": int(fit.n_samples), "n_features": int(record.n_features_in),
+                     "n_incomplete": int(fit.n_incomplete)},
         "n_passes": int(fit.n_passes),
         "arrays": [name for name, value in arrays.items() if value is not None],
         "anomaly": _anomaly_meta(record.threshold),
@@ -185,6 +186,7 @@ def read_model(path, *, storage_options=None, known_params=None) -> ModelRecord:
         lower_bound=-np.inf if meta["lower_bound"] is None else meta["lower_bound"],
         lower_bounds=list(meta["lower_bounds"]), n_samples=meta["fit_data"]["n_samples"],
         n_passes=meta.get("n_passes", 0), seconds=float("nan"),  # not kept in the file
+        n_incomplete=meta["fit_data"].get("n_incomplete", 0),
     )
     anomaly = meta.get("anomaly")
     record = ModelRecord(
@@ -271,8 +273,9 @@ _FIELD_TYPES = {
     "lower_bounds": (lambda v: isinstance(v, list) and all(_is_number(x) for x in v),
                      "a list of numbers"),
     "fit_data": (lambda v: isinstance(v, dict) and all(_is_int(v.get(k))
-                                                       for k in ("n_samples", "n_features")),
-                 "an object of ints n_samples and n_features"),
+                                                       for k in ("n_samples", "n_features"))
+                 and _is_int(v.get("n_incomplete", 0)) and v.get("n_incomplete", 0) >= 0,
+                 "an object of ints n_samples and n_features (and n_incomplete >= 0)"),
     "arrays": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)
                and set(_REQUIRED_ARRAYS) <= set(v) <= set(_ARRAYS),
                f"a list among {list(_ARRAYS)} with {list(_REQUIRED_ARRAYS)}"),

@@ -8,6 +8,9 @@ lazy dask arrays chunked like the input (:func:`map_rows`).
 
 A chunk holding NaN or infinity is reported with its location (chunk or file, row
 range, first bad row and column); a chunk whose finite values overflow float64 too.
+Under the dataset's ``nan_policy`` 'omit' or 'marginalize' the kernels take rows
+holding NaN (``nan_policy=``), infinity stays an error, and under 'marginalize' so does a
+row whose every feature is NaN.
 
 When the dataset carries sample weights (:attr:`daskgmm.sources.Dataset.weights`), each
 chunk's task receives its block of weights beside its block of rows (the kernels then
@@ -61,26 +64,47 @@ def tree_keys(keys, combine, split_every, name):
     return tasks, level[0], depth
 
 
-def nonfinite_error(description, label, start, stop, row, col, feature_names=None):
-    """The error for a NaN or infinity at global ``row``, column ``col``, found in chunk
-    ``label`` (rows ``start`` to ``stop - 1``) of the data ``description``."""
+def nonfinite_error(description, label, start, stop, row, col, feature_names=None,
+                    value=np.nan):
+    """The error for a NaN or infinity (``value``) at global ``row``, column ``col``,
+    found in chunk ``label`` (rows ``start`` to ``stop - 1``) of the data
+    ``description``."""
     column = f"column {col}" + (f" ({feature_names[col]!r})" if feature_names else "")
+    where = (f"Input X contains NaN or infinity: {label} of {description}, rows "
+             f"{start} to {stop - 1}, first at row {row}, {column} ({value}). ")
+    if np.isnan(value):
+        return ValueError(
+            where + "For missing values, fit with nan_policy='marginalize' (EM over each "
+            "row's observed features) or nan_policy='omit' (rows holding NaN are left "
+            "out and scored NaN); or drop or impute these rows, for example "
+            "X = X[~np.isnan(X).any(axis=1)] for numpy, or for dask "
+            "X = X[~da.isnan(X).any(axis=1)]; X.compute_chunk_sizes()."
+        )
     return ValueError(
-        f"Input X contains NaN or infinity: {label} of {description}, rows "
-        f"{start} to {stop - 1}, first at row {row}, {column}. "
-        "Gaussian mixtures need finite values: drop or impute these rows before fitting, "
-        "for example X = X[np.isfinite(X).all(axis=1)] for numpy, or for dask "
-        "X = X[da.isfinite(X).all(axis=1)]; X.compute_chunk_sizes()."
+        where + "Gaussian mixtures need finite values, whatever nan_policy: drop or "
+        "clip these rows before fitting, for example X = X[~np.isinf(X).any(axis=1)] "
+        "for numpy, or for dask X = X[~da.isinf(X).any(axis=1)]; "
+        "X.compute_chunk_sizes()."
     )
 
 
-def locate_nonfinite(dataset: Dataset, row, col):
+def all_missing_error(description, label, start, stop, row):
+    """The error for a row whose every feature is NaN under nan_policy='marginalize'."""
+    return ValueError(
+        f"Row {row} of {description} ({label}, rows {start} to {stop - 1}) has no "
+        "observed feature: every value is NaN, so it has no marginal density. Drop the "
+        "rows missing every feature (X = X[~np.isnan(X).all(axis=1)]), or fit with "
+        "nan_policy='omit'."
+    )
+
+
+def locate_nonfinite(dataset: Dataset, row, col, value=np.nan):
     """:func:`nonfinite_error` for global ``row`` of ``dataset``."""
     offsets = dataset.row_offsets
     chunk = int(np.searchsorted(offsets, row, side="right")) - 1
     return nonfinite_error(dataset.description, dataset.chunk_label(chunk),
                            int(offsets[chunk]), int(offsets[chunk + 1]), row, col,
-                           dataset.feature_names)
+                           dataset.feature_names, value)
 
 
 class _Where:
@@ -90,13 +114,30 @@ class _Where:
     def __init__(self, dataset: Dataset):
         self.description = dataset.description
         self.feature_names = dataset.feature_names
+        self.nan_policy = dataset.nan_policy
+
+    @property
+    def policy_kw(self) -> dict:
+        """What the kernels take: ``nan_policy=`` unless it is 'raise' (the default)."""
+        return {} if self.nan_policy == "raise" else {"nan_policy": self.nan_policy}
 
     def check_finite(self, block, label, start):
-        bad = kernels.find_nonfinite(block)
+        """A located error for the first value of ``block`` the policy refuses: NaN
+        (under 'raise') or infinity."""
+        bad = kernels.find_nonfinite(block, allow_nan=self.nan_policy != "raise")
         if bad is not None:
             row, col = bad
             raise nonfinite_error(self.description, label, start, start + block.shape[0],
-                                  start + row, col, self.feature_names)
+                                  start + row, col, self.feature_names,
+                                  float(np.asarray(block)[row, col]))
+
+    def check_observed(self, block, label, start):
+        """Under 'marginalize', a located error for a row missing every feature."""
+        if self.nan_policy == "marginalize":
+            row = kernels.find_all_missing(block)
+            if row is not None:
+                raise all_missing_error(self.description, label, start,
+                                        start + block.shape[0], start + row)
 
     def check_weights(self, weights, block, label, start):
         """The block's sample weights as float64, checked: one per row of ``block``,
@@ -126,7 +167,11 @@ class _ChunkTask:
         self.fn, self.where = fn, where
 
     def __call__(self, block, args, label, start, extra=None, weights=None):
-        kw = {}
+        if self.where.nan_policy != "raise":
+            # an infinity in a row the kernels leave out ('omit') is still an error
+            self.where.check_finite(block, label, start)
+            self.where.check_observed(block, label, start)
+        kw = dict(self.where.policy_kw)
         if weights is not None:
             kw["weights"] = self.where.check_weights(weights, block, label, start)
         with np.errstate(invalid="ignore", over="ignore"):
@@ -303,7 +348,7 @@ class TimedStats(Stats):
                           seconds=self.seconds + other.seconds)
 
 
-def em_chunk(block, candidates, row_start, weights=None):
+def em_chunk(block, candidates, row_start, weights=None, nan_policy="raise"):
     """E-step and statistics of every candidate on one chunk, one candidate at a time so
     that each one's compute time is its own (``TimedStats.seconds``)."""
     X = np.asarray(block, dtype=np.float64)
@@ -314,31 +359,39 @@ def em_chunk(block, candidates, row_start, weights=None):
     out = []
     for params in candidates:
         t0 = time.perf_counter()
-        (stats,) = kernels.chunk_stats(X, [params], weights)
+        (stats,) = kernels.chunk_stats(X, [params], weights, nan_policy)
         out.append(TimedStats(**vars(stats), seconds=time.perf_counter() - t0))
     return out
 
 
-def hard_assignment_chunk(block, centers_and_params, row_start, weights=None):
-    return [kernels.hard_assignment_stats(block, c, p, weights)
+def hard_assignment_chunk(block, centers_and_params, row_start, weights=None,
+                          nan_policy="raise"):
+    return [kernels.hard_assignment_stats(block, c, p, weights, nan_policy)
             for c, p in centers_and_params]
 
 
-def random_resp_chunk(block, seeds_and_params, row_start, weights=None):
-    return [kernels.random_resp_stats(block, seed, row_start, p, weights)
+def random_resp_chunk(block, seeds_and_params, row_start, weights=None,
+                      nan_policy="raise"):
+    return [kernels.random_resp_stats(block, seed, row_start, p, weights, nan_policy)
             for seed, p in seeds_and_params]
 
 
-def _log_likelihood_chunk(block, params, row_start, weights=None):
-    return kernels.chunk_log_likelihood(block, params, weights)
+def _log_likelihood_chunk(block, params, row_start, weights=None, nan_policy="raise"):
+    return kernels.chunk_log_likelihood(block, params, weights, nan_policy)
 
 
-def _sketch_chunk(block, params, n_points, row_start, weights=None):
-    if weights is None:
-        return [RankSketch.from_values(kernels.score_chunk(block, p, "score_samples"),
-                                       n_points) for p in params]
-    return [WeightedRankSketch.from_values(kernels.score_chunk(block, p, "score_samples"),
-                                           weights, n_points) for p in params]
+def _sketch_chunk(block, params, n_points, row_start, weights=None, nan_policy="raise"):
+    sketches = []
+    for p in params:
+        values = kernels.score_chunk(block, p, "score_samples", nan_policy)
+        scored = weights
+        if nan_policy == "omit":  # rows holding NaN are scored NaN: not in the sketch
+            kept = ~np.isnan(values)
+            values = values[kept]
+            scored = None if weights is None else weights[kept]
+        sketches.append(RankSketch.from_values(values, n_points) if scored is None
+                        else WeightedRankSketch.from_values(values, scored, n_points))
+    return sketches
 
 
 @dataclass
@@ -403,8 +456,18 @@ def score_pass(dataset: Dataset, params: list[Params], split_every: int = 8):
 
 
 def check_total_weight(dataset: Dataset, total: float):
-    """Raise when the sample weights of ``dataset`` sum to 0 (found by a pass)."""
-    if dataset.weights is not None and not total > 0:
+    """Raise when the sample weights of ``dataset`` sum to 0, or under
+    ``nan_policy='omit'`` no row is left (found by a pass)."""
+    if total > 0:
+        return
+    if dataset.nan_policy == "omit":
+        raise ValueError(
+            f"Every row of the {dataset.description} holds NaN"
+            + (" or weighs 0" if dataset.weights is not None else "")
+            + ": nan_policy='omit' leaves nothing to fit or score. Use "
+            "nan_policy='marginalize' (each row's observed features), or impute."
+        )
+    if dataset.weights is not None:
         raise all_zero_weights_error(dataset.description)
 
 
@@ -440,8 +503,10 @@ class _RowsTask:
         info = block_info[0] if block_info else {}
         i = info.get("chunk-location", (0,))[0]
         start = info.get("array-location", [(0, block.shape[0])])[0][0]
-        self.where.check_finite(block, self.labels[i] if self.labels else f"chunk {i}", start)
-        return self.fn(np.asarray(block, dtype=np.float64), params)
+        label = self.labels[i] if self.labels else f"chunk {i}"
+        self.where.check_finite(block, label, start)
+        self.where.check_observed(block, label, start)
+        return self.fn(np.asarray(block, dtype=np.float64), params, **self.where.policy_kw)
 
 
 def map_rows(dataset: Dataset, fn, params: Params, dtype, n_columns=None):

@@ -11,6 +11,7 @@ cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import logging
 import numbers
@@ -90,6 +91,9 @@ class Dataset:
     weights : dask.array.Array of shape (n_samples,), float64, or None
         The rows' sample weights, chunked exactly like the rows (see
         :func:`with_weights`); None: every row weighs 1.
+    nan_policy : 'raise', 'omit' or 'marginalize'
+        What passes over these rows do with rows holding NaN (the estimator's
+        ``nan_policy``; see :data:`daskgmm.kernels.NAN_POLICIES`).
     """
 
     array: da.Array
@@ -99,6 +103,7 @@ class Dataset:
     lazy: bool = False
     origin: Origin | None = None
     weights: da.Array | None = None
+    nan_policy: str = "raise"
 
     @property
     def n_samples(self) -> int:
@@ -444,8 +449,8 @@ def with_weights(dataset: Dataset, sample_weight) -> Dataset:
         w = w.astype(np.float64)
         check_weights(dataset, w)
         weights = da.from_array(w, chunks=(rows,))
-    return Dataset(dataset.array, dataset.feature_names, dataset.description,
-                   list(dataset.chunk_labels), dataset.lazy, dataset.origin, weights)
+    return dataclasses.replace(dataset, chunk_labels=list(dataset.chunk_labels),
+                               weights=weights)
 
 
 def check_weights(dataset: Dataset, weights: np.ndarray):
@@ -611,8 +616,7 @@ def _from_dataset(dataset):
         array = array.astype(np.float64)
     if array is dataset.array:
         return dataset
-    return Dataset(array, dataset.feature_names, dataset.description,
-                   list(dataset.chunk_labels), dataset.lazy, dataset.origin, dataset.weights)
+    return dataclasses.replace(dataset, array=array, chunk_labels=list(dataset.chunk_labels))
 
 
 ###############################################################################
@@ -1472,7 +1476,4 @@ def cached(dataset: Dataset, cache="auto") -> Dataset:
     logger.info("persisting %.1f MiB of %s for the fit",
                 dataset.array.nbytes / 2**20, dataset.description)
     weights = None if dataset.weights is None else dataset.weights.persist()
-    return Dataset(
-        dataset.array.persist(), dataset.feature_names, dataset.description,
-        dataset.chunk_labels, dataset.lazy, dataset.origin, weights,
-    )
+    return dataclasses.replace(dataset, array=dataset.array.persist(), weights=weights)

@@ -9,6 +9,7 @@ an int in the range [1, inf). Got 0 instead."). :func:`fit_dataset` and
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import dask.array as da
 import numpy as np
 from sklearn.utils.validation import validate_data
 
-from . import covariance
+from . import covariance, kernels
 from .sources import Dataset, MissingColumnError, as_dataset, with_weights
 
 INIT_PARAMS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -108,6 +109,7 @@ CONSTRAINTS = {
     "chunk_rows": _check_chunk_rows,
     "missing_chunks": _options("missing_chunks", ("raise", "fill")),
     "weight_column": _column_name("weight_column"),
+    "nan_policy": _options("nan_policy", kernels.NAN_POLICIES),
 }
 
 
@@ -189,6 +191,10 @@ def fit_dataset(est, X, sample_weight=None) -> Dataset:
     return with_weights(_dataset(est, X, reset=True, fit=True, weighted=True), sample_weight)
 
 
+def _with_policy(est, dataset: Dataset) -> Dataset:
+    return dataclasses.replace(dataset, nan_policy=getattr(est, "nan_policy", "raise"))
+
+
 def predict_dataset(est, X, sample_weight=None, *, weighted=False) -> Dataset:
     """``X`` as a Dataset for a fitted ``est``, checked against the fitted features
     (Parquet without ``columns``: the columns seen at fit are read). ``weighted``: with
@@ -240,7 +246,7 @@ def _dataset(est, X, *, reset, fit=False, weighted=False):
             if located is None:
                 raise
             raise located from None
-        return as_dataset(X, chunk_rows=est.chunk_rows if fit else "auto")
+        return _with_policy(est, as_dataset(X, chunk_rows=est.chunk_rows if fit else "auto"))
     columns = est.columns
     fitted = None if reset else getattr(est, "feature_names_in_", None)
     if columns is None and fitted is not None:
@@ -277,7 +283,7 @@ def _dataset(est, X, *, reset, fit=False, weighted=False):
             f"{dataset.array.shape}) in {dataset.description} while a minimum of 2 is "
             f"required by {type(est).__name__}."
         )
-    return dataset
+    return _with_policy(est, dataset)
 
 
 def check_features(est, dataset: Dataset):

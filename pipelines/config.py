@@ -410,6 +410,9 @@ class ModelConfig(_Section):
     reg_covar: Float = Field(1e-6, ge=0)
     seed: Int | None = Field(0, ge=0)
     init: InitParams = "kmeans"
+    # rows holding NaN: 'raise' (fail naming the row), 'omit' (left out, scored NaN),
+    # 'marginalize' (EM and scores over each row's observed features)
+    nan_policy: Literal["raise", "omit", "marginalize"] = "raise"
 
 
 class AnomalyConfig(_Section):

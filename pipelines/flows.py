@@ -152,10 +152,16 @@ def _read_kwargs(cfg: JobConfig) -> dict:
                 missing_chunks=cfg.source.missing_chunks)
 
 
-def _fit_kwargs(cfg: JobConfig) -> dict:
-    """GaussianMixture parameters that say how to read the source for a fit: the
-    features and the rows' sample weights (scoring reads only the features)."""
+def _source_kwargs(cfg: JobConfig) -> dict:
+    """How to read the source for a fit: the features and the rows' sample weights
+    (scoring reads only the features)."""
     return dict(_read_kwargs(cfg), weight_column=cfg.source.weight_column)
+
+
+def _fit_kwargs(cfg: JobConfig) -> dict:
+    """GaussianMixture parameters that say how to read the source for a fit, and what
+    its rows holding NaN do."""
+    return dict(_source_kwargs(cfg), nan_policy=cfg.model.nan_policy)
 
 
 def _table(selection):
@@ -272,7 +278,7 @@ def check_source(cfg: JobConfig) -> JobConfig:
     """Read the source's metadata (shape, columns) and check that the score location can
     take its scores, before any pass over the data. A Parquet source needs the job's
     feature columns (:func:`policy.feature_columns`)."""
-    dataset = daskgmm.as_dataset(cfg.source.uri, **_fit_kwargs(cfg))
+    dataset = daskgmm.as_dataset(cfg.source.uri, **_source_kwargs(cfg))
     if dataset.origin is not None and dataset.origin.kind == "parquet":
         policy.feature_columns(cfg.source.columns, cfg.source.id_columns,
                                dataset.feature_names, dataset.description)
@@ -709,5 +715,6 @@ def score(config_path: str, model_version: str | None = None, source: str | None
         unlock_job(lock)
     return {"job": cfg.name, "run_id": run_id, "model_version": info["version"],
             "n_rows": pub.n_rows, "n_anomalies": pub.n_anomalies,
+            "n_incomplete": pub.n_incomplete,
             "anomaly_rate": pub.anomaly_rate, "scores_url": pub.location,
             "seconds": time.perf_counter() - t0, "plots": {"Anomaly scores": url}}

@@ -113,6 +113,17 @@ def _promotion_line(s: dict) -> str:
             f"`{s.get('scored_with')}`")
 
 
+def missing_line(s: dict) -> str:
+    """How many scored rows had missing features (NaN), and what was done with them."""
+    n = int(s.get("n_incomplete", 0))
+    if not n:
+        return "0"
+    share = f"{n:,} ({100 * n / s['n_rows']:.3f}%)" if s.get("n_rows") else f"{n:,}"
+    done = {"marginalize": "scored by their observed features",
+            "omit": "scored NaN, never flagged"}.get(s.get("nan_policy"), "")
+    return f"{share}, {done}" if done else share
+
+
 def summary_markdown(s: dict, images: dict | None = None) -> str:
     """The run's markdown summary from the dict the nightly flow assembles.
 
@@ -141,6 +152,7 @@ def summary_markdown(s: dict, images: dict | None = None) -> str:
             {"what": "seconds", "value": f"{s['seconds']:.1f}"},
             {"what": "data passes", "value": s["n_passes"]},
             {"what": "rows scored", "value": f"{s['n_rows']:,}"},
+            {"what": "rows with missing features", "value": missing_line(s)},
             {"what": "anomalies",
              "value": f"{s['n_anomalies']:,} ({100 * s['anomaly_rate']:.3f}%)"},
             {"what": "threshold (log-density)", "value": f"{s['threshold']:.6g}"},

@@ -86,8 +86,10 @@ def test_anomaly_scores_equal_sklearn(covariance_type):
     ours.set_threshold(X, contamination=0.01)
     df = ours.anomaly_scores(X)
     assert list(df.columns) == ["log_density", "anomaly_score", "component", "responsibility",
-                                "is_anomaly"]
-    assert [str(t) for t in df.dtypes] == ["float64", "float64", "int32", "float64", "bool"]
+                                "is_anomaly", "missing_features"]
+    assert [str(t) for t in df.dtypes] == ["float64", "float64", "int32", "float64", "bool",
+                                           "int32"]
+    assert (df["missing_features"] == 0).all()
     ld = ref.score_samples(X)
     assert_allclose(df["log_density"], ld, rtol=1e-6)
     assert_allclose(df["anomaly_score"], -ld, rtol=1e-6)

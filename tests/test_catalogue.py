@@ -712,8 +712,25 @@ CASES = [
          lambda ctx: fit(ctx, X=np.where(np.arange(ctx.world.X.size).reshape(
              ctx.world.X.shape) == 40, np.nan, ctx.world.X)), ValueError,
          r"Input X contains NaN or infinity: chunk 0 of numpy array, rows 0 to 1199, first at "
-         r"row 13, column 1\. .*drop or impute these rows",
+         r"row 13, column 1 \(nan\)\. For missing values, fit with "
+         r"nan_policy='marginalize'.*or nan_policy='omit'.*or drop or impute these rows",
          "the chunk, its rows, the first bad row and column, the fix", WORLD),
+    Case("inf-with-nan-policy", D, "infinity in a row holding NaN, nan_policy='omit'",
+         lambda ctx: fit(ctx, X=np.where(np.arange(ctx.world.X.size).reshape(
+             ctx.world.X.shape) == 40, np.inf, np.where(np.arange(ctx.world.X.size).reshape(
+                 ctx.world.X.shape) == 41, np.nan, ctx.world.X)), nan_policy="omit"),
+         ValueError,
+         r"contains NaN or infinity: chunk 0 of numpy array, rows 0 to 1199, first at row "
+         r"13, column 1 \(inf\)\. Gaussian mixtures need finite values, whatever nan_policy",
+         "the chunk, its rows, the first infinite value's row and column (the row is not "
+         "silently omitted)", WORLD),
+    Case("all-missing-row", D, "a row whose every feature is NaN, nan_policy='marginalize'",
+         lambda ctx: fit(ctx, X=np.where((np.arange(len(ctx.world.X)) == 77)[:, None],
+                                          np.nan, ctx.world.X), nan_policy="marginalize"),
+         ValueError,
+         r"Row 77 of numpy array \(chunk 0, rows 0 to 1199\) has no observed feature.*"
+         r"nan_policy='omit'",
+         "the row, its chunk, the fixes", WORLD),
     Case("inf-in-rows-publish", D, "infinity in a row of the data being scored",
          lambda ctx: publish(ctx, X=np.where(np.arange(ctx.world.X.size).reshape(
              ctx.world.X.shape) == 3000, np.inf, ctx.world.X)), ValueError,

@@ -160,7 +160,7 @@ def test_unknown_key_names_key_line_and_known_keys(tmp_path):
     assert message.splitlines()[1] == (
         f"{path}: model.n_component (line 7): unknown key; did you mean 'n_components'? "
         "known keys: n_components, covariance_types, criterion, n_init, tol, max_iter, "
-        "reg_covar, seed, init"
+        "reg_covar, seed, init, nan_policy"
     )
 
 

@@ -28,7 +28,8 @@ from deltalake import DeltaTable, write_deltalake  # noqa: E402
 from daskgmm.scores import delta_format  # noqa: E402
 
 KW = dict(n_components=3, random_state=0, tol=1e-6)
-SCORES = ["log_density", "anomaly_score", "component", "responsibility", "is_anomaly"]
+SCORES = ["log_density", "anomaly_score", "component", "responsibility", "is_anomaly",
+          "missing_features"]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,8 @@ def test_scores_align_with_the_model_in_every_reader(fitted, tmp_path, cluster_c
     assert [(f.name, f.type) for f in schema] == [
         ("event_id", pa.int64()), ("log_density", pa.float64()),
         ("anomaly_score", pa.float64()), ("component", pa.int32()),
-        ("responsibility", pa.float64()), ("is_anomaly", pa.bool_()), ("run_id", pa.string()),
+        ("responsibility", pa.float64()), ("is_anomaly", pa.bool_()),
+        ("missing_features", pa.int32()), ("run_id", pa.string()),
         ("model_id", pa.string()), ("model_version", pa.string()), ("threshold", pa.float64())]
     # one data file per input file, each with exact row counts in the log
     adds = pa.table(table.get_add_actions(flatten=True))

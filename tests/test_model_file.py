@@ -31,7 +31,7 @@ def test_round_trip(tmp_path, blobs, covariance_type):
     assert loaded.lower_bounds_ == gm.lower_bounds_
     assert_allclose(loaded.score_samples(blobs), gm.score_samples(blobs), rtol=1e-12)
     meta = json.loads(zipfile.ZipFile(path).read("metadata.json"))
-    assert meta["fit_data"] == {"n_samples": 900, "n_features": 3}
+    assert meta["fit_data"] == {"n_samples": 900, "n_features": 3, "n_incomplete": 0}
     assert meta["format_version"] == 1 and meta["library_version"] == daskgmm.__version__
 
 

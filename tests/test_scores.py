@@ -27,6 +27,7 @@ KW = dict(n_components=3, random_state=0, tol=1e-6)
 SCORE_SCHEMA = [
     ("log_density", pa.float64()), ("anomaly_score", pa.float64()), ("component", pa.int32()),
     ("responsibility", pa.float64()), ("is_anomaly", pa.bool_()),
+    ("missing_features", pa.int32()),
 ]
 
 

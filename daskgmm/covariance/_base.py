@@ -143,6 +143,12 @@ class CovarianceModel(abc.ABC):
         caller runs the numpy path. Only the variance types have one."""
         return None
 
+    def feature_precisions(self, precisions_cholesky, n_components, n_features):
+        """The precision of each feature, (k, d), when the features are independent
+        given the component (the variance types; rows with missing values then need no
+        factorisation, see :mod:`daskgmm.missing`), else None."""
+        return None
+
     # ------------------------------------------------------------------ M-step
 
     @abc.abstractmethod
@@ -249,6 +255,10 @@ class VarianceModel(CovarianceModel):
                  - 0.5 * n_features * math.log(2 * math.pi) + np.log(weights))
         return fused.OnePass(*(np.ascontiguousarray(a, dtype=np.float64)
                                for a in (shift, means, factors, const)))
+
+    def feature_precisions(self, precisions_cholesky, n_components, n_features):
+        return np.broadcast_to(
+            (precisions_cholesky**2).reshape(n_components, -1), (n_components, n_features))
 
     def precisions_cholesky_from_precisions(self, precisions):
         return np.sqrt(precisions)

@@ -45,7 +45,7 @@ from threadpoolctl import threadpool_limits
 
 from .._storage import RUN_ID, is_local, naming_write_errors, redact_url, url_of, url_to_fs
 from ..passes import compute_each
-from ..quantiles import combine_sketches, sketch_points
+from ..quantiles import sketch_points
 from .formats import (
     FORMAT,
     FORMAT_VERSION,
@@ -53,6 +53,7 @@ from .formats import (
     SCORE_FIELDS,
     ScoreFormat,
     id_arrays,
+    piece_totals,
     score_pieces,
     summary,
 )
@@ -165,7 +166,8 @@ class DeltaScores(ScoreFormat):
         try:
             with naming_write_errors(f"{uri}/{directory}"), threadpool_limits(limits=1):
                 parts = compute_each(tasks)
-            sketch = combine_sketches([s for (s, _), _ in parts])
+            totals = piece_totals([piece for piece, _ in parts])
+            sketch = totals.pop("sketch")
             manifest = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -174,9 +176,7 @@ class DeltaScores(ScoreFormat):
                 "attempt": token,
                 "written_at": datetime.now(UTC).isoformat(timespec="microseconds"),
                 "source": dataset.description,
-                "n_rows": sketch.n_samples,
-                "n_anomalies": int(sum(a for (_, a), _ in parts)),
-                "log_likelihood": sketch.log_likelihood / sketch.n_samples,
+                **totals,
                 "schema": [{"name": f.name, "type": str(f.type)} for f in schema],
             }
             if before_commit is not None:

@@ -16,6 +16,7 @@ import logging
 import re
 import secrets
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -69,11 +70,38 @@ def id_arrays(n, row_start, ids):
     return [table.column(c).combine_chunks() for c in id_columns]
 
 
-def summary(scores, n_points):
+class PieceSummary(NamedTuple):
     """What a written piece of scores reports: a sketch of its log-densities (for the
-    manifest, drift checks and histograms) and its number of anomalies."""
-    sketch = RankSketch.from_values(scores["log_density"], n_points)
-    return sketch, int(np.count_nonzero(scores["is_anomaly"]))
+    manifest, drift checks and histograms; rows scored NaN under ``nan_policy='omit'``
+    are not in it), its rows, anomalies, and rows with missing features."""
+
+    sketch: RankSketch
+    n_rows: int
+    n_anomalies: int
+    n_incomplete: int
+
+
+def summary(scores, n_points) -> PieceSummary:
+    """The :class:`PieceSummary` of a piece of score records."""
+    log_density = scores["log_density"]
+    scored = log_density[~np.isnan(log_density)]
+    return PieceSummary(RankSketch.from_values(scored, n_points), int(scores.shape[0]),
+                        int(np.count_nonzero(scores["is_anomaly"])),
+                        int(np.count_nonzero(scores["missing_features"])))
+
+
+def piece_totals(parts) -> dict:
+    """The manifest's totals over the :class:`PieceSummary` of every piece, and the
+    combined sketch (under ``"sketch"``)."""
+    sketch = combine_sketches([p.sketch for p in parts])
+    scored = sketch.n_samples
+    return {
+        "n_rows": int(sum(p.n_rows for p in parts)),
+        "n_anomalies": int(sum(p.n_anomalies for p in parts)),
+        "n_incomplete": int(sum(p.n_incomplete for p in parts)),
+        "log_likelihood": sketch.log_likelihood / scored if scored else float("nan"),
+        "sketch": sketch,
+    }
 
 
 class ScoreFormat(abc.ABC):
@@ -96,7 +124,8 @@ class ScoreFormat(abc.ABC):
         """Write ``scores`` (a lazy dask array of ``SCORE_DTYPE`` records chunked like
         ``dataset``) as run ``run_id`` and make them current, atomically; return the
         manifest, with ``version`` (relative to ``target``), ``n_rows``,
-        ``n_anomalies``, ``log_likelihood`` and the ``sketch`` of the log-densities.
+        ``n_anomalies``, ``n_incomplete`` (rows with missing features),
+        ``log_likelihood`` and the ``sketch`` of the log-densities.
         ``before_commit``: called once the version is written, before it becomes
         current; an exception there removes the version and publishes nothing."""
 
@@ -145,7 +174,7 @@ class VersionedScores(ScoreFormat):
     def write_version(self, scores, dataset, location: VersionedLocation, version, info,
                       id_columns, storage_options):
         """Write the pieces of ``version``; returns ``(parts, columns)``: per piece its
-        ``(RankSketch, n_anomalies)``, and the written columns' names and types."""
+        :class:`PieceSummary`, and the written columns' names and types."""
 
     def location(self, target, storage_options) -> VersionedLocation:
         return VersionedLocation(
@@ -177,7 +206,8 @@ class VersionedScores(ScoreFormat):
             with naming_write_errors(location.version_url(version)):
                 parts, columns = self.write_version(scores, dataset, location, version, info,
                                                     id_columns, storage_options)
-            sketch = combine_sketches([s for s, _ in parts])
+            totals = piece_totals(parts)
+            sketch = totals.pop("sketch")
             manifest = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -186,9 +216,7 @@ class VersionedScores(ScoreFormat):
                 **info,
                 "written_at": datetime.now(UTC).isoformat(timespec="microseconds"),
                 "source": dataset.description,
-                "n_rows": sketch.n_samples,
-                "n_anomalies": int(sum(a for _, a in parts)),
-                "log_likelihood": sketch.log_likelihood / sketch.n_samples,
+                **totals,
                 "schema": columns,
             }
             location.complete(version, manifest)

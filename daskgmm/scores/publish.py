@@ -53,6 +53,10 @@ class Publication:
     run_id, model_id, kind : str
         The run, the model's content hash, 'parquet', 'zarr' or 'delta'.
     n_rows, n_anomalies : int
+    n_incomplete : int
+        Rows scored with missing features (NaN): under the model's
+        ``nan_policy='marginalize'`` scored by their observed features, under 'omit'
+        scored NaN (not anomalies).
     log_likelihood : float
         Mean log-density per row (for drift checks).
     sketch : RankSketch
@@ -77,6 +81,7 @@ class Publication:
     seconds: float
     manifest: dict = field(repr=False)
     n_passes: int = 1
+    n_incomplete: int = 0
 
     @property
     def anomaly_rate(self) -> float:
@@ -148,7 +153,8 @@ def write_scores(
     Parquet output: one file per input file (same relative path) for a Parquet source,
     else one file per row chunk (``part-00000.parquet``, ...), with the schema
     ``[id columns as in the source | row_number int64], log_density float64,
-    anomaly_score float64, component int32, responsibility float64, is_anomaly bool``.
+    anomaly_score float64, component int32, responsibility float64, is_anomaly bool,
+    missing_features int32``.
     Zarr output: one 1-D array per score column in the version's group, chunked like the
     input rows, each with attributes naming the model and the run.
     Delta output: the Parquet schema followed by ``run_id`` (the partition), ``model_id``,
@@ -195,6 +201,7 @@ def write_scores(
         kind=fmt.kind, n_rows=manifest["n_rows"], n_anomalies=manifest["n_anomalies"],
         log_likelihood=manifest["log_likelihood"], sketch=sketch,
         seconds=time.perf_counter() - t0, manifest=manifest, n_passes=counter.count,
+        n_incomplete=manifest["n_incomplete"],
     )
     logger.info(
         "published scores of %d rows (%d anomalies, %.3f%%) of %s to %s, version %s",
