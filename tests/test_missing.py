@@ -28,6 +28,14 @@ from .conftest import COVARIANCE_TYPES, full_covariances, make_blobs, random_par
 POLICIES = ["raise", "omit", "marginalize"]
 
 
+@pytest.fixture(params=["numba", "numpy"])
+def kernels_choice(request, monkeypatch):
+    """Both E-steps of rows with missing values: the compiled one and the numpy
+    reference (``DASKGMM_KERNELS``)."""
+    monkeypatch.setenv("DASKGMM_KERNELS", request.param)
+    return request.param
+
+
 def punch_holes(X, fraction, seed=0, keep_one=True):
     """``X`` with a random ``fraction`` of its entries NaN (missing completely at
     random); with ``keep_one`` no row loses every feature."""
@@ -106,7 +114,7 @@ def reference_em_step(X, weights, means, covs, covariance_type, reg_covar, w=Non
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_marginal_log_density_equals_scipy(covariance_type):
+def test_marginal_log_density_equals_scipy(covariance_type, kernels_choice):
     d = 6
     params = random_params(covariance_type, n_components=3, n_features=d, seed=3)
     rng = np.random.default_rng(1)
@@ -119,9 +127,9 @@ def test_marginal_log_density_equals_scipy(covariance_type):
     assert_allclose(np.exp(log_resp), ref_resp, rtol=1e-8, atol=1e-12)
 
 
-@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_patterns_group_every_row_once(covariance_type):
-    observed = ~np.isnan(punch_holes(np.zeros((300, 11)), 0.2, seed=4))
+@pytest.mark.parametrize("n_features", [11, 70])  # one int64 key per row, or packed bits
+def test_patterns_group_every_row_once(n_features):
+    observed = ~np.isnan(punch_holes(np.zeros((300, n_features)), 0.2, seed=4))
     seen = []
     for rows, o in missing.patterns(observed):
         assert (observed[rows] == o).all()
@@ -130,7 +138,7 @@ def test_patterns_group_every_row_once(covariance_type):
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_one_em_step_equals_reference(covariance_type):
+def test_one_em_step_equals_reference(covariance_type, kernels_choice):
     """From the same start, one EM iteration of 'marginalize' over 4 chunks equals the
     per-row reference (relative 1e-8), weights, means, covariances and lower bound."""
     X = punch_holes(make_blobs(600, 4, 3, seed=5), 0.2, seed=6)
@@ -154,7 +162,7 @@ def test_one_em_step_equals_reference(covariance_type):
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
-def test_weights_fold_into_marginal_statistics(covariance_type):
+def test_weights_fold_into_marginal_statistics(covariance_type, kernels_choice):
     """Integer sample weights under 'marginalize' fit as the rows repeated."""
     X = punch_holes(make_blobs(500, 3, 2, seed=8), 0.2, seed=9)
     w = np.random.default_rng(10).integers(0, 4, X.shape[0]).astype(float)
@@ -370,6 +378,34 @@ def test_published_scores_count_rows_with_missing_features(tmp_path):
         else:
             ref, _ = marginal_oracle(X, gm.weights_, gm.means_, dense_covariances(gm))
             assert_allclose(scores["log_density"], ref, rtol=1e-8)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_compiled_and_numpy_marginal_statistics_agree(covariance_type, monkeypatch):
+    """The compiled kernel against the numpy reference on many patterns, tiles longer
+    than one (a pattern of 700 rows), sample weights with zeros, and a far row whose
+    density underflows."""
+    params = random_params(covariance_type, n_components=4, n_features=7, seed=31)
+    rng = np.random.default_rng(32)
+    X = punch_holes(rng.normal(0, 3, size=(3000, 7)), 0.25, seed=33)
+    X[:700] = rng.normal(0, 3, size=(700, 7))
+    X[:700, 2] = np.nan  # one large pattern
+    X[5] = [1e30, np.nan, 0, 0, 0, 0, 0]
+    X = X[np.isnan(X).any(axis=1)]
+    w = rng.integers(0, 3, X.shape[0]).astype(float)
+    out = {}
+    for choice in ("numba", "numpy"):
+        monkeypatch.setenv("DASKGMM_KERNELS", choice)
+        out[choice] = (missing.stats(X, params, w), missing.log_prob_resp(X, params))
+    (nk, s1, s2, ll), (norm, resp) = out["numba"]
+    (nk0, s10, s20, ll0), (norm0, resp0) = out["numpy"]
+    assert_allclose(nk, nk0, rtol=1e-10)
+    assert_allclose(s1, s10, rtol=1e-10, atol=1e-9)
+    assert_allclose(s2, s20, rtol=1e-10, atol=1e-9)
+    assert_allclose(ll, ll0, rtol=1e-12)
+    assert_allclose(norm, norm0, rtol=1e-12)
+    assert norm[np.flatnonzero(X[:, 0] == 1e30)[0]] < -1e50
+    assert_allclose(np.exp(resp), np.exp(resp0), atol=1e-12)
 
 
 def test_score_rows_records_missing_features():

@@ -19,7 +19,13 @@ type        covariances_ / precisions_cholesky_    s2 statistic (centred on curr
 from __future__ import annotations
 
 from . import diag, full, spherical, tied
-from ._base import CovarianceError, CovarianceModel, ill_defined_message, overflow_message
+from ._base import (
+    CovarianceError,
+    CovarianceModel,
+    fused_module,
+    ill_defined_message,
+    overflow_message,
+)
 
 _MODELS = {m.MODEL.name: m.MODEL for m in (full, tied, diag, spherical)}
 
@@ -43,5 +49,5 @@ def n_parameters(n_components, n_features, covariance_type) -> int:
     return int(cov + n_features * n_components + n_components - 1)
 
 
-__all__ = ["COVARIANCE_TYPES", "CovarianceError", "CovarianceModel", "get",
+__all__ = ["COVARIANCE_TYPES", "CovarianceError", "CovarianceModel", "fused_module", "get",
            "ill_defined_message", "n_parameters", "overflow_message"]

@@ -1,4 +1,6 @@
-"""The one-pass E-step of the variance types ('diag', 'spherical'), compiled by numba.
+"""The compiled kernels (numba): the one-pass E-step of the variance types ('diag',
+'spherical'), and the marginal E-step of rows with missing values under the matrix types
+('full', 'tied'; at the end of this module).
 
 The numpy path (:func:`daskgmm.kernels.chunk_stats` with :func:`._base.centred_squares`,
 :func:`._base.weighted_squares`, :func:`daskgmm.kernels.log_prob_resp` and
@@ -280,3 +282,218 @@ class OnePass:
             return self.rows(X, proba=True)[3]
         log_density, component, _ = self.rows(X)
         return component if what == "predict" else log_density
+
+
+###############################################################################
+# Rows with missing values under matrix covariances ('full', 'tied')
+#
+# The numpy path is :mod:`daskgmm.missing` (its per-pattern class), the reference. Here
+# the rows, grouped by their pattern of missing features (``order``, ``starts``), go
+# through one compiled loop: per pattern, each component's observed covariance block is
+# factorised once (Cholesky), with B = L^-1 S_om and the conditional covariance
+# S_mm - B^T B; per row, each component's whitened observed part z = L^-1 (x_o - mu_o)
+# gives the marginal log-density, and the statistics of the row completed by
+# mu_m + B^T z, the conditional covariances added once per pattern. Numpy's overhead per
+# pattern (a few dozen calls) is what made thousands of patterns per chunk slow.
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@_jit
+def _cholesky_into(a, n, out):
+    """The lower Cholesky factor of ``a[:n, :n]`` in ``out[:n, :n]``; False when ``a`` is
+    not positive definite."""
+    for j in range(n):
+        s = a[j, j]
+        for p in range(j):
+            s -= out[j, p] * out[j, p]
+        if not s > 0.0:
+            return False
+        d = math.sqrt(s)
+        out[j, j] = d
+        for i in range(j + 1, n):
+            t = a[i, j]
+            for p in range(j):
+                t -= out[i, p] * out[j, p]
+            out[i, j] = t / d
+    return True
+
+
+@_jit
+def _marginal(X, order, starts, means, covs, log_weights, weights, want_stats,
+              log_norm, log_resp, nk, s1, s2):
+    """The marginal E-step of rows ``X`` (shifted, NaN where missing; rows
+    ``order[starts[g]:starts[g + 1]]`` share a pattern). Fills ``log_norm`` and (when not
+    empty) ``log_resp``; with ``want_stats`` adds the expected statistics to ``nk``,
+    ``s1``, ``s2`` (``weights``, when not empty, multiply the responsibilities).
+    Returns ``(component, log_likelihood)``: component -1, or the first whose observed
+    covariance block is not positive definite (nothing is then complete).
+
+    A pattern's rows go by tiles of ``_TILE``, features by rows: the innermost loops run
+    over the tile's rows (contiguous, vectorised)."""
+    n_features = X.shape[1]
+    n_components = means.shape[0]
+    obs = np.empty(n_features, np.int64)
+    mis = np.empty(n_features, np.int64)
+    chol = np.empty((n_components, n_features, n_features))
+    gain = np.empty((n_components, n_features, n_features))
+    cond = np.empty((n_components, n_features, n_features))
+    sub = np.empty((n_features, n_features))
+    const = np.empty(n_components)
+    xo = np.empty((n_features, _TILE))
+    z = np.empty((n_components, n_features, _TILE))
+    wlp = np.empty((n_components, _TILE))
+    diff = np.empty((n_features, _TILE))
+    rt = np.empty(_TILE)
+    rsum = np.empty(n_components)
+    weighted = weights.shape[0] > 0
+    with_resp = log_resp.shape[0] > 0
+    total = 0.0
+    for g in range(starts.shape[0] - 1):
+        first = order[starts[g]]
+        no = 0
+        nm = 0
+        for j in range(n_features):
+            if np.isnan(X[first, j]):
+                mis[nm] = j
+                nm += 1
+            else:
+                obs[no] = j
+                no += 1
+        for c in range(n_components):
+            for a in range(no):
+                for b in range(no):
+                    sub[a, b] = covs[c, obs[a], obs[b]]
+            if not _cholesky_into(sub, no, chol[c]):
+                return c, 0.0
+            half_log_det = 0.0
+            for a in range(no):
+                half_log_det -= math.log(chol[c, a, a])
+            const[c] = log_weights[c] + half_log_det - 0.5 * no * _LOG_2PI
+            for b in range(nm):  # B = L^-1 S_om, column by column
+                for a in range(no):
+                    t = covs[c, obs[a], mis[b]]
+                    for p in range(a):
+                        t -= chol[c, a, p] * gain[c, p, b]
+                    gain[c, a, b] = t / chol[c, a, a]
+            for a in range(nm):  # S_mm - B^T B
+                for b in range(nm):
+                    t = covs[c, mis[a], mis[b]]
+                    for p in range(no):
+                        t -= gain[c, p, a] * gain[c, p, b]
+                    cond[c, a, b] = t
+            rsum[c] = 0.0
+        for tile in range(starts[g], starts[g + 1], _TILE):
+            nt = min(_TILE, starts[g + 1] - tile)
+            for a in range(no):
+                for t in range(nt):
+                    xo[a, t] = X[order[tile + t], obs[a]]
+            for c in range(n_components):
+                for a in range(no):  # z = L^-1 (x_o - mu_o), by rows of L
+                    mu = means[c, obs[a]]
+                    for t in range(nt):
+                        z[c, a, t] = xo[a, t] - mu
+                    for p in range(a):
+                        lap = chol[c, a, p]
+                        for t in range(nt):
+                            z[c, a, t] -= lap * z[c, p, t]
+                    inv = 1.0 / chol[c, a, a]
+                    for t in range(nt):
+                        z[c, a, t] *= inv
+                for t in range(nt):
+                    wlp[c, t] = const[c]
+                for a in range(no):
+                    for t in range(nt):
+                        wlp[c, t] -= 0.5 * z[c, a, t] * z[c, a, t]
+            for t in range(nt):  # log-sum-exp: the rows' log-densities and log-resp
+                amax = -np.inf
+                for c in range(n_components):
+                    if wlp[c, t] > amax:
+                        amax = wlp[c, t]
+                underflow = amax == -np.inf
+                if not math.isfinite(amax):
+                    amax = 0.0
+                total_exp = 0.0
+                for c in range(n_components):
+                    wlp[c, t] = max(wlp[c, t] - amax, _LOG_TINY)
+                    total_exp += math.exp(wlp[c, t])
+                log_s = math.log(total_exp)
+                row_norm = -np.inf if underflow else amax + log_s
+                i = order[tile + t]
+                log_norm[i] = row_norm
+                for c in range(n_components):
+                    wlp[c, t] -= log_s
+                    if with_resp:
+                        log_resp[i, c] = wlp[c, t]
+                if want_stats:
+                    w = weights[i] if weighted else 1.0
+                    if w > 0.0:
+                        total += w * row_norm
+            if not want_stats:
+                continue
+            for c in range(n_components):
+                r_total = 0.0
+                for t in range(nt):
+                    w = weights[order[tile + t]] if weighted else 1.0
+                    r = 0.0 if wlp[c, t] < _LOG_RESP_ZERO else math.exp(wlp[c, t]) * w
+                    rt[t] = r
+                    r_total += r
+                if r_total == 0.0:
+                    continue
+                mean = means[c]
+                for a in range(no):  # the row completed, less the mean
+                    j = obs[a]
+                    for t in range(nt):
+                        diff[j, t] = xo[a, t] - mean[j]
+                for b in range(nm):  # B^T z: the conditional expectation, less the mean
+                    j = mis[b]
+                    for t in range(nt):
+                        diff[j, t] = 0.0
+                    for p in range(no):
+                        gpb = gain[c, p, b]
+                        for t in range(nt):
+                            diff[j, t] += gpb * z[c, p, t]
+                nk[c] += r_total
+                rsum[c] += r_total
+                for a in range(n_features):
+                    first_moment = 0.0
+                    for t in range(nt):
+                        first_moment += rt[t] * diff[a, t]
+                    s1[c, a] += r_total * mean[a] + first_moment
+                    for b in range(a + 1):
+                        acc = 0.0
+                        for t in range(nt):
+                            acc += rt[t] * diff[a, t] * diff[b, t]
+                        s2[c, a, b] += acc
+        if want_stats:
+            for c in range(n_components):
+                for a in range(nm):
+                    for b in range(a + 1):  # mis is increasing: the lower triangle
+                        s2[c, mis[a], mis[b]] += rsum[c] * cond[c, a, b]
+    if want_stats:
+        for c in range(n_components):
+            for a in range(n_features):
+                for b in range(a):
+                    s2[c, b, a] = s2[c, a, b]
+    return -1, total
+
+
+def marginal(X, order, starts, means, covs, log_weights, weights=None, stats=False,
+             resp=True):
+    """The compiled marginal E-step of rows ``X`` (see :func:`_marginal`) under ``covs``
+    (n_components, d, d). Returns ``(component, log_norm, log_resp, nk, s1, s2,
+    log_likelihood)``; ``log_resp`` is empty without ``resp``, the statistics zero
+    without ``stats``."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    n, d = X.shape
+    k = means.shape[0]
+    log_norm = np.empty(n)
+    log_resp = np.empty((n if resp else 0, k))
+    nk, s1, s2 = np.zeros(k), np.zeros((k, d)), np.zeros((k, d, d))
+    weights = np.empty(0) if weights is None else np.ascontiguousarray(weights, np.float64)
+    component, total = _marginal(
+        X, np.ascontiguousarray(order, np.int64), np.ascontiguousarray(starts, np.int64),
+        np.ascontiguousarray(means, np.float64), np.ascontiguousarray(covs, np.float64),
+        np.ascontiguousarray(log_weights, np.float64), weights, stats, log_norm, log_resp,
+        nk, s1, s2)
+    return component, log_norm, log_resp, nk, s1, s2, float(total)
