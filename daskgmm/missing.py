@@ -217,6 +217,9 @@ def log_prob_resp(X, params):
     n, k = X.shape[0], params.n_components
     log_norm, log_resp = np.empty(n), np.empty((n, k))
     if _feature_precisions(params) is not None:
+        compiled = _compiled_variance(X, params, stats=False)
+        if compiled is not None:
+            return compiled[0], compiled[1]
         for rows in _row_blocks(X, params):
             log_norm[rows], log_resp[rows] = _log_resp(_variance_log_prob(X[rows], params))
         return log_norm, log_resp
@@ -226,6 +229,17 @@ def log_prob_resp(X, params):
     for _, rows, wlp, _ in _pattern_blocks(X, params):
         log_norm[rows], log_resp[rows] = _log_resp(wlp)
     return log_norm, log_resp
+
+
+def _compiled_variance(X, params, weights=None, stats=True):
+    """The compiled kernel's results for a variance type (see
+    :func:`daskgmm.covariance.compiled.variance_marginal`), or None."""
+    compiled = fused_module()
+    if compiled is None:
+        return None
+    return compiled.variance_marginal(X, params.means, np.sqrt(_feature_precisions(params)),
+                                      np.log(params.weights), weights, stats=stats,
+                                      resp=not stats)
 
 
 def _compiled_marginal(X, params, weights=None, stats=True):
@@ -269,6 +283,9 @@ def stats(X, params, weights=None):
     k, d = params.means.shape
     total = 0.0
     if _feature_precisions(params) is not None:
+        compiled = _compiled_variance(X, params, weights)
+        if compiled is not None:
+            return compiled[2], compiled[3], compiled[4], compiled[5]
         nk, s1, s2 = np.zeros(k), np.zeros((k, d)), np.zeros((k, d))
         for rows in _row_blocks(X, params):
             w = None if weights is None else weights[rows]

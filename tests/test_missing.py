@@ -380,7 +380,7 @@ def test_published_scores_count_rows_with_missing_features(tmp_path):
             assert_allclose(scores["log_density"], ref, rtol=1e-8)
 
 
-@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 def test_compiled_and_numpy_marginal_statistics_agree(covariance_type, monkeypatch):
     """The compiled kernel against the numpy reference on many patterns, tiles longer
     than one (a pattern of 700 rows), sample weights with zeros, and a far row whose

@@ -497,3 +497,100 @@ def marginal(X, order, starts, means, covs, log_weights, weights=None, stats=Fal
         np.ascontiguousarray(log_weights, np.float64), weights, stats, log_norm, log_resp,
         nk, s1, s2)
     return component, log_norm, log_resp, nk, s1, s2, float(total)
+
+
+###############################################################################
+# Rows with missing values under the variance types ('diag', 'spherical')
+#
+# The features are independent given the component: a row's marginal density is the
+# product over its observed features, and its missing features' conditional
+# expectations and variances are the component's mean and variance. The numpy
+# reference is :func:`daskgmm.missing._variance_stats` (masked arrays, (rows, k, d)
+# temporaries); here one loop over the rows.
+
+
+@_jit
+def _variance_marginal(X, means, factors, log_weights, weights, want_stats, log_norm,
+                       log_resp, nk, s1, s2):
+    """As :func:`_marginal` for per-feature precision factors ``factors`` (k, d):
+    ``sum_j ((x_j - mu_kj) * p_kj)**2`` over the observed features. Returns the
+    log-likelihood."""
+    n_samples, n_features = X.shape
+    n_components = means.shape[0]
+    log_factors = np.log(factors)
+    variances = 1.0 / (factors * factors)
+    wlp = np.empty(n_components)
+    x = np.empty(n_features)  # the row, 0 where missing
+    seen = np.empty(n_features)  # 1.0 where observed, else 0.0
+    weighted = weights.shape[0] > 0
+    with_resp = log_resp.shape[0] > 0
+    total = 0.0
+    for i in range(n_samples):
+        n_obs = 0.0
+        for j in range(n_features):
+            v = X[i, j]
+            ok = not np.isnan(v)
+            seen[j] = 1.0 if ok else 0.0
+            x[j] = v if ok else 0.0
+            n_obs += seen[j]
+        amax = -np.inf
+        for c in range(n_components):  # branch-free over the features
+            q = 0.0
+            log_det = 0.0
+            for j in range(n_features):
+                t = (x[j] - means[c, j]) * factors[c, j] * seen[j]
+                q += t * t
+                log_det += log_factors[c, j] * seen[j]
+            wlp[c] = log_weights[c] + log_det - 0.5 * n_obs * _LOG_2PI - 0.5 * q
+            if wlp[c] > amax:
+                amax = wlp[c]
+        underflow = amax == -np.inf
+        if not math.isfinite(amax):
+            amax = 0.0
+        total_exp = 0.0
+        for c in range(n_components):
+            wlp[c] = max(wlp[c] - amax, _LOG_TINY)
+            total_exp += math.exp(wlp[c])
+        log_s = math.log(total_exp)
+        row_norm = -np.inf if underflow else amax + log_s
+        log_norm[i] = row_norm
+        for c in range(n_components):
+            wlp[c] -= log_s
+            if with_resp:
+                log_resp[i, c] = wlp[c]
+        if not want_stats:
+            continue
+        w = weights[i] if weighted else 1.0
+        if w > 0.0:
+            total += w * row_norm
+        for c in range(n_components):
+            if wlp[c] < _LOG_RESP_ZERO:
+                continue
+            r = math.exp(wlp[c]) * w
+            if r == 0.0:
+                continue
+            nk[c] += r
+            for j in range(n_features):
+                d = (x[j] - means[c, j]) * seen[j]  # 0 where missing
+                s1[c, j] += r * (means[c, j] + d)
+                s2[c, j] += r * (d * d + (1.0 - seen[j]) * variances[c, j])
+    return total
+
+
+def variance_marginal(X, means, factors, log_weights, weights=None, stats=False,
+                      resp=True):
+    """The compiled marginal E-step of rows ``X`` under per-feature precision factors
+    (see :func:`_variance_marginal`). Returns ``(log_norm, log_resp, nk, s1, s2,
+    log_likelihood)`` as :func:`marginal` does (without its component)."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    n, d = X.shape
+    k = means.shape[0]
+    log_norm = np.empty(n)
+    log_resp = np.empty((n if resp else 0, k))
+    nk, s1, s2 = np.zeros(k), np.zeros((k, d)), np.zeros((k, d))
+    weights = np.empty(0) if weights is None else np.ascontiguousarray(weights, np.float64)
+    total = _variance_marginal(
+        X, np.ascontiguousarray(means, np.float64), np.ascontiguousarray(factors, np.float64),
+        np.ascontiguousarray(log_weights, np.float64), weights, stats, log_norm, log_resp,
+        nk, s1, s2)
+    return log_norm, log_resp, nk, s1, s2, float(total)
