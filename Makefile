@@ -33,6 +33,7 @@ bench: $(VENV)/.installed
 		echo "make bench: the bench extra did not install; Spark MLlib will be skipped" >&2
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/missing.py
 
 # `make slurm-test` (as root): start the single-node test SLURM of deploy/slurm/ (installing
 # Debian's slurm-wlm and munge when missing), then run the SLURM tests against it. SLURM

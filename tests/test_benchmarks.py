@@ -139,3 +139,25 @@ def test_spark_peer_says_skipped_without_java(tmp_path):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1])["status"].startswith(
         "skipped: Java not found"), out.stdout
+
+
+def test_missing_values_report(tmp_path):
+    """benchmarks/missing.py's report: the ratios and the cost per pattern as measured."""
+    missing = load("missing")
+    points = [{"patterns": p, "seconds": s} for p, s in ((1, 0.2), (16, 0.21), (2516, 0.3))]
+    results = {
+        "date": "2026-11-30 07:30 UTC",
+        "em": [{"covariance_type": "full", "rows": 1_000_000, "incomplete_rows": 0.815,
+                "sklearn_complete_s": 4.0, "complete_ratio": 0.25, "marginalize_ratio": 0.3,
+                "omit_ratio": 0.1}],
+        "patterns": {"rows": 125_000, "incomplete_rows": 0.8, "complete_chunk_s": 0.15,
+                     "numba": {"points": points, "a_s": 0.2, "b_s_per_pattern": 4e-5},
+                     "numpy": {"points": points, "a_s": 0.3, "b_s_per_pattern": 3e-4}},
+    }
+    path = tmp_path / "MISSING.md"
+    missing.write_report(results, path)
+    text = path.read_text()
+    assert "| full | 1,000,000 | 82% | 4.000 s | 0.25x | 0.30x | 0.10x |" in text
+    assert "| 2,516 | 0.300 | 0.300 |" in text
+    assert "Fitted, compiled: 0.200 s + 40 us per pattern." in text
+    assert "Fitted, numpy reference: 0.300 s + 300 us per pattern." in text
