@@ -8,6 +8,7 @@ scikit-learn fitted on the complete rows for 'omit'.
 
 import re
 import warnings
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -416,3 +417,44 @@ def test_score_rows_records_missing_features():
     rec = kernels.score_rows(X, params, threshold=-5.0, nan_policy="omit")
     assert np.isnan(rec["log_density"][:2]).all() and rec["component"][:2].tolist() == [-1, -1]
     assert np.isfinite(rec["log_density"][2])
+
+
+def test_nightly_job_marginalizes_and_reports_rows_with_missing_features(tmp_path,
+                                                                       prefect_api,
+                                                                       monkeypatch):
+    import yaml
+
+    from daskgmm_pipelines.flows import nightly
+
+    X = punch_holes(make_blobs(6000, 3, 3, seed=34), 0.1, seed=35)
+    frame = pd.DataFrame(X, columns=["f0", "f1", "f2"])
+    frame["id"] = np.arange(len(X))
+    (tmp_path / "pq").mkdir()
+    for i in range(3):
+        frame.iloc[i * 2000:(i + 1) * 2000].to_parquet(tmp_path / "pq" / f"part-{i}.parquet")
+    job = {"name": "holes",
+           "source": {"uri": str(tmp_path / "pq"), "format": "parquet",
+                      "columns": ["f0", "f1", "f2"], "id_columns": ["id"]},
+           "model": {"n_components": [2, 3], "covariance_types": ["full"], "seed": 0,
+                     "nan_policy": "marginalize"},
+           "anomaly": {"contamination": 0.02},
+           "outputs": {"model_store": str(tmp_path / "models"),
+                       "scores": str(tmp_path / "scores")},
+           "cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": None,
+                       "processes": False}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    monkeypatch.chdir(tmp_path)
+    out = nightly(config_path=str(tmp_path / "job.yaml"), run_id="holes-1")
+    incomplete = int(np.isnan(X).any(axis=1).sum())
+    assert out["n_incomplete"] == incomplete > 1000
+    model = daskgmm.ModelStore(str(tmp_path / "models")).load()
+    assert model.nan_policy == "marginalize" and model.fit_n_incomplete_ == incomplete
+    ref, _ = marginal_oracle(X, model.weights_, model.means_, dense_covariances(model))
+    assert_allclose(model.threshold_, np.quantile(ref, 0.02), rtol=1e-8)
+    scores = pd.read_parquet(daskgmm.latest_scores(str(tmp_path / "scores"))).sort_values("id")
+    assert_allclose(scores["log_density"], ref, rtol=1e-8)
+    assert_array_equal(scores["missing_features"], np.isnan(X).sum(axis=1))
+    summary = Path(out["report_url"]).read_text()
+    assert (f"| rows with missing features | {incomplete:,} "
+            f"({100 * incomplete / len(X):.3f}%), scored by their observed features |"
+            in summary)
