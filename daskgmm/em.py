@@ -113,7 +113,8 @@ def run_em(
             change = c.lower_bound - prev
             changes.append(change)
             try:
-                c.params = kernels.m_step(s, c.params, reg_covar)
+                with passes.one_blas_thread():  # small matrices: threads only cost
+                    c.params = kernels.m_step(s, c.params, reg_covar)
             except kernels.CovarianceError as exc:
                 if raise_errors:
                     raise

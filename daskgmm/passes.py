@@ -24,15 +24,17 @@ what a candidate costs is measured, not a share of the pass.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 import uuid
+import weakref
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 
 import dask
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from . import kernels, quantiles
 from .kernels import Params, Stats
@@ -189,19 +191,114 @@ class _ChunkTask:
         return out
 
 
+class _ChunkGroupTask:
+    """Runs a :class:`_ChunkTask` on each chunk of a group and combines their results
+    where they are (see :func:`chunk_groups`): one task, one result, per group."""
+
+    def __init__(self, task: _ChunkTask, combine):
+        self.task, self.combine = task, combine
+
+    def __call__(self, blocks, args, labels, starts, extras, weights):
+        return self.combine([
+            self.task(block, args, label, start, extra, w)
+            for block, label, start, extra, w in zip(
+                blocks, labels, starts, extras, weights, strict=True)])
+
+
+# A worker thread takes its chunks in this many groups (at least): enough to balance the
+# threads' loads, few enough that a pass is a handful of tasks per thread.
+GROUPS_PER_THREAD = 2
+
+
+def chunk_groups(array, keys) -> list[list[int]] | None:
+    """Groups of the chunks ``keys`` of ``array`` (their indices) for a pass over data
+    held in the cluster's memory (persisted): the chunks of each worker in ``GROUPS_PER_THREAD``
+    groups per thread, each group one task that runs where its chunks are. The
+    scheduler's and the workers' cost per task (about a millisecond each) then stops
+    growing with the number of chunks. None (one task per chunk): no distributed client,
+    or some chunk is not in memory (streamed data: each chunk is read by its own task,
+    in parallel)."""
+    client = current_client()
+    if client is None or len(keys) < 2:
+        return None
+    from distributed import futures_of
+
+    futures = {f.key: f for f in futures_of(array)}
+    if not all(key in futures for key in keys):  # not persisted: read chunk by chunk
+        return None
+    try:
+        where = client.who_has([futures[key] for key in keys])
+        threads = client.nthreads()
+    except (OSError, KeyError, TypeError):  # no answer: one task per chunk, as always
+        return None
+    by_worker = {}
+    for i, key in enumerate(keys):
+        holders = where.get(key) or ()
+        if not holders:
+            return None
+        by_worker.setdefault(sorted(holders)[0], []).append(i)
+    groups = []
+    for worker, members in by_worker.items():
+        n_groups = min(len(members), GROUPS_PER_THREAD * max(threads.get(worker, 1), 1))
+        size = math.ceil(len(members) / n_groups)
+        groups += [members[j:j + size] for j in range(0, len(members), size)]
+    return sorted(groups)
+
+
+@functools.cache
+def _threadpools() -> ThreadpoolController:
+    return ThreadpoolController()  # inspects the loaded BLAS libraries: once
+
+
+def one_blas_thread():
+    """A context in which numpy's BLAS runs on one thread: the passes' kernels on dask's
+    own threads (no oversubscription) and the M-step's small matrices (a 16 x 16
+    factorisation took 7 ms with two BLAS threads on a busy machine, 0.5 ms with one)."""
+    return _threadpools().limit(limits=1)
+
+
 def _finite(result):
     if not math.isfinite(result.log_likelihood):
         return False
     return all(np.isfinite(getattr(result, name, 0.0)).all() for name in ("s1", "s2"))
 
 
+# The optimised reads of the arrays passed over, while they exist (EM passes over the
+# same array every iteration): by the ids of the array and its weights, dropped when the
+# array is collected, so nothing here keeps data alive.
+_READS: dict = {}
+
+
+def _reads(array, weights) -> dict:
+    """The optimised graph of ``array`` (with ``weights``, optimised together: they may
+    share their reads), built once per array and kept for the passes that follow."""
+    from dask.highlevelgraph import HighLevelGraph
+
+    key = (id(array), None if weights is None else id(weights))
+    names = (array.name, None if weights is None else weights.name)
+    cached = _READS.get(key)
+    if cached is not None and cached[0] == names:
+        return cached[1]
+    if weights is None:
+        graph = array.__dask_optimize__(array.__dask_graph__(), array.__dask_keys__())
+    else:
+        graph = array.__dask_optimize__(
+            HighLevelGraph.merge(array.__dask_graph__(), weights.__dask_graph__()),
+            [array.__dask_keys__(), weights.__dask_keys__()])
+    _READS[key] = (names, dict(graph))
+    weakref.finalize(array, _READS.pop, key, None)
+    return _READS[key][1]
+
+
 def pass_graph(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, split_every=8,
                per_chunk=None):
     """The graph of one pass (see :func:`data_pass`), built in time linear in the number
     of chunks: the array's optimised graph (reads fused with their casts) and one layer
-    holding a task per chunk, with ``args`` stored once, and the combine tree. Returns a
-    ``Delayed`` of the combined result, or (``split_every=None``) a list of the chunks'
-    ``Delayed`` results."""
+    holding a task per chunk (per group of chunks for data held in the cluster's memory,
+    see :func:`chunk_groups`), with ``args`` stored once, and the combine tree. Returns a
+    ``Delayed`` of the combined result, or a list of the tasks' ``Delayed`` results for
+    the client to combine: with ``split_every=None``, or when the groups are at most
+    ``split_every``."""
     from dask.delayed import Delayed
     from dask.highlevelgraph import HighLevelGraph
 
@@ -209,9 +306,8 @@ def pass_graph(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, spl
     keys = array.__dask_keys__()
     blocks = [row[0] for row in keys]  # one chunk across columns
     if weights is None:
-        reads = dict(array.__dask_optimize__(array.__dask_graph__(), keys))
         weight_blocks = [None] * len(blocks)
-    else:  # the weights' graph optimised with the rows' (they may share their reads)
+    else:
         weight_keys = weights.__dask_keys__()
         if len(weight_keys) != len(blocks):
             raise ValueError(
@@ -219,27 +315,42 @@ def pass_graph(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, spl
                 f"has {len(blocks)} row chunks: the weights must be chunked like the rows "
                 "(daskgmm.sources.with_weights aligns them)."
             )
-        reads = dict(array.__dask_optimize__(
-            HighLevelGraph.merge(array.__dask_graph__(), weights.__dask_graph__()),
-            [keys, weight_keys]))
         weight_blocks = [TaskRef(key) for key in weight_keys]
+    reads = _reads(array, weights)
     offsets = dataset.row_offsets
     task = _ChunkTask(fn, _Where(dataset))
     name = f"{getattr(fn, '__name__', 'pass')}-{uuid.uuid4().hex}"  # unique per pass
     args_key = f"{name}-args"
     layer = {args_key: DataNode(args_key, args)}  # stored once, shipped once per worker
     parts = []
-    for i, block in enumerate(blocks):
-        key = (name, i)
-        layer[key] = Task(key, task, TaskRef(block), TaskRef(args_key),
-                          DataNode(None, dataset.chunk_label(i)), int(offsets[i]),
-                          None if per_chunk is None else DataNode(None, per_chunk[i]),
-                          weight_blocks[i])
-        parts.append(key)
+    groups = chunk_groups(array, blocks)
+    if groups is None:
+        for i, block in enumerate(blocks):
+            key = (name, i)
+            layer[key] = Task(key, task, TaskRef(block), TaskRef(args_key),
+                              DataNode(None, dataset.chunk_label(i)), int(offsets[i]),
+                              None if per_chunk is None else DataNode(None, per_chunk[i]),
+                              weight_blocks[i])
+            parts.append(key)
+    else:
+        group_task = _ChunkGroupTask(task, combine)
+        for g, members in enumerate(groups):
+            key = (name, g)
+            layer[key] = Task(
+                key, group_task, List(*(TaskRef(blocks[i]) for i in members)),
+                TaskRef(args_key),
+                DataNode(None, [dataset.chunk_label(i) for i in members]),
+                DataNode(None, [int(offsets[i]) for i in members]),
+                DataNode(None, [None if per_chunk is None else per_chunk[i]
+                                for i in members]),
+                List(*(weight_blocks[i] for i in members)) if weights is not None
+                else DataNode(None, [None] * len(members)))
+            parts.append(key)
     reads_name = f"{name}-reads"
     graph = lambda layer_: HighLevelGraph(  # noqa: E731
         {reads_name: reads, name: layer_}, {reads_name: set(), name: {reads_name}})
-    if split_every is None:
+    if split_every is None or (groups is not None and len(parts) <= split_every):
+        # the client combines: a tree would add a round of tasks for a few results
         full = graph(layer)
         return [Delayed(key, full, layer=name) for key in parts]
     tree, root, _ = tree_keys(parts, combine, split_every, name)
@@ -258,8 +369,8 @@ def data_pass(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, spli
     """
     built = pass_graph(dataset, fn, args, combine=combine, split_every=split_every,
                        per_chunk=per_chunk)
-    with threadpool_limits(limits=1), _cluster_lost(dataset, fn):
-        if split_every is None:
+    with one_blas_thread(), _cluster_lost(dataset, fn):
+        if isinstance(built, list):
             return combine(compute_each(built))
         (result,) = dask.compute(built)
     return result
@@ -348,14 +459,20 @@ class TimedStats(Stats):
                           seconds=self.seconds + other.seconds)
 
 
+_WARMED: set = set()  # covariance types whose kernels this process has run
+
+
 def em_chunk(block, candidates, row_start, weights=None, nan_policy="raise"):
     """E-step and statistics of every candidate on one chunk, one candidate at a time so
     that each one's compute time is its own (``TimedStats.seconds``)."""
     X = np.asarray(block, dtype=np.float64)
-    # one row first, untimed: a process's first call of a compiled kernel loads it (or
-    # compiles it, once per installation), which is not the candidate's compute time
+    # one row first, untimed, once per process and covariance type: a process's first
+    # call of a compiled kernel loads it (or compiles it, once per installation), which
+    # is not the candidate's compute time
     for params in candidates:
-        kernels.chunk_stats(X[:1], [params], None if weights is None else weights[:1])
+        if params.covariance_type not in _WARMED:
+            kernels.chunk_stats(X[:1], [params], None if weights is None else weights[:1])
+            _WARMED.add(params.covariance_type)
     out = []
     for params in candidates:
         t0 = time.perf_counter()
@@ -542,6 +659,6 @@ def take_rows(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
     ]
     if not parts:
         return np.empty((0, dataset.n_features), dtype=np.float64)
-    with threadpool_limits(limits=1), _cluster_lost(dataset, _take):
+    with one_blas_thread(), _cluster_lost(dataset, _take):
         (taken,) = dask.compute(parts)
     return np.concatenate(taken)

@@ -117,3 +117,44 @@ def test_compute_each_raises_the_first_error_and_cancels_the_rest(cluster_client
     while any(str(k).startswith("fail-") for k in scheduler.tasks) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [k for k in scheduler.tasks if str(k).startswith("fail-")]
+
+
+def test_a_pass_over_persisted_data_runs_a_few_tasks_per_worker_thread(cluster_client):
+    """Data held in the cluster's memory: a pass is a handful of tasks per worker thread
+    (each running its chunks where they are), whatever the number of chunks; its result
+    equals the chunk-by-chunk pass's. Streamed data keep one task per chunk."""
+    X = np.random.default_rng(0).normal(size=(12_000, 3))
+    X[7_777, 1] = np.nan
+    params = [random_params("full", 2, 3, seed=1)]
+    from distributed import wait
+
+    persisted = as_dataset(da.from_array(X, chunks=(200, 3)).persist(), chunk_rows=None)
+    wait(persisted.array)
+    streamed = as_dataset(da.from_array(X, chunks=(200, 3)), chunk_rows=None)
+    keys = [row[0] for row in persisted.array.__dask_keys__()]
+    groups = passes.chunk_groups(persisted.array, keys)
+    threads = sum(cluster_client.nthreads().values())
+    assert len(groups) <= passes.GROUPS_PER_THREAD * threads < len(keys) == 60
+    assert sorted(i for g in groups for i in g) == list(range(60))
+    where = cluster_client.who_has(persisted.array)
+    assert all(len({where[keys[i]][0] for i in g}) == 1 for g in groups)  # one worker each
+    assert passes.chunk_groups(streamed.array, keys) is None
+
+    built = passes.pass_graph(persisted, passes.em_chunk, (params,), split_every=8)
+    assert isinstance(built, list) and len(built) == len(groups)  # the client combines
+    built = passes.pass_graph(persisted, passes.em_chunk, (params,), split_every=2)
+    graph = dict(built.__dask_graph__())  # more groups than split_every: a tree
+    assert len([k for k in graph if isinstance(k, tuple) and "combine" not in str(k[0])
+                and k[0] == built.key[0].rsplit("-combine", 1)[0]]) == len(groups)
+    with pytest.raises(ValueError, match=r"chunk 38 of dask array, rows 7600 to 7799, first "
+                                         r"at row 7777, column 1"):
+        passes.score_pass(persisted, params)
+    complete = as_dataset(da.from_array(np.nan_to_num(X), chunks=(200, 3)).persist(),
+                          chunk_rows=None)
+    wait(complete.array)
+    grouped = passes.data_pass(complete, passes.em_chunk, (params,))[0]
+    one_by_one = kernels.chunk_stats(np.nan_to_num(X), params)[0]
+    assert_allclose(grouped.nk, one_by_one.nk, rtol=1e-12)
+    assert_allclose(grouped.s2, one_by_one.s2, rtol=1e-12)
+    assert_allclose(grouped.log_likelihood, one_by_one.log_likelihood, rtol=1e-12)
+    assert grouped.n_samples == 12_000
