@@ -223,7 +223,7 @@ def test_a_failing_flow_is_one_line_and_debug_shows_the_traceback(tmp_path, pref
                          text=True, timeout=300, env=env)
     cause = ("ValueError: Input X contains NaN or infinity: chunk 0 of Zarr array "
              f"'{tmp_path / 'data' / 'demo.zarr'}' (array 'X'), rows 0 to 19999, first at row "
-             "15003, column 2.")
+             "15003, column 2 (nan). For missing values, fit with nan_policy='marginalize'")
     assert out.returncode == 1
     # stderr is not a terminal here: the job's INFO lines (its log under cron), then the
     # cause in one line; no traceback and no Prefect error report

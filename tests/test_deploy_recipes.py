@@ -530,7 +530,7 @@ def test_compose_nightly_runs_and_the_readme_reads_its_scores(stack):
     assert "model store s3://daskgmm/models/compose-demo: 1 version(s)" in out, out
     assert "(current)" in out and "threshold" in out, out
     out = run(commands[2], env, cwd)
-    assert "[4000 rows x 5 columns]" in out and "is_anomaly" in out, out
+    assert "[4000 rows x 6 columns]" in out and "is_anomaly" in out, out
     anomalies = run(commands[3], env, cwd)
     count = re.search(r"^(\d+) anomalies in 4000 rows$", anomalies, re.MULTILINE)
     assert count and 0 < int(count[1]) < 100, anomalies   # about 0.5% of the rows

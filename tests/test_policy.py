@@ -87,6 +87,7 @@ class _Model:
 
 class _Publication:
     n_rows, n_anomalies, anomaly_rate, location = 1000, 10, 0.01, "out/scores/_versions/r/x"
+    n_incomplete = 0
 
 
 def test_report_says_what_the_night_did():
