@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import time
 import uuid
 import weakref
@@ -205,9 +206,58 @@ class _ChunkGroupTask:
                 blocks, labels, starts, extras, weights, strict=True)])
 
 
+class _ReadAheadTask:
+    """Runs a :class:`_ChunkTask` on each chunk of a run of chunks of a Zarr or Parquet
+    source, reading them itself (:class:`daskgmm.sources.RowReader`): the next chunk is
+    read (and decompressed) in a second thread while the current one is computed, so
+    reading overlaps computing. It holds at most two chunks at once."""
+
+    def __init__(self, task: _ChunkTask, combine):
+        self.task, self.combine = task, combine
+
+    def __call__(self, reader, ranges, args, labels, extras):
+        from concurrent.futures import ThreadPoolExecutor
+
+        results = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="daskgmm-read") as pool:
+            ahead = pool.submit(reader.read, *ranges[0])
+            for j, (start, _) in enumerate(ranges):
+                block, weights = ahead.result()
+                if j + 1 < len(ranges):
+                    ahead = pool.submit(reader.read, *ranges[j + 1])
+                results.append(self.task(block, args, labels[j], start, extras[j], weights))
+                del block, weights
+        return self.combine(results)
+
+
 # A worker thread takes its chunks in this many groups (at least): enough to balance the
 # threads' loads, few enough that a pass is a handful of tasks per thread.
 GROUPS_PER_THREAD = 2
+# Streamed chunks go by runs of at most this many (one task each, reading ahead): long
+# enough that most reads overlap a computation, short enough to balance the threads.
+READ_AHEAD_RUN = 8
+
+
+def read_ahead_runs(dataset: Dataset) -> list[range] | None:
+    """Runs of consecutive chunks for a pass that reads a Zarr or Parquet source itself
+    (:class:`_ReadAheadTask`): at least ``GROUPS_PER_THREAD`` runs per thread of the
+    cluster (of this machine without a distributed client), at most ``READ_AHEAD_RUN``
+    chunks each. None (one task per chunk, reading through the array's graph): another
+    input, an array chunked otherwise than its reader, or runs of one chunk."""
+    rows = dataset.rows
+    n_chunks = len(dataset.array.chunks[0])
+    if rows is None or n_chunks < 2 or not rows.matches(dataset):
+        return None
+    client = current_client()
+    try:
+        threads = sum(client.nthreads().values()) if client is not None else 0
+    except (OSError, KeyError, TypeError):
+        threads = 0
+    threads = threads or (os.cpu_count() or 1)
+    size = min(READ_AHEAD_RUN, math.ceil(n_chunks / (GROUPS_PER_THREAD * threads)))
+    if size < 2:
+        return None
+    return [range(i, min(i + size, n_chunks)) for i in range(0, n_chunks, size)]
 
 
 def chunk_groups(array, keys) -> list[list[int]] | None:
@@ -316,7 +366,6 @@ def pass_graph(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, spl
                 "(daskgmm.sources.with_weights aligns them)."
             )
         weight_blocks = [TaskRef(key) for key in weight_keys]
-    reads = _reads(array, weights)
     offsets = dataset.row_offsets
     task = _ChunkTask(fn, _Where(dataset))
     name = f"{getattr(fn, '__name__', 'pass')}-{uuid.uuid4().hex}"  # unique per pass
@@ -324,7 +373,21 @@ def pass_graph(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, spl
     layer = {args_key: DataNode(args_key, args)}  # stored once, shipped once per worker
     parts = []
     groups = chunk_groups(array, blocks)
-    if groups is None:
+    runs = None if groups is not None else read_ahead_runs(dataset)
+    reads = {} if runs is not None else _reads(array, weights)
+    if runs is not None:  # the tasks read their chunks themselves
+        rows_key = f"{name}-rows"
+        layer[rows_key] = DataNode(rows_key, dataset.rows)
+        run_task = _ReadAheadTask(task, combine)
+        for g, run in enumerate(runs):
+            key = (name, g)
+            layer[key] = Task(
+                key, run_task, TaskRef(rows_key),
+                DataNode(None, [(int(offsets[i]), int(offsets[i + 1])) for i in run]),
+                TaskRef(args_key), DataNode(None, [dataset.chunk_label(i) for i in run]),
+                DataNode(None, [None if per_chunk is None else per_chunk[i] for i in run]))
+            parts.append(key)
+    elif groups is None:
         for i, block in enumerate(blocks):
             key = (name, i)
             layer[key] = Task(key, task, TaskRef(block), TaskRef(args_key),
@@ -349,7 +412,8 @@ def pass_graph(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, spl
     reads_name = f"{name}-reads"
     graph = lambda layer_: HighLevelGraph(  # noqa: E731
         {reads_name: reads, name: layer_}, {reads_name: set(), name: {reads_name}})
-    if split_every is None or (groups is not None and len(parts) <= split_every):
+    if split_every is None or (
+            (groups is not None or runs is not None) and len(parts) <= split_every):
         # the client combines: a tree would add a round of tasks for a few results
         full = graph(layer)
         return [Delayed(key, full, layer=name) for key in parts]

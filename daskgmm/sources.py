@@ -94,6 +94,10 @@ class Dataset:
     nan_policy : 'raise', 'omit' or 'marginalize'
         What passes over these rows do with rows holding NaN (the estimator's
         ``nan_policy``; see :data:`daskgmm.kernels.NAN_POLICIES`).
+    rows : RowReader or None
+        For Zarr and Parquet paths, how a pass reads any rows of the array itself
+        (:class:`RowReader`), so that it can read the next chunk while it computes the
+        current one; None for other inputs.
     """
 
     array: da.Array
@@ -104,6 +108,7 @@ class Dataset:
     origin: Origin | None = None
     weights: da.Array | None = None
     nan_policy: str = "raise"
+    rows: RowReader | None = None
 
     @property
     def n_samples(self) -> int:
@@ -120,6 +125,35 @@ class Dataset:
 
     def chunk_label(self, i: int) -> str:
         return self.chunk_labels[i] if self.chunk_labels else f"chunk {i}"
+
+
+@dataclass(frozen=True)
+class RowReader:
+    """Reads rows of a Zarr or Parquet source, as the tasks of its dask array do.
+
+    ``features[lo:hi]`` gives rows ``lo`` to ``hi - 1`` as float64 (a picklable
+    array-like: :class:`_ZarrRows` or :class:`_ParquetRows`, which name the stored chunk
+    or file at fault when a read fails); ``weights`` the sample weights' column
+    likewise, or None. ``row_chunks``: the row chunks of the array they were made for:
+    a pass uses them only on an array chunked so (:meth:`matches`).
+    """
+
+    features: object
+    row_chunks: tuple
+    weights: object = None
+
+    def matches(self, dataset: Dataset) -> bool:
+        """Whether these readers read ``dataset``'s chunks (and its weights)."""
+        return (tuple(dataset.array.chunks[0]) == self.row_chunks
+                and (dataset.weights is None) == (self.weights is None))
+
+    def read(self, start: int, stop: int):
+        """``(rows, weights)`` of rows ``start`` to ``stop - 1`` (weights None)."""
+        n_features = int(self.features.shape[1])
+        rows = np.asarray(self.features[start:stop, 0:n_features], dtype=np.float64)
+        weights = None if self.weights is None else np.asarray(
+            self.weights[start:stop, 0:1], dtype=np.float64)[:, 0]
+        return rows, weights
 
 
 @dataclass
@@ -1010,7 +1044,8 @@ def _from_zarr_array(z, chunk_rows, description, reshape_hint="X", missing_chunk
     name = "zarr-" + tokenize(str(z.store_path), z.shape, z.dtype.str, stored, chunks)
     out = da.from_array(reader, chunks=chunks, name=name, fancy=False,
                         meta=np.empty((0, 0), dtype=z.dtype)).astype(np.float64)
-    return Dataset(out, None, description, _index_labels(out), lazy=True)
+    return Dataset(out, None, description, _index_labels(out), lazy=True,
+                   rows=RowReader(reader, tuple(out.chunks[0])))
 
 
 def _storage_grid(z):
@@ -1306,17 +1341,19 @@ def _from_parquet(fs, files, shown, columns, chunk_rows, url, root, weight_colum
                  len(array.chunks[0]))
     origin = Origin("parquet", url, fs, root, files=[(p, r, sum(rg)) for p, r, rg in kept],
                     versions=versions, schemas=kept_schemas, weight_column=weight_column)
-    weights = None
+    weights = weight_reader = None
     if weight_column is not None:  # the same pieces of the same files, one column
         files_rg = [(p, rg) for p, _, rg in kept]
+        weight_reader = _ParquetRows(fs, files_rg, [weight_column])
         weights = da.from_array(
-            _ParquetRows(fs, files_rg, [weight_column]), chunks=(array.chunks[0], (1,)),
+            weight_reader, chunks=(array.chunks[0], (1,)),
             name="parquet-weights-" + tokenize(fs, files_rg, versions, weight_column,
                                                row_chunks),
             meta=np.empty((0, 0), dtype=np.float64), fancy=False,
         )[:, 0]
     return Dataset(array, list(columns), description, labels, lazy=True, origin=origin,
-                   weights=weights)
+                   weights=weights,
+                   rows=RowReader(reader, tuple(array.chunks[0]), weight_reader))
 
 
 def _read_footer(fs, path, relative, description):

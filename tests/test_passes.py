@@ -1,5 +1,6 @@
 """Passes over the data: the reduction tree, located errors, row-wise maps."""
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -158,3 +159,99 @@ def test_a_pass_over_persisted_data_runs_a_few_tasks_per_worker_thread(cluster_c
     assert_allclose(grouped.s2, one_by_one.s2, rtol=1e-12)
     assert_allclose(grouped.log_likelihood, one_by_one.log_likelihood, rtol=1e-12)
     assert grouped.n_samples == 12_000
+
+
+def _zarr_source(tmp_path, X, chunks=500):
+    import zarr
+
+    path = str(tmp_path / "x.zarr")
+    zarr.create_array(path, shape=X.shape, chunks=(chunks, X.shape[1]), dtype="f8")[:] = X
+    return path
+
+
+def test_a_streamed_zarr_pass_reads_its_chunks_itself_and_equals_the_whole(tmp_path):
+    X = np.random.default_rng(2).normal(size=(6_000, 3))
+    params = [random_params("full", 2, 3, seed=3), random_params("diag", 3, 3, seed=4)]
+    dataset = as_dataset(_zarr_source(tmp_path, X), chunk_rows=None)
+    runs = passes.read_ahead_runs(dataset)
+    assert runs is not None and [list(r) for r in runs][0][:2] == [0, 1]
+    assert sorted(i for r in runs for i in r) == list(range(12))
+    built = passes.pass_graph(dataset, passes.em_chunk, (params,))
+    graph = dict(built[0].__dask_graph__()) if isinstance(built, list) else dict(
+        built.__dask_graph__())
+    assert not [k for k in graph if str(k[0] if isinstance(k, tuple) else k).startswith(
+        "zarr-")]  # no read task: the pass's tasks read
+    for got, want in zip(passes.data_pass(dataset, passes.em_chunk, (params,)),
+                         kernels.chunk_stats(X, params), strict=True):
+        assert_allclose(got.nk, want.nk, rtol=1e-12)
+        assert_allclose(got.s2, want.s2, rtol=1e-12)
+        assert_allclose(got.log_likelihood, want.log_likelihood, rtol=1e-12)
+    # rechunked: the reader no longer matches the array; one task per chunk again
+    other = as_dataset(dataset.array.rechunk((1_000, 3)))
+    assert passes.read_ahead_runs(other) is None
+
+
+def test_a_streamed_parquet_pass_reads_features_and_weights_ahead(tmp_path, cluster_client):
+    import pandas as pd
+
+    X = np.random.default_rng(5).normal(size=(4_000, 3))
+    w = np.random.default_rng(6).integers(0, 4, 4_000).astype(float)
+    frame = pd.DataFrame(X, columns=["a", "b", "c"]).assign(w=w)
+    for i in range(8):
+        frame.iloc[i * 500:(i + 1) * 500].to_parquet(tmp_path / f"part-{i}.parquet")
+    dataset = as_dataset(str(tmp_path), chunk_rows=None, weight_column="w")
+    assert len(dataset.array.chunks[0]) == 8 and passes.read_ahead_runs(dataset) is not None
+    params = [random_params("tied", 2, 3, seed=7)]
+    (got,) = passes.data_pass(dataset, passes.em_chunk, (params,))
+    (want,) = kernels.chunk_stats(X, params, w)
+    assert_allclose(got.s1, want.s1, rtol=1e-12)
+    assert_allclose(got.log_likelihood, want.log_likelihood, rtol=1e-12)
+    assert got.weight == w.sum()
+
+
+class _SlowRows:
+    """Rows of an in-memory array read slowly, as from a distant store: each read is
+    logged with its start and end."""
+
+    def __init__(self, X, log, seconds):
+        self.X, self.log, self.seconds = X, log, seconds
+        self.shape, self.dtype, self.ndim = X.shape, X.dtype, 2
+
+    def __getitem__(self, key):
+        import time
+
+        start = time.monotonic()
+        time.sleep(self.seconds)
+        self.log.append(("read", key[0].start, start, time.monotonic()))
+        return self.X[key]
+
+
+def test_the_next_chunk_is_read_while_the_current_one_is_computed():
+    import dataclasses
+    import time
+
+    from daskgmm.quantiles import RankSketch, combine_sketches
+    from daskgmm.sources import RowReader
+
+    X = np.random.default_rng(8).normal(size=(4_000, 2))
+    log = []
+    dataset = as_dataset(da.from_array(X, chunks=(500, 2)), chunk_rows=None)
+    rows = RowReader(_SlowRows(X, log, 0.1), tuple(dataset.array.chunks[0]))
+    dataset = dataclasses.replace(dataset, rows=rows)
+
+    def slow_compute(block, row_start):
+        start = time.monotonic()
+        time.sleep(0.1)
+        log.append(("compute", row_start, start, time.monotonic()))
+        return RankSketch.from_values(block[:, 0])
+
+    with dask.config.set(scheduler="sync"):
+        sketch = passes.data_pass(dataset, slow_compute, (), split_every=None,
+                                  combine=combine_sketches)
+    assert sketch.n_samples == 4_000
+    reads = {row: (s, e) for kind, row, s, e in log if kind == "read"}
+    computes = {row: (s, e) for kind, row, s, e in log if kind == "compute"}
+    assert sorted(reads) == sorted(computes) == list(range(0, 4_000, 500))
+    overlapped = [row for row in computes if row + 500 in reads
+                  and reads[row + 500][0] < computes[row][1]]
+    assert len(overlapped) >= 4  # the next read began before this computation ended
