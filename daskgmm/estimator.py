@@ -382,13 +382,20 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         like the input, whose ``.compute()`` gives a numpy record array
         (``pandas.DataFrame(records)`` makes it a DataFrame). The fields:
 
-        ============== ======= ==========================================================
-        log_density    float64 ``score_samples``: log of the mixture density at the row
-        anomaly_score  float64 ``-log_density``: higher is more anomalous
-        component      int32   ``predict``: the most probable component
-        responsibility float64 that component's posterior probability
-        is_anomaly     bool    ``log_density < threshold_``
-        ============== ======= ==========================================================
+        ================ ======= ========================================================
+        log_density      float64 ``score_samples``: log of the mixture density at the row
+        anomaly_score    float64 ``-log_density``: higher is more anomalous
+        component        int32   ``predict``: the most probable component
+        responsibility   float64 that component's posterior probability
+        is_anomaly       bool    ``log_density < threshold_``
+        missing_features int32   how many of the row's features are NaN
+        ================ ======= ========================================================
+
+        Rows holding NaN follow ``nan_policy``: under 'marginalize' they are scored by
+        their observed features; under 'omit' they score NaN, component -1 and
+        ``is_anomaly`` False. One threshold serves every row, but a row missing features
+        is judged in fewer dimensions: its log-density is typically higher, so it is
+        flagged less often than a complete row (see the README's "Missing values").
         """
         check_is_fitted(self)
         anomaly.check_has_threshold(getattr(self, "threshold_", None))

@@ -74,7 +74,9 @@ def fit(dataset: Dataset, params: dict, *, start: Mixture | None = None,
             ConvergenceWarning,
             stacklevel=warning_stacklevel(),
         )
-    mixture, summary = em.fitted(best, n_samples=dataset.n_samples, n_passes=counter.count,
+    # rows fitted on: under nan_policy='omit' the rows holding NaN are not
+    n_fitted = dataset.n_samples - (best.n_incomplete if p["nan_policy"] == "omit" else 0)
+    mixture, summary = em.fitted(best, n_samples=n_fitted, n_passes=counter.count,
                                  seconds=time.perf_counter() - t0,
                                  resumed_iteration=resumed_iteration)
     logger.info(

@@ -89,8 +89,35 @@ def draw_sample(dataset: Dataset, size: int, random_state):
         keep = sample_weight > 0
         sample, sample_weight = sample[keep], sample_weight[keep]
     if policy != "raise":
+        check_observed_columns(dataset, sample)
         sample, sample_weight = complete_sample(sample, sample_weight, policy)
     return sample, sample_weight, total
+
+
+# A feature observed in fewer rows of the initialisation's sample than this cannot be
+# fitted: its variances would rest on a handful of values (or none).
+_MIN_OBSERVED = 2
+
+
+def check_observed_columns(dataset: Dataset, sample):
+    """Under nan_policy 'omit' or 'marginalize': a ``ValueError`` naming the first
+    feature that is (nearly) always missing in ``sample`` (rows drawn from
+    ``dataset``): EM cannot estimate it (marginalized, it keeps its start; omitted, every
+    row goes)."""
+    observed = (~np.isnan(sample)).sum(axis=0)
+    bad = np.flatnonzero(observed < _MIN_OBSERVED)
+    if not bad.size:
+        return
+    col = int(bad[0])
+    names = dataset.feature_names
+    column = f"column {col}" + (f" ({names[col]!r})" if names else "")
+    raise ValueError(
+        f"Feature {column} of the {dataset.description} has {int(observed[col])} "
+        f"observed value(s) among the {sample.shape[0]} rows of the initialisation's "
+        f"sample (nan_policy={dataset.nan_policy!r}): a feature that is (nearly) always "
+        "missing cannot be fitted. Leave it out (columns=[...] for Parquet, or "
+        "X[:, keep]), or fill it before fitting."
+    )
 
 
 def complete_sample(sample, sample_weight, nan_policy):
@@ -116,6 +143,8 @@ def data_shift(dataset: Dataset, sample=None):
     of ``sample``, by default of the first rows (reads one chunk, not a pass)."""
     if sample is None:
         sample = dataset.array[:_SHIFT_ROWS].compute()
+        if dataset.nan_policy != "raise":
+            check_observed_columns(dataset, np.asarray(sample, dtype=np.float64))
     return kernels.data_shift(sample)
 
 

@@ -68,13 +68,20 @@ def tree_keys(keys, combine, split_every, name):
 
 
 def nonfinite_error(description, label, start, stop, row, col, feature_names=None,
-                    value=np.nan):
+                    value=np.nan, scoring=False):
     """The error for a NaN or infinity (``value``) at global ``row``, column ``col``,
     found in chunk ``label`` (rows ``start`` to ``stop - 1``) of the data
     ``description``."""
     column = f"column {col}" + (f" ({feature_names[col]!r})" if feature_names else "")
     where = (f"Input X contains NaN or infinity: {label} of {description}, rows "
              f"{start} to {stop - 1}, first at row {row}, {column} ({value}). ")
+    if np.isnan(value) and scoring:
+        return ValueError(
+            where + "To score rows with missing values, set the model's nan_policy: "
+            "est.set_params(nan_policy='marginalize') scores each row by the marginal "
+            "density of its observed features (no refit), 'omit' scores them NaN; or "
+            "drop or impute these rows first."
+        )
     if np.isnan(value):
         return ValueError(
             where + "For missing values, fit with nan_policy='marginalize' (EM over each "
@@ -114,10 +121,11 @@ class _Where:
     """What a task needs to say where its data came from (small, picklable); the chunk's
     own label travels with each task."""
 
-    def __init__(self, dataset: Dataset):
+    def __init__(self, dataset: Dataset, scoring=False):
         self.description = dataset.description
         self.feature_names = dataset.feature_names
         self.nan_policy = dataset.nan_policy
+        self.scoring = scoring  # per-row scores of a fitted model (the error's advice)
 
     @property
     def policy_kw(self) -> dict:
@@ -132,7 +140,7 @@ class _Where:
             row, col = bad
             raise nonfinite_error(self.description, label, start, start + block.shape[0],
                                   start + row, col, self.feature_names,
-                                  float(np.asarray(block)[row, col]))
+                                  float(np.asarray(block)[row, col]), self.scoring)
 
     def check_observed(self, block, label, start):
         """Under 'marginalize', a located error for a row missing every feature."""
@@ -693,7 +701,7 @@ class _RowsTask:
 def map_rows(dataset: Dataset, fn, params: Params, dtype, n_columns=None):
     """``fn(chunk, params)`` over the row chunks: a lazy dask array chunked like the
     rows, 1-D (``n_columns=None``) or with ``n_columns`` columns."""
-    task = _RowsTask(fn, _Where(dataset), list(dataset.chunk_labels))
+    task = _RowsTask(fn, _Where(dataset, scoring=True), list(dataset.chunk_labels))
     if n_columns is None:
         return dataset.array.map_blocks(
             task, params, dtype=dtype, drop_axis=1, block_info=True,

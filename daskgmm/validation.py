@@ -206,7 +206,7 @@ def predict_dataset(est, X, sample_weight=None, *, weighted=False) -> Dataset:
 def _locate_text(X, exc):
     """scikit-learn's "could not convert string to float" for an object array (or a
     list of rows) holding text, with the row and column of the first such value."""
-    if "could not convert" not in str(exc):
+    if "could not convert" not in str(exc) and "float() argument" not in str(exc):
         return None
     try:
         cells = np.asarray(X, dtype=object)
@@ -218,6 +218,13 @@ def _locate_text(X, exc):
         try:
             float(value)
         except (TypeError, ValueError):
+            if type(value).__name__ == "NAType":  # pandas' missing value
+                return ValueError(
+                    f"X holds pandas' missing value pd.NA at row {row}, column {col}: "
+                    "numpy cannot read it as a number. Convert the frame first, e.g. "
+                    "X = df.astype('Float64').to_numpy('float64', na_value=np.nan), so "
+                    "that missing values are NaN (nan_policy then decides what they do)."
+                )
             return ValueError(
                 f"X holds a value that is not a number at row {row}, column {col}: "
                 f"{value!r:.60} ({type(value).__name__}; {exc}). Gaussian mixtures need "
@@ -241,7 +248,7 @@ def _dataset(est, X, *, reset, fit=False, weighted=False):
                 est, X, reset=reset, dtype=[np.float64, np.float32],
                 ensure_all_finite=False, ensure_min_samples=2 if fit else 1,
             )
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             located = _locate_text(X, exc)
             if located is None:
                 raise

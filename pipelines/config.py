@@ -921,6 +921,9 @@ class NightlyConfig(_Section):
     reselect_every_days: Int | None = Field(7, ge=1)
     drift_margin: Float = Field(0.5, ge=0)
     promotion_margin: Float = Field(0.05, ge=0)
+    # a warm-started model is not promoted when the share of rows with missing features
+    # moved by more than this from the current model's data (model.nan_policy)
+    missing_share_margin: Float = Field(0.1, ge=0, le=1)
     checkpoint_every: Int = Field(5, ge=1)
     keep_versions: Int | None = Field(30, ge=1)
     lock_hours: Float = Field(24.0, gt=0)

@@ -415,8 +415,8 @@ def publish_scores(cfg: JobConfig, model, run_id: str, model_version: str,
         fingerprint=fingerprint, **_read_kwargs(cfg),
     )
     get_run_logger().info(
-        "published %d scores (%d anomalies, %.3f%%) to %s", pub.n_rows, pub.n_anomalies,
-        100 * pub.anomaly_rate, pub.location,
+        "published %d scores (%d anomalies, %.3f%%; %d rows with missing features) to %s",
+        pub.n_rows, pub.n_anomalies, 100 * pub.anomaly_rate, pub.n_incomplete, pub.location,
     )
     return pub
 
@@ -568,7 +568,9 @@ def _night(cfg, run_id, key, log, t0, progress):
     verdict = policy.promotion_verdict(
         model, has_current=current is not None,
         current_tonight=None if drift is None else drift.tonight,
-        margin=cfg.nightly.promotion_margin, reasons=reasons)  # reasons: selection ran
+        margin=cfg.nightly.promotion_margin, reasons=reasons,  # reasons: selection ran
+        current_share=None if current is None else policy.incomplete_share(current),
+        share_margin=cfg.nightly.missing_share_margin)
     selected_at, selection_version = policy.selection_of(
         info, selected=selection is not None, version=version, now=policy.utcnow())
     save_model(cfg, model, version, policy.model_info(

@@ -97,8 +97,20 @@ class Promotion:
         return asdict(self)
 
 
+def incomplete_share(model) -> float | None:
+    """The share of the rows of a model's fit data that held NaN (its ``nan_policy``
+    left them out or marginalized them), or None when unknown."""
+    n_incomplete = getattr(model, "fit_n_incomplete_", None)
+    n_fitted = getattr(model, "fit_n_samples_", None)
+    if n_incomplete is None or n_fitted is None:
+        return None
+    rows = n_fitted + (n_incomplete if getattr(model, "nan_policy", "raise") == "omit" else 0)
+    return n_incomplete / rows if rows > 0 else None
+
+
 def promotion_verdict(model, *, has_current: bool, current_tonight: float | None,
-                      margin: float, reasons: list[str]) -> Promotion:
+                      margin: float, reasons: list[str], current_share: float | None = None,
+                      share_margin: float = 0.1) -> Promotion:
     """Whether tonight's ``model`` becomes current.
 
     Never with a parameter or the threshold not finite. A warm-started model
@@ -108,6 +120,12 @@ def promotion_verdict(model, *, has_current: bool, current_tonight: float | None
     by more than ``margin``. A model of a full selection (``reasons``: why it ran) is
     promoted with those reasons recorded: a model chosen by BIC may have fewer
     components and a lower likelihood than the one it replaces.
+
+    A warm-started model is also refused when the share of rows with missing features
+    (:func:`incomplete_share`) moved by more than ``share_margin`` from the current
+    model's data (``current_share``): a row missing features is scored in fewer
+    dimensions, so log-likelihoods (the drift check's and this comparison's) and the
+    threshold rise with that share, and would hide the change.
     """
     arrays = {name: getattr(model, name) for name in
               ("weights_", "means_", "covariances_", "precisions_cholesky_")}
@@ -121,6 +139,15 @@ def promotion_verdict(model, *, has_current: bool, current_tonight: float | None
         return Promotion(True, "the store had no current model")
     if reasons:
         return Promotion(True, "the selection replaced the model: " + "; ".join(reasons))
+    share = incomplete_share(model)
+    if share is not None and current_share is not None and (
+            abs(share - current_share) > share_margin):
+        return Promotion(False, (
+            f"refused: {100 * share:.1f}% of tonight's rows have missing features, "
+            f"{100 * current_share:.1f}% of the current model's (margin "
+            f"{100 * share_margin:.0f} points): its log-likelihoods and threshold are not "
+            "comparable with the current model's. Check the feed; to accept it, promote "
+            "this version by hand or run the selection"))
     tonight = float(model.training_log_likelihood_)
     compared = (f"tonight's mean log-likelihood {tonight:.4f} under the new model, "
                 f"{current_tonight:.4f} under the current one (margin {margin})")

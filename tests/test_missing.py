@@ -320,7 +320,7 @@ def test_a_row_missing_every_feature_is_an_error_under_marginalize():
 
 def test_omit_with_every_row_incomplete_says_so():
     X = make_blobs(300, 3, 2, seed=25)
-    X[:, 0] = np.nan
+    X[np.arange(300), np.arange(300) % 3] = np.nan  # every row misses one feature
     with pytest.raises(ValueError, match=r"Every row of the numpy array holds NaN: "
                                          r"nan_policy='omit' leaves nothing"):
         GaussianMixture(2, nan_policy="omit", init_params="random").fit(X)
@@ -458,3 +458,102 @@ def test_nightly_job_marginalizes_and_reports_rows_with_missing_features(tmp_pat
     assert (f"| rows with missing features | {incomplete:,} "
             f"({100 * incomplete / len(X):.3f}%), scored by their observed features |"
             in summary)
+
+
+def test_parquet_scores_of_rows_left_out_are_null_not_nan(tmp_path):
+    """SQL engines sort NaN above every number: a row 'omit' left out has null scores."""
+    import pyarrow.parquet as pq
+
+    X = punch_holes(make_blobs(2000, 3, 2, seed=36), 0.05, seed=37)
+    gm = GaussianMixture(2, nan_policy="omit", random_state=0).fit(X)
+    gm.set_threshold(X)
+    pub = daskgmm.write_scores(gm, X, str(tmp_path / "scores"), run_id="r1")
+    assert pub.manifest["nan_policy"] == "omit"
+    table = pq.read_table(pub.location)
+    incomplete = int(np.isnan(X).any(axis=1).sum())
+    for name in ("log_density", "anomaly_score", "component", "responsibility"):
+        assert table.schema.field(name).nullable and table[name].null_count == incomplete
+    for name in ("is_anomaly", "missing_features"):
+        assert not table.schema.field(name).nullable and table[name].null_count == 0
+    frame = table.to_pandas().sort_values("row_number")
+    ref = SkGaussianMixture(2, random_state=0).fit(X[~np.isnan(X).any(axis=1)])
+    complete = ~np.isnan(X).any(axis=1)
+    assert_allclose(frame["log_density"][complete], ref.score_samples(X[complete]),
+                    rtol=1e-6)
+    assert frame["log_density"][~complete].isna().all()
+
+
+def test_a_feature_never_observed_is_named():
+    X = make_blobs(3000, 4, 2, seed=38)
+    X[:, 2] = np.nan
+    X[5, 2] = 1.0  # one value: still not enough to fit it
+    for policy in ("marginalize", "omit"):
+        for init in ("kmeans", "random"):
+            with pytest.raises(ValueError, match=r"Feature column 2 of the numpy array has "
+                                                 r"1 observed value\(s\) among the \d+ rows "
+                                                 r".*Leave it out"):
+                GaussianMixture(2, nan_policy=policy, init_params=init).fit(X)
+
+
+def test_rows_fitted_on_exclude_rows_left_out():
+    X = punch_holes(make_blobs(1000, 3, 2, seed=39), 0.1, seed=40)
+    incomplete = int(np.isnan(X).any(axis=1).sum())
+    omit = GaussianMixture(2, nan_policy="omit", random_state=0).fit(X)
+    assert omit.fit_n_samples_ == 1000 - incomplete and omit.fit_n_incomplete_ == incomplete
+    marg = GaussianMixture(2, nan_policy="marginalize", random_state=0).fit(X)
+    assert marg.fit_n_samples_ == 1000 and marg.fit_n_incomplete_ == incomplete
+
+
+def test_pandas_missing_values_are_named_and_the_fix_works():
+    X = punch_holes(make_blobs(500, 3, 2, seed=41), 0.1, seed=42)
+    frame = pd.DataFrame(X, columns=list("abc")).astype(object)
+    frame.iloc[7, 1] = pd.NA
+    with pytest.raises(ValueError, match=r"pd.NA at row 7, column 1.*"
+                                         r"df.astype\('Float64'\).to_numpy"):
+        GaussianMixture(2, nan_policy="marginalize").fit(frame)
+    fixed = frame.astype("Float64").to_numpy("float64", na_value=np.nan)
+    gm = GaussianMixture(2, nan_policy="marginalize", random_state=0).fit(fixed)
+    assert gm.fit_n_incomplete_ == int(np.isnan(fixed).any(axis=1).sum())
+
+
+def test_scoring_rows_with_nan_under_a_raise_model_says_how():
+    X = make_blobs(1000, 3, 2, seed=43)
+    gm = GaussianMixture(2, random_state=0).fit(X)
+    Y = X.copy()
+    Y[3, 0] = np.nan
+    with pytest.raises(ValueError, match=r"set the model's nan_policy: est.set_params\("
+                                         r"nan_policy='marginalize'\) scores each row .* "
+                                         r"\(no refit\)"):
+        gm.score_samples(Y)
+    scored = gm.set_params(nan_policy="marginalize").score_samples(Y)
+    ref, _ = marginal_oracle(Y[3:4], gm.weights_, gm.means_, dense_covariances(gm))
+    assert_allclose(scored[3], ref[0], rtol=1e-8)
+    assert_allclose(scored[4:], gm.set_params(nan_policy="raise").score_samples(X[4:]),
+                    rtol=1e-12)
+
+
+def test_a_warm_start_is_not_promoted_when_the_share_of_incomplete_rows_moves():
+    from daskgmm_pipelines import policy
+
+    X = make_blobs(2000, 3, 2, seed=44)
+    light = punch_holes(X, 0.02, seed=45)
+    heavy = punch_holes(X, 0.4, seed=46)
+    current = GaussianMixture(2, nan_policy="marginalize", random_state=0).fit(light)
+    current.set_threshold(light)
+    tonight = GaussianMixture(2, nan_policy="marginalize", random_state=0).fit(heavy)
+    tonight.set_threshold(heavy)
+    share = policy.incomplete_share(current)
+    assert share == np.isnan(light).any(axis=1).mean()
+    assert tonight.training_log_likelihood_ > current.training_log_likelihood_  # higher
+    verdict = policy.promotion_verdict(
+        tonight, has_current=True, current_tonight=current.training_log_likelihood_,
+        margin=0.05, reasons=[], current_share=share, share_margin=0.1)
+    assert not verdict.promote
+    assert re.search(r"refused: \d+\.\d% of tonight's rows have missing features, "
+                     r"\d\.\d% of the current model's", verdict.reason)
+    same = policy.promotion_verdict(
+        current, has_current=True, current_tonight=current.training_log_likelihood_,
+        margin=0.05, reasons=[], current_share=share, share_margin=0.1)
+    assert same.promote
+    omit = GaussianMixture(2, nan_policy="omit", random_state=0).fit(heavy)
+    assert policy.incomplete_share(omit) == np.isnan(heavy).any(axis=1).mean()

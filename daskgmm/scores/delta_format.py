@@ -50,10 +50,11 @@ from .formats import (
     FORMAT,
     FORMAT_VERSION,
     ROW_NUMBER,
-    SCORE_FIELDS,
     ScoreFormat,
     id_arrays,
     piece_totals,
+    score_arrays,
+    score_fields,
     score_pieces,
     summary,
 )
@@ -140,8 +141,7 @@ class DeltaScores(ScoreFormat):
         options = object_store_options(uri, storage_options)
         table = _open(uri, storage_options) if self.check(target, storage_options) else None
         scores, id_fields, origin_files = score_pieces(scores, dataset, id_columns)
-        score_fields = [pa.field(n, t, nullable=False) for n, t in SCORE_FIELDS]
-        schema = pa.schema(list(id_fields) + score_fields + RUN_FIELDS)
+        schema = pa.schema(list(id_fields) + score_fields() + RUN_FIELDS)
         with _delta_errors(uri, "describe the scores' schema"):
             delta_schema = DeltaSchema.from_arrow(schema)
         if table is not None:
@@ -291,7 +291,7 @@ def _write_file(scores, fs, root, relative, schema, constants, row_start, ids, n
     n = scores.shape[0]
     ids_columns = id_arrays(n, row_start, ids)
     model_id, model_version, threshold = constants
-    arrays = ids_columns + [pa.array(scores[name]) for name, _ in SCORE_FIELDS] + [
+    arrays = ids_columns + score_arrays(scores) + [
         pa.repeat(pa.scalar(model_id, pa.string()), n),
         pa.repeat(pa.scalar(model_version, pa.string()), n),
         pa.array(np.full(n, threshold, dtype=np.float64)),

@@ -37,6 +37,24 @@ _VERSION = re.compile(rf"{VERSIONS}/{RUN_ID.pattern}/[0-9a-f]+")
 ROW_NUMBER = "row_number"
 # Score columns, in the order they are written, with their Arrow types.
 SCORE_FIELDS = [(name, pa.from_numpy_dtype(SCORE_DTYPE[name])) for name in SCORE_DTYPE.names]
+# The columns that are null for a row the model left out (nan_policy='omit': no score,
+# no component); the others are never null.
+UNSCORED_NULL = ("log_density", "anomaly_score", "component", "responsibility")
+
+
+def score_fields() -> list:
+    """The Arrow fields of the score columns (Parquet and Delta output)."""
+    return [pa.field(n, t, nullable=n in UNSCORED_NULL) for n, t in SCORE_FIELDS]
+
+
+def score_arrays(scores) -> list:
+    """The Arrow arrays of a piece of score records: a row left out by the model
+    (``nan_policy='omit'``, log-density NaN) is null in ``UNSCORED_NULL``, so SQL engines
+    skip it (they sort NaN above every number) and ``IS NULL`` finds it."""
+    unscored = np.isnan(scores["log_density"])
+    mask = unscored if unscored.any() else None
+    return [pa.array(scores[name], mask=mask if name in UNSCORED_NULL else None)
+            for name, _ in SCORE_FIELDS]
 
 
 def score_pieces(scores, dataset, id_columns):

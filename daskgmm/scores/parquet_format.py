@@ -28,7 +28,14 @@ from .._storage import naming_write_errors, url_of
 from ..passes import compute_each
 from ..quantiles import sketch_points
 from ..versioned import JsonMetadata
-from .formats import SCORE_FIELDS, VersionedScores, id_arrays, score_pieces, summary
+from .formats import (
+    VersionedScores,
+    id_arrays,
+    score_arrays,
+    score_fields,
+    score_pieces,
+    summary,
+)
 
 MARKER = "_daskgmm_scores.json"
 POINTER = "_latest"
@@ -46,7 +53,7 @@ class ParquetScores(VersionedScores):
         scores, id_fields, files = score_pieces(scores, dataset, id_columns)
         names = ([relative for _, relative, _ in files] if files is not None
                  else [f"part-{i:05d}.parquet" for i in range(scores.numblocks[0])])
-        fields = list(id_fields) + [pa.field(n, t, nullable=False) for n, t in SCORE_FIELDS]
+        fields = list(id_fields) + score_fields()
         schema = pa.schema(fields, metadata={"daskgmm": json.dumps(info, sort_keys=True)})
         vroot = location.version_path(version)
         offsets = np.concatenate([[0], np.cumsum(scores.chunks[0])]).astype(np.int64)
@@ -75,7 +82,7 @@ class ParquetScores(VersionedScores):
 
 def _write_part(scores, fs, path, schema, row_start, ids, n_points):
     id_columns = id_arrays(scores.shape[0], row_start, ids)
-    arrays = id_columns + [pa.array(scores[name]) for name, _ in SCORE_FIELDS]
+    arrays = id_columns + score_arrays(scores)
     table = pa.Table.from_arrays(arrays, schema=schema)
     with naming_write_errors(url_of(fs, path)):
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)

@@ -186,6 +186,7 @@ def write_scores(
         "run_id": run_id,
         "threshold": float(model.threshold_),
         "contamination": model.contamination_,
+        "nan_policy": getattr(model, "nan_policy", "raise"),
         "library_version": __version__,
     }
     scores = scorer.anomaly_scores(dataclasses.replace(dataset, lazy=True))
