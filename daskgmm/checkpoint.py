@@ -70,6 +70,7 @@ class Checkpoint:
                     "lower_bound": finite_or_none(c.lower_bound),
                     "lower_bounds": list(c.lower_bounds),
                     "n_iter": c.n_iter, "converged": c.converged, "done": c.done,
+                    "n_incomplete": int(c.n_incomplete),
                     "seconds": c.seconds,
                     "error": None if c.error is None else str(c.error),
                     "arrays": [a for a in _ARRAYS if getattr(p, a) is not None],
@@ -177,7 +178,14 @@ def _candidate(zf, i, e) -> Candidate:
         lower_bounds=[float(v) for v in e["lower_bounds"]], n_iter=int(e["n_iter"]),
         converged=bool(e["converged"]), done=bool(e["done"]), seconds=float(e["seconds"]),
         error=None if e["error"] is None else ValueError(str(e["error"])),
+        n_incomplete=_count(e.get("n_incomplete", 0), f"c{i} n_incomplete"),
     )
+
+
+def _count(value, what) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _Damaged("state.json", f"{what} is not a count: {value!r}")
+    return value
 
 
 def _tuples(value):
@@ -198,7 +206,8 @@ def fingerprint(params: dict, dataset: Dataset, start: Mixture | None = None) ->
     Listing the files is why a fit computes this only when it checkpoints.
     """
     params = {k: v for k, v in portable_params(params).items()
-              if k not in ("verbose", "verbose_interval")}
+              if k not in ("verbose", "verbose_interval")
+              and not (k == "nan_policy" and v == "raise")}  # as before nan_policy existed
     data = (dataset.origin.data_version() if dataset.origin is not None
             else getattr(dataset.array, "name", ""))
     h = hashlib.sha256(json.dumps(

@@ -101,7 +101,7 @@ def run_em(
             dataset, passes.em_chunk, ([c.params for c in active],), split_every=split_every
         )
         n_passes += 1
-        passes.check_total_weight(dataset, stats[0].weight)
+        passes.check_total_weight(dataset, stats[0].weight, stats[0].n_incomplete)
         changes = []
         for c, s in zip(active, stats, strict=True):
             c.seconds += s.seconds

@@ -394,8 +394,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         Rows holding NaN follow ``nan_policy``: under 'marginalize' they are scored by
         their observed features; under 'omit' they score NaN, component -1 and
         ``is_anomaly`` False. One threshold serves every row, but a row missing features
-        is judged in fewer dimensions: its log-density is typically higher, so it is
-        flagged less often than a complete row (see the README's "Missing values").
+        is judged in fewer dimensions: depending on the features' spread its
+        log-density runs higher or lower than a complete row's, so it is flagged less or
+        more often (see the README's "Missing values").
         """
         check_is_fitted(self)
         anomaly.check_has_threshold(getattr(self, "threshold_", None))
@@ -464,11 +465,22 @@ def _mixture_of(est: GaussianMixture) -> Mixture:
                    est.covariances_)
 
 
+def _saved_params(est: GaussianMixture) -> dict:
+    """The parameters a model file keeps (and its id hashes). ``nan_policy='raise'``, the
+    default and the behaviour before the parameter existed, is left out: models saved
+    before it keep their id, and files of models that never meet NaN stay readable by
+    earlier daskgmm versions."""
+    params = portable_params(est.get_params(deep=False))
+    if params.get("nan_policy") == "raise":
+        del params["nan_policy"]
+    return params
+
+
 def _record_of(est: GaussianMixture) -> model_file.ModelRecord:
     check_is_fitted(est)
     names = getattr(est, "feature_names_in_", None)
     return model_file.ModelRecord(
-        params=portable_params(est.get_params(deep=False)),
+        params=_saved_params(est),
         mixture=_mixture_of(est),
         fit=FitSummary(n_iter=est.n_iter_, converged=est.converged_,
                        lower_bound=est.lower_bound_, lower_bounds=est.lower_bounds_,

@@ -49,7 +49,7 @@ _COMPLETE_FOR_KMEANS = 0.05
 _SHIFT_ROWS = 1000
 
 
-def draw_sample(dataset: Dataset, size: int, random_state):
+def draw_sample(dataset: Dataset, size: int, random_state, min_rows: int = 1):
     """A random sample of rows (sorted by row index), or all rows if they fit:
     ``(sample, sample_weight, total_weight)``.
 
@@ -90,7 +90,7 @@ def draw_sample(dataset: Dataset, size: int, random_state):
         sample, sample_weight = sample[keep], sample_weight[keep]
     if policy != "raise":
         check_observed_columns(dataset, sample)
-        sample, sample_weight = complete_sample(sample, sample_weight, policy)
+        sample, sample_weight = complete_sample(sample, sample_weight, policy, min_rows)
     return sample, sample_weight, total
 
 
@@ -120,16 +120,18 @@ def check_observed_columns(dataset: Dataset, sample):
     )
 
 
-def complete_sample(sample, sample_weight, nan_policy):
+def complete_sample(sample, sample_weight, nan_policy, min_rows=1):
     """The sample for k-means and the other sample-based starts, without NaN: under
     'omit' its rows without NaN; under 'marginalize' the same when at least
-    ``_COMPLETE_FOR_KMEANS`` of them are complete, else every row with each NaN
-    replaced by its column's median over the sample (a start only)."""
+    ``_COMPLETE_FOR_KMEANS`` of them and ``min_rows`` (the largest k) are complete,
+    else every row with each NaN replaced by its column's median over the sample (a
+    start only)."""
     incomplete = np.isnan(sample).any(axis=1)
     if not incomplete.any():
         return sample, sample_weight
     complete = ~incomplete
-    if nan_policy == "omit" or complete.mean() >= _COMPLETE_FOR_KMEANS:
+    if nan_policy == "omit" or (complete.mean() >= _COMPLETE_FOR_KMEANS
+                                and complete.sum() >= min_rows):
         return sample[complete], None if sample_weight is None else sample_weight[complete]
     filled = sample.copy()
     medians = np.nanmedian(sample, axis=0)
@@ -255,8 +257,8 @@ def initial_params_grid(
     largest = max(k for k, _ in grid)
     size = max(init_sample_size, largest)
     needs_sample = init_params != "random"
-    sample, sample_weight, total = (draw_sample(dataset, size, sample_rs) if needs_sample
-                                    else (None, None, n))
+    sample, sample_weight, total = (draw_sample(dataset, size, sample_rs, largest)
+                                    if needs_sample else (None, None, n))
     shift = data_shift(dataset, sample)
     if needs_sample and n > size:
         if dataset.weights is not None:  # the pass over the weights, then the rows'
@@ -311,7 +313,7 @@ def initial_params_grid(
         chunk_fn = (passes.hard_assignment_chunk if init_params == "kmeans"
                     else passes.random_resp_chunk)
         stats = passes.data_pass(dataset, chunk_fn, (work,), split_every=split_every)
-        passes.check_total_weight(dataset, stats[0].weight)
+        passes.check_total_weight(dataset, stats[0].weight, stats[0].n_incomplete)
         # weights nk / n, n the rows used (without NaN under nan_policy='omit') or with
         # sample weights their total weight
         total = stats[0].weight

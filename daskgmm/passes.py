@@ -194,7 +194,7 @@ class _ChunkTask:
                 f"Numerical overflow in {label} of {self.where.description}, "
                 f"rows {start} to {start + block.shape[0] - 1}: the values are finite but "
                 f"too large for float64 arithmetic (largest magnitude "
-                f"{np.abs(block).max():.3g}). Scale the input data, e.g. "
+                f"{np.nanmax(np.abs(block)):.3g}). Scale the input data, e.g. "
                 "sklearn.preprocessing.StandardScaler."
             )
         return out
@@ -294,7 +294,11 @@ def chunk_groups(array, keys) -> list[list[int]] | None:
         holders = where.get(key) or ()
         if not holders:
             return None
-        by_worker.setdefault(sorted(holders)[0], []).append(i)
+        # a chunk held by several workers (replicated) goes to the least loaded one, in
+        # proportion to its threads
+        worker = min(sorted(holders), key=lambda w: len(by_worker.get(w, ())) / max(
+            threads.get(w, 1), 1))
+        by_worker.setdefault(worker, []).append(i)
     groups = []
     for worker, members in by_worker.items():
         n_groups = min(len(members), GROUPS_PER_THREAD * max(threads.get(worker, 1), 1))
@@ -324,17 +328,17 @@ def _finite(result):
 # The optimised reads of the arrays passed over, while they exist (EM passes over the
 # same array every iteration): by the ids of the array and its weights, dropped when the
 # array is collected, so nothing here keeps data alive.
-_READS: dict = {}
+READS: dict = {}
 
 
-def _reads(array, weights) -> dict:
+def reads_of(array, weights) -> dict:
     """The optimised graph of ``array`` (with ``weights``, optimised together: they may
     share their reads), built once per array and kept for the passes that follow."""
     from dask.highlevelgraph import HighLevelGraph
 
     key = (id(array), None if weights is None else id(weights))
     names = (array.name, None if weights is None else weights.name)
-    cached = _READS.get(key)
+    cached = READS.get(key)
     if cached is not None and cached[0] == names:
         return cached[1]
     if weights is None:
@@ -343,9 +347,11 @@ def _reads(array, weights) -> dict:
         graph = array.__dask_optimize__(
             HighLevelGraph.merge(array.__dask_graph__(), weights.__dask_graph__()),
             [array.__dask_keys__(), weights.__dask_keys__()])
-    _READS[key] = (names, dict(graph))
-    weakref.finalize(array, _READS.pop, key, None)
-    return _READS[key][1]
+    READS[key] = (names, dict(graph))
+    for owner in (array, weights):  # dropped when either is collected
+        if owner is not None:
+            weakref.finalize(owner, READS.pop, key, None)
+    return READS[key][1]
 
 
 def pass_graph(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, split_every=8,
@@ -382,7 +388,7 @@ def pass_graph(dataset: Dataset, fn, args, *, combine=kernels.combine_stats, spl
     parts = []
     groups = chunk_groups(array, blocks)
     runs = None if groups is not None else read_ahead_runs(dataset)
-    reads = {} if runs is not None else _reads(array, weights)
+    reads = {} if runs is not None else reads_of(array, weights)
     if runs is not None:  # the tasks read their chunks themselves
         rows_key = f"{name}-rows"
         layer[rows_key] = DataNode(rows_key, dataset.rows)
@@ -531,7 +537,7 @@ class TimedStats(Stats):
                           seconds=self.seconds + other.seconds)
 
 
-_WARMED: set = set()  # covariance types whose kernels this process has run
+_WARMED: set = set()  # (covariance type, nan_policy) whose kernels this process has run
 
 
 def em_chunk(block, candidates, row_start, weights=None, nan_policy="raise"):
@@ -542,9 +548,13 @@ def em_chunk(block, candidates, row_start, weights=None, nan_policy="raise"):
     # call of a compiled kernel loads it (or compiles it, once per installation), which
     # is not the candidate's compute time
     for params in candidates:
-        if params.covariance_type not in _WARMED:
-            kernels.chunk_stats(X[:1], [params], None if weights is None else weights[:1])
-            _WARMED.add(params.covariance_type)
+        if (params.covariance_type, nan_policy) not in _WARMED:
+            row = X[:1].copy()
+            if nan_policy == "marginalize" and row.shape[1] > 1:
+                row[0, 0] = np.nan  # the kernels of rows with missing values too
+            kernels.chunk_stats(row, [params], None if weights is None else weights[:1],
+                                nan_policy)
+            _WARMED.add((params.covariance_type, nan_policy))
     out = []
     for params in candidates:
         t0 = time.perf_counter()
@@ -627,7 +637,7 @@ def weighted_sample_rows(dataset: Dataset, size: int, seed: int):
     labels = [dataset.chunk_label(i) for i in range(len(dataset.array.chunks[0]))]
     top = data_pass(weights, _sample_keys_chunk, (seed, size, dataset.description),
                     combine=combine_sample_keys, per_chunk=labels)
-    check_total_weight(dataset, top.weight)
+    check_total_weight(dataset, top.weight, 0)  # a pass over the weights alone
     return np.sort(top.rows[np.isfinite(top.keys)]), top.weight
 
 
@@ -640,16 +650,17 @@ def score_pass(dataset: Dataset, params: list[Params], split_every: int = 8):
     ``sum_i w_i log p(x_i)`` and ``sum_i w_i`` with sample weights, else the sum of the
     log-densities and the row count (as a float)."""
     stats = data_pass(dataset, _log_likelihood_chunk, (params,), split_every=split_every)
-    check_total_weight(dataset, stats[0].weight)
+    check_total_weight(dataset, stats[0].weight, stats[0].n_incomplete)
     return [(s.log_likelihood, s.weight) for s in stats]
 
 
-def check_total_weight(dataset: Dataset, total: float):
+def check_total_weight(dataset: Dataset, total: float, n_incomplete: int | None = None):
     """Raise when the sample weights of ``dataset`` sum to 0, or under
-    ``nan_policy='omit'`` no row is left (found by a pass)."""
+    ``nan_policy='omit'`` no row is left (found by a pass; ``n_incomplete``: the rows it
+    left out, None: not known)."""
     if total > 0:
         return
-    if dataset.nan_policy == "omit":
+    if dataset.nan_policy == "omit" and (n_incomplete is None or n_incomplete > 0):
         raise ValueError(
             f"Every row of the {dataset.description} holds NaN"
             + (" or weighs 0" if dataset.weights is not None else "")

@@ -449,3 +449,27 @@ def test_the_job_config_selects_the_delta_format(tmp_path):
         load_config(write_job_config(tmp_path, outputs={"format": "delta"}))
     with pytest.raises(ConfigError, match=r"outputs.format"):
         load_config(write_job_config(tmp_path, outputs={"format": "iceberg"}))
+
+
+def test_a_table_from_before_missing_features_keeps_its_schema(fitted, tmp_path, caplog):
+    """A score table created before the missing_features column: new runs go on with
+    the table's columns, and every run reads back."""
+    X, gm, _ = fitted
+    target = str(tmp_path / "old")
+    old = pd.DataFrame({"row_number": np.arange(4, dtype=np.int64),
+                        "log_density": np.full(4, -3.0), "anomaly_score": np.full(4, 3.0),
+                        "component": np.zeros(4, dtype=np.int32),
+                        "responsibility": np.ones(4), "is_anomaly": np.zeros(4, bool),
+                        "run_id": "before", "model_id": "m0", "model_version": "v0",
+                        "threshold": np.full(4, -9.0)})
+    write_deltalake(target, old, partition_by=["run_id"], name="daskgmm_scores")
+    with caplog.at_level("WARNING", logger="daskgmm.scores.delta_format"):
+        pub = daskgmm.write_scores(gm, X, target, run_id="after", format="delta")
+    assert "created without the score column(s) ['missing_features']" in caplog.text
+    table = DeltaTable(target)
+    assert "missing_features" not in table.schema().to_arrow().names
+    frame = table.to_pandas()
+    assert sorted(_runs(frame)) == ["after", "before"]
+    after = frame[frame["run_id"] == "after"].sort_values("row_number")
+    assert_allclose(after["log_density"], gm.score_samples(X), rtol=1e-12)
+    assert pub.n_rows == len(X)

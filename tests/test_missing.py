@@ -557,3 +557,62 @@ def test_a_warm_start_is_not_promoted_when_the_share_of_incomplete_rows_moves():
     assert same.promote
     omit = GaussianMixture(2, nan_policy="omit", random_state=0).fit(heavy)
     assert policy.incomplete_share(omit) == np.isnan(heavy).any(axis=1).mean()
+
+
+def test_saved_models_keep_their_id_and_their_policy(tmp_path):
+    import json
+    import zipfile
+
+    X = punch_holes(make_blobs(600, 3, 2, seed=47), 0.1, seed=48)
+    plain = GaussianMixture(2, random_state=0).fit(np.nan_to_num(X))
+    plain.save(tmp_path / "plain.dgmm")
+    meta = json.loads(zipfile.ZipFile(tmp_path / "plain.dgmm").read("metadata.json"))
+    assert "nan_policy" not in meta["params"]  # as files written before the parameter
+    assert daskgmm.load(tmp_path / "plain.dgmm").nan_policy == "raise"
+    assert daskgmm.model_id(daskgmm.load(tmp_path / "plain.dgmm")) == daskgmm.model_id(plain)
+    marg = GaussianMixture(2, nan_policy="marginalize", random_state=0).fit(X)
+    marg.save(tmp_path / "marg.dgmm")
+    meta = json.loads(zipfile.ZipFile(tmp_path / "marg.dgmm").read("metadata.json"))
+    assert meta["params"]["nan_policy"] == "marginalize"
+    assert meta["fit_data"]["n_incomplete"] == marg.fit_n_incomplete_ > 0
+    assert daskgmm.model_id(marg) != daskgmm.model_id(
+        GaussianMixture(**{**marg.get_params(), "nan_policy": "omit"}).set_fitted(
+            *_fitted_parts(marg)))
+
+
+def _fitted_parts(est):
+    from daskgmm.mixture import Mixture
+
+    return (Mixture(est.covariance_type, est.weights_, est.means_, est.precisions_cholesky_,
+                    est.covariances_),)
+
+
+def test_a_resumed_fit_keeps_its_count_of_incomplete_rows(tmp_path):
+    X = punch_holes(make_blobs(800, 3, 2, seed=49), 0.1, seed=50)
+    checkpoint = daskgmm.Checkpoint(str(tmp_path / "ckpt.zip"), every=1)
+    kw = dict(nan_policy="marginalize", random_state=0, max_iter=5, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        first = GaussianMixture(2, **kw).fit(X, checkpoint=checkpoint)
+        again = GaussianMixture(2, **kw).fit(X, checkpoint=checkpoint)
+    assert again.resumed_iteration_ == 5
+    assert again.fit_n_incomplete_ == first.fit_n_incomplete_ == int(
+        np.isnan(X).any(axis=1).sum())
+
+
+def test_marginalize_starts_k_means_on_few_complete_rows():
+    X = punch_holes(make_blobs(40, 3, 2, seed=51), 0.45, seed=52)
+    assert 0 < (~np.isnan(X).any(axis=1)).sum() < 5
+    gm = GaussianMixture(5, nan_policy="marginalize", random_state=0, reg_covar=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm.fit(X)
+    assert np.isfinite(gm.means_).all()
+
+
+def test_zero_weights_without_nan_are_named_as_weights_under_omit():
+    X = make_blobs(300, 2, 2, seed=53)
+    with pytest.raises(ValueError, match=r"sample_weight|weights") as info:
+        GaussianMixture(2, nan_policy="omit", init_params="random").fit(
+            da.from_array(X, chunks=100), sample_weight=da.zeros(300, chunks=100))
+    assert "holds NaN" not in str(info.value)

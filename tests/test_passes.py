@@ -255,3 +255,36 @@ def test_the_next_chunk_is_read_while_the_current_one_is_computed():
     overlapped = [row for row in computes if row + 500 in reads
                   and reads[row + 500][0] < computes[row][1]]
     assert len(overlapped) >= 4  # the next read began before this computation ended
+
+
+def test_replicated_chunks_spread_over_their_holders(cluster_client):
+    from distributed import wait
+
+    X = np.random.default_rng(9).normal(size=(8_000, 2))
+    array = da.from_array(X, chunks=(200, 2)).persist()
+    wait(array)
+    cluster_client.replicate(array)  # every chunk on both workers
+    keys = [row[0] for row in array.__dask_keys__()]
+    groups = passes.chunk_groups(array, keys)
+    sizes = sorted(len(g) for g in groups)
+    assert len(groups) == 4 and sizes[-1] - sizes[0] <= 1, sizes  # both workers' threads
+
+
+def test_the_reads_of_an_array_and_its_weights_are_dropped_with_either():
+    import gc
+
+    gc.collect()
+    before = len(passes.READS)
+    X = da.from_array(np.ones((100, 2)), chunks=(50, 2))
+    for _ in range(3):
+        w = da.from_array(np.ones(100), chunks=50)
+        assert passes.reads_of(X, w) is passes.reads_of(X, w)  # built once
+        assert len(passes.READS) == before + 1
+        del w
+        gc.collect()
+        assert len(passes.READS) == before  # gone with the weights
+    passes.reads_of(X, None)
+    assert len(passes.READS) == before + 1
+    del X
+    gc.collect()
+    assert len(passes.READS) == before  # gone with the array

@@ -145,6 +145,7 @@ class DeltaScores(ScoreFormat):
         with _delta_errors(uri, "describe the scores' schema"):
             delta_schema = DeltaSchema.from_arrow(schema)
         if table is not None:
+            schema, delta_schema = _as_table_was(table, schema, delta_schema, uri)
             _check_schema(table, delta_schema, uri)
         file_schema = pa.schema([f for f in schema if f.name != PARTITION],
                                 metadata={"daskgmm": json.dumps(info, sort_keys=True)})
@@ -291,7 +292,7 @@ def _write_file(scores, fs, root, relative, schema, constants, row_start, ids, n
     n = scores.shape[0]
     ids_columns = id_arrays(n, row_start, ids)
     model_id, model_version, threshold = constants
-    arrays = ids_columns + score_arrays(scores) + [
+    arrays = ids_columns + score_arrays(scores, schema.names) + [
         pa.repeat(pa.scalar(model_id, pa.string()), n),
         pa.repeat(pa.scalar(model_version, pa.string()), n),
         pa.array(np.full(n, threshold, dtype=np.float64)),
@@ -417,6 +418,27 @@ def _commits(fs, root, latest):
             if isinstance(action, dict) and isinstance(action.get("commitInfo"), dict):
                 yield version, action["commitInfo"]
                 break
+
+
+# Score columns added after the first daskgmm release with Delta output: a table created
+# before has runs without them, and keeps its schema (its later runs leave them out).
+_LATER_SCORE_COLUMNS = ("missing_features",)
+
+
+def _as_table_was(table, schema, delta_schema, uri):
+    """``(schema, delta_schema)`` of this run for an existing ``table``: without the
+    score columns the table was created without (its older runs lack them)."""
+    from deltalake import Schema as DeltaSchema
+
+    have = {f.name for f in table.schema().fields}
+    absent = [n for n in _LATER_SCORE_COLUMNS if n not in have]
+    if not absent:
+        return schema, delta_schema
+    logger.warning("the Delta table at %s was created without the score column(s) %s: "
+                   "this run leaves them out too (write to a new table to have them)",
+                   redact_url(uri), absent)
+    schema = pa.schema([f for f in schema if f.name not in absent])
+    return schema, DeltaSchema.from_arrow(schema)
 
 
 def _check_schema(table, schema, uri):

@@ -47,14 +47,15 @@ def score_fields() -> list:
     return [pa.field(n, t, nullable=n in UNSCORED_NULL) for n, t in SCORE_FIELDS]
 
 
-def score_arrays(scores) -> list:
-    """The Arrow arrays of a piece of score records: a row left out by the model
-    (``nan_policy='omit'``, log-density NaN) is null in ``UNSCORED_NULL``, so SQL engines
-    skip it (they sort NaN above every number) and ``IS NULL`` finds it."""
+def score_arrays(scores, names=None) -> list:
+    """The Arrow arrays of a piece of score records (of the score columns among
+    ``names``, by default all): a row left out by the model (``nan_policy='omit'``,
+    log-density NaN) is null in ``UNSCORED_NULL``, so SQL engines skip it (they sort NaN
+    above every number) and ``IS NULL`` finds it."""
     unscored = np.isnan(scores["log_density"])
     mask = unscored if unscored.any() else None
     return [pa.array(scores[name], mask=mask if name in UNSCORED_NULL else None)
-            for name, _ in SCORE_FIELDS]
+            for name, _ in SCORE_FIELDS if names is None or name in names]
 
 
 def score_pieces(scores, dataset, id_columns):

@@ -161,7 +161,9 @@ class ZarrScores(VersionedScores):
         location = self.location(target, storage_options)
         group = open_group(location.fs, location.root, storage_options, "r",
                            manifest["version"])
-        return pd.DataFrame({name: group[name][:] for name, _ in SCORE_FIELDS})
+        # versions written before a column existed (missing_features) lack its array
+        return pd.DataFrame({name: group[name][:] for name, _ in SCORE_FIELDS
+                             if name in group})
 
 
 def _write_part(scores, where, start, n_points):
