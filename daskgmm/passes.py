@@ -350,8 +350,9 @@ class TimedStats(Stats):
 
 def em_chunk(block, candidates, row_start, weights=None, nan_policy="raise"):
     """E-step and statistics of every candidate on one chunk, one candidate at a time so
-    that each one's compute time is its own (``TimedStats.seconds``)."""
-    X = np.asarray(block, dtype=np.float64)
+    that each one's compute time is its own (``TimedStats.seconds``). float32 rows stay
+    float32 (:func:`daskgmm.kernels.chunk_stats`)."""
+    X = kernels.as_rows(block)
     # one row first, untimed: a process's first call of a compiled kernel loads it (or
     # compiles it, once per installation), which is not the candidate's compute time
     for params in candidates:
