@@ -76,7 +76,7 @@ def fit(dataset: Dataset, params: dict, *, start: Mixture | None = None,
         )
     mixture, summary = em.fitted(best, n_samples=dataset.n_samples, n_passes=counter.count,
                                  seconds=time.perf_counter() - t0,
-                                 resumed_iteration=resumed_iteration)
+                                 resumed_iteration=resumed_iteration, dtype=dataset.dtype)
     logger.info(
         "fitted %d components (%s) on %d x %d rows of %s: %d iterations, converged=%s, "
         "lower bound %.6f, %d data passes, %.2fs",
