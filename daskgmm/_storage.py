@@ -165,9 +165,12 @@ def put_json(fs, path: str, obj):
 
 
 def write_npy(zf, name: str, array):
-    """``array`` as float64 ``.npy`` (no pickle) member ``name`` of zip file ``zf``."""
+    """``array`` as a float64 ``.npy`` (no pickle) member ``name`` of zip file ``zf``;
+    float32 arrays stay float32."""
+    array = np.asarray(array)
     buf = io.BytesIO()
-    np.save(buf, np.asarray(array, dtype=np.float64), allow_pickle=False)
+    np.save(buf, array if array.dtype == np.float32 else array.astype(np.float64),
+            allow_pickle=False)
     zf.writestr(name, buf.getvalue())
 
 

@@ -161,10 +161,11 @@ def best_candidate(candidates: list[Candidate]) -> Candidate:
 
 
 def fitted(candidate: Candidate, *, n_samples: int, n_passes: int, seconds: float,
-           resumed_iteration: int = 0) -> tuple[Mixture, FitSummary]:
-    """The fitted model an EM candidate stands for: its mixture (user coordinates) and
-    what its fit reports (no iteration ran: a lower bound of -inf, as scikit-learn)."""
-    return Mixture.from_params(candidate.params), FitSummary(
+           resumed_iteration: int = 0, dtype=np.float64) -> tuple[Mixture, FitSummary]:
+    """The fitted model an EM candidate stands for: its mixture (user coordinates, its
+    arrays in ``dtype``: the data's, see :func:`daskgmm.kernels.data_dtype`) and what its
+    fit reports (no iteration ran: a lower bound of -inf, as scikit-learn)."""
+    return Mixture.from_params(candidate.params).astype(dtype), FitSummary(
         n_iter=candidate.n_iter, converged=candidate.converged,
         lower_bound=candidate.lower_bound if candidate.n_iter > 0 else -np.inf,
         lower_bounds=list(candidate.lower_bounds), n_samples=n_samples,

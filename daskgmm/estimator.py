@@ -262,8 +262,10 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             del self.feature_names_in_  # names of other features: stale
         self.converged_ = bool(fit.converged)
         self.n_iter_ = int(fit.n_iter)
-        self.lower_bound_ = fit.lower_bound
-        self.lower_bounds_ = list(fit.lower_bounds)
+        # a float32 model's lower bounds are float32 scalars, as scikit-learn's
+        scalar = np.float32 if mixture.dtype == np.float32 else (lambda v: v)
+        self.lower_bound_ = scalar(fit.lower_bound)
+        self.lower_bounds_ = [scalar(v) for v in fit.lower_bounds]
         self.n_passes_ = int(fit.n_passes)
         self.fit_n_samples_ = int(fit.n_samples)
         self.fit_seconds_ = float(fit.seconds)
@@ -274,24 +276,32 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------ prediction
 
-    def _map_rows(self, X, fn, dtype, n_columns=None):
+    def _map_rows(self, X, fn, dtype=None, n_columns=None):
+        """``fn`` over the rows of ``X``; ``dtype`` None: a float result, float32 for a
+        float32 model and float32 rows (as scikit-learn's), else float64 (the kernels
+        compute in float64 and the result is cast)."""
         check_is_fitted(self)
         dataset = validation.predict_dataset(self, X)
+        if dtype is None:
+            dtype = np.result_type(dataset.dtype, self.means_.dtype)
+            fn = fn if dtype == np.float64 else _cast_to(fn, dtype)
         out = passes.map_rows(dataset, fn, _mixture_of(self).params(), dtype, n_columns)
         return out if dataset.lazy else out.compute()
 
     def score_samples(self, X):
-        """Log-density of each row under the model: (n_samples,) float64."""
-        return self._map_rows(X, partial(kernels.score_chunk, what="score_samples"), np.float64)
+        """Log-density of each row under the model: (n_samples,) float64 (float32 for a
+        model fitted on float32 data scoring float32 rows, as scikit-learn)."""
+        return self._map_rows(X, partial(kernels.score_chunk, what="score_samples"))
 
     def predict(self, X):
         """Most probable component of each row: (n_samples,) int64."""
         return self._map_rows(X, partial(kernels.score_chunk, what="predict"), np.int64)
 
     def predict_proba(self, X):
-        """Responsibilities of each component for each row: (n_samples, n_components)."""
+        """Responsibilities of each component for each row: (n_samples, n_components),
+        float64 (float32 as :meth:`score_samples`)."""
         return self._map_rows(X, partial(kernels.score_chunk, what="predict_proba"),
-                              np.float64, self.n_components)
+                              n_columns=self.n_components)
 
     def _log_likelihood(self, X, sample_weight=None):
         check_is_fitted(self)
@@ -458,6 +468,15 @@ def model_id(est: GaussianMixture) -> str:
     when, where or by which daskgmm version the model was written.
     """
     return model_file.content_id(_record_of(est))
+
+
+def _cast_to(fn, dtype):
+    """``fn`` with its result cast to ``dtype``."""
+    return partial(_cast_result, fn, dtype)
+
+
+def _cast_result(fn, dtype, *args, **kwargs):
+    return fn(*args, **kwargs).astype(dtype, copy=False)
 
 
 def _mixture_of(est: GaussianMixture) -> Mixture:

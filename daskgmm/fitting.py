@@ -78,7 +78,7 @@ def fit(dataset: Dataset, params: dict, *, start: Mixture | None = None,
     n_fitted = dataset.n_samples - (best.n_incomplete if p["nan_policy"] == "omit" else 0)
     mixture, summary = em.fitted(best, n_samples=n_fitted, n_passes=counter.count,
                                  seconds=time.perf_counter() - t0,
-                                 resumed_iteration=resumed_iteration)
+                                 resumed_iteration=resumed_iteration, dtype=dataset.dtype)
     logger.info(
         "fitted %d components (%s) on %d x %d rows of %s: %d iterations, converged=%s, "
         "lower bound %.6f, %d data passes, %.2fs",

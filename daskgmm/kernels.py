@@ -13,6 +13,18 @@ data (``Params.shift``), so data offset by 1e6 with unit spread fits like centre
 All statistics accumulate in float64 and are centred on each component's current mean;
 the M-step corrects for the shift between the current and the new mean, so no
 ``E[x^2] - mu^2`` cancellation occurs, even for tight clusters far apart.
+
+float32 rows (:func:`data_dtype`) are read as they are. The numpy E-step (the matrix
+types; the variance types under ``DASKGMM_KERNELS=numpy``) then runs in float32 (the
+shifted rows, the whitening product, the log-densities and responsibilities of each
+cache-sized block, and the block's statistics), and each block's statistics are added to
+float64 totals; the parameters stay float64. Parameters outside the float32 E-step's
+domain (:func:`float32_safe`), or a float32 E-step that overflows (a non-finite result),
+send the chunk through the float64 E-step. The compiled kernels of the variance types
+read float32 rows and compute in float64. Rows
+holding NaN are cast to float64 for their marginal E-step; the scoring kernels
+(:func:`score_chunk`, :func:`score_rows`, :func:`chunk_log_likelihood`) cast every
+chunk to float64.
 """
 
 from __future__ import annotations
@@ -28,9 +40,9 @@ from .covariance import CovarianceError
 
 __all__ = [
     "NAN_POLICIES", "SCORE_DTYPE", "CovarianceError", "Params", "Stats", "Workspace", "aic", "bic",
-    "chunk_log_likelihood", "chunk_stats", "combine_stats", "data_shift",
+    "chunk_log_likelihood", "chunk_stats", "combine_stats", "data_dtype", "data_shift",
     "estimate_gaussian_parameters", "estimate_weighted_log_prob", "find_bad_weight",
-    "find_nonfinite", "incomplete_rows",
+    "find_nonfinite", "float32_safe", "incomplete_rows",
     "hard_assignment_stats", "log_prob_resp", "m_step", "random_resp",
     "responsibility_stats", "score_chunk", "score_rows", "stats_from_resp",
 ]
@@ -39,6 +51,24 @@ __all__ = [
 # error naming the row), 'omit' (left out of fits and sums; scored NaN), 'marginalize'
 # (the marginal density over the observed features, :mod:`daskgmm.missing`).
 NAN_POLICIES = ("raise", "omit", "marginalize")
+
+def data_dtype(dtype) -> np.dtype:
+    """The dtype rows of ``dtype`` are held and fitted in, as scikit-learn's
+    ``GaussianMixture`` keeps them: float32 stays float32, anything else (integers,
+    booleans, float16, float64) is float64."""
+    return np.dtype(np.float32 if np.dtype(dtype) == np.float32 else np.float64)
+
+
+def as_rows(X) -> np.ndarray:
+    """``X`` as a float32 array when it is one, else as float64 (:func:`data_dtype`)."""
+    X = np.asarray(X)
+    return X if X.dtype == np.float32 else np.asarray(X, dtype=np.float64)
+
+
+def _as(a, dtype):
+    """``a`` in ``dtype`` (itself when it has it)."""
+    return a.astype(dtype, copy=False)
+
 
 # Rows per sub-block inside a chunk: temporaries of shape (block, n_components * n_features)
 # stay within a few MiB, i.e. in the CPU's L2/L3 cache.
@@ -122,18 +152,20 @@ class Workspace:
     Worker processes of ``distributed`` run with ``MALLOC_TRIM_THRESHOLD_`` set, which
     makes glibc map and page-fault every temporary over 128 KiB afresh: allocating the
     temporaries of each block anew is then several times slower than the arithmetic.
-    ``ws(name, shape)`` returns a contiguous float64 array, reusing the memory of the
-    previous request of that name.
+    ``ws(name, shape)`` returns a contiguous array of the workspace's ``dtype`` (float64,
+    or float32 for a float32 E-step), reusing the memory of the previous request of
+    that name.
     """
 
-    def __init__(self):
+    def __init__(self, dtype=np.float64):
         self._buffers = {}
+        self.dtype = np.dtype(dtype)
 
     def __call__(self, name, shape):
         size = math.prod(shape)
         buf = self._buffers.get(name)
         if buf is None or buf.size < size:
-            buf = self._buffers[name] = np.empty(size)
+            buf = self._buffers[name] = np.empty(size, dtype=self.dtype)
         return buf[:size].reshape(shape)
 
 
@@ -160,16 +192,18 @@ def overflow_is_inf(fn):
 def estimate_weighted_log_prob(X, params: Params, ws=None):
     """log p(x_i | k) + log w_k for shifted rows ``X``; shape (n_samples, n_components).
 
-    With a :class:`Workspace`, the result lives in it (valid until its next use).
+    With a :class:`Workspace`, the result lives in it (valid until its next use). For
+    float32 rows the result is float32 (the workspace's dtype must be theirs).
     """
-    ws = Workspace() if ws is None else ws
+    ws = Workspace(X.dtype) if ws is None else ws
     model = params.model
     n_features = X.shape[1]
     log_det = model.log_det_cholesky(params.precisions_cholesky, n_features)
     const = log_det - 0.5 * n_features * math.log(2 * math.pi) + np.log(params.weights)
-    out = model.squared_mahalanobis(X, params.means, params.precisions_cholesky, ws)
+    out = model.squared_mahalanobis(X, _as(params.means, X.dtype),
+                                    _as(params.precisions_cholesky, X.dtype), ws)
     out *= -0.5
-    out += const
+    out += _as(const, X.dtype)
     return out
 
 
@@ -179,6 +213,11 @@ _LOG_TINY = -700.0
 # Responsibilities below exp(-460) ~ 1e-200 are set to 0 before the statistics, so that no
 # product of a responsibility and a difference of data values can become subnormal.
 _LOG_RESP_ZERO = -460.0
+# The same for float32 (normal down to exp(-87.3) ~ 1.2e-38): terms below exp(-80) (<
+# 2e-35 of the largest) do not change a float32 sum, responsibilities below exp(-60) ~
+# 9e-27 count as 0.
+_LOG_LIMITS = {np.dtype(np.float64): (_LOG_TINY, _LOG_RESP_ZERO),
+               np.dtype(np.float32): (-80.0, -60.0)}
 
 
 def log_prob_resp(weighted_log_prob, ws=None):
@@ -191,14 +230,14 @@ def log_prob_resp(weighted_log_prob, ws=None):
     """
     n_samples = weighted_log_prob.shape[0]
     if ws is None:
-        ws, log_resp = Workspace(), weighted_log_prob.copy()
+        ws, log_resp = Workspace(weighted_log_prob.dtype), weighted_log_prob.copy()
     else:
         log_resp = weighted_log_prob
     amax = np.max(log_resp, axis=1, out=ws("amax", (n_samples,)))
     underflow = amax == -np.inf
     amax[~np.isfinite(amax)] = 0.0
     log_resp -= amax[:, None]
-    np.maximum(log_resp, _LOG_TINY, out=log_resp)
+    np.maximum(log_resp, _LOG_LIMITS[log_resp.dtype][0], out=log_resp)
     expd = np.exp(log_resp, out=ws("exp", log_resp.shape))
     log_norm = np.sum(expd, axis=1, out=ws("log_norm", (n_samples,)))
     with np.errstate(divide="ignore"):
@@ -227,21 +266,22 @@ def stats_from_resp(X, resp, params: Params, log_likelihood: float, ws=None,
     All second moments are centred on ``params.means`` (the current means).
     ``after_e_step``: ``ws`` holds this block's E-step under ``params`` (reused).
     ``weights``: the rows' sample weights, already folded into ``resp`` (only their
-    total is taken here); None for rows of weight 1.
+    total is taken here); None for rows of weight 1. float32 rows and responsibilities
+    give the block's sums in float32, returned as float64 (the totals' dtype).
     """
-    ws = Workspace() if ws is None else ws
-    s2 = params.model.second_moment(X, resp, params.means, ws, after_e_step)
+    ws = Workspace(X.dtype) if ws is None else ws
+    s2 = params.model.second_moment(X, resp, _as(params.means, X.dtype), ws, after_e_step)
     weight = float(X.shape[0]) if weights is None else float(weights.sum())
-    return Stats(resp.sum(axis=0), resp.T @ X, s2, float(log_likelihood), X.shape[0],
-                 weight)
+    return Stats(resp.sum(axis=0, dtype=np.float64), _as(resp.T @ X, np.float64),
+                 _as(s2, np.float64), float(log_likelihood), X.shape[0], weight)
 
 
 def weighted_log_likelihood(log_norm, weights=None) -> float:
     """sum_i w_i log p(x_i) (sum_i log p(x_i) without weights). A row of weight zero
     counts for nothing, even when its density underflows (log p = -inf)."""
     if weights is None:
-        return log_norm.sum()
-    return float(np.dot(weights, np.where(weights > 0, log_norm, 0.0)))
+        return log_norm.sum(dtype=np.float64)
+    return float(np.dot(weights, np.where(weights > 0, _as(log_norm, np.float64), 0.0)))
 
 
 def weighted_resp(resp, weights=None):
@@ -308,15 +348,16 @@ def chunk_stats(X, candidates: list[Params], weights=None, nan_policy="raise") -
     out, 'marginalize' adds their expected statistics (:func:`incomplete_stats`).
     Returns one ``Stats`` per candidate; a non-finite ``log_likelihood`` means the
     chunk holds NaN (under 'raise') or infinite values (the caller locates them).
+    float32 rows stay float32 (see the module's notes); their statistics are float64.
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = as_rows(X)
     weights = _as_weights(weights)
     incomplete = incomplete_rows(X, nan_policy)
     if incomplete is None:
         return _complete_stats(X, candidates, weights)
     complete = ~incomplete
     out = _complete_stats(X[complete], candidates, _take_weights(weights, complete))
-    rows, w = X[incomplete], _take_weights(weights, incomplete)
+    rows, w = _as(X[incomplete], np.float64), _take_weights(weights, incomplete)
     if nan_policy == "omit":
         return [_with_incomplete(s, rows.shape[0]) for s in out]
     return [s + incomplete_stats(rows, p, w) for s, p in zip(out, candidates, strict=True)]
@@ -328,16 +369,52 @@ def _with_incomplete(stats: Stats, n_incomplete: int) -> Stats:
 
 
 def _complete_stats(X, candidates: list[Params], weights=None) -> list[Stats]:
-    """:func:`chunk_stats` of rows without NaN (float64)."""
+    """:func:`chunk_stats` of rows without NaN (float64 or float32)."""
     if X.shape[0] == 0:
         return [empty_stats(p, X.shape[1]) for p in candidates]
     fused = [_fused(p) for p in candidates]  # diag, spherical: one compiled pass
     if all(f is not None for f in fused):
         weight = float(X.shape[0]) if weights is None else float(weights.sum())
         return [Stats(*f.stats(X, weights), X.shape[0], weight) for f in fused]
+    if X.dtype == np.float32 and not all(float32_safe(p) for p in candidates):
+        X = _as(X, np.float64)
+    out = _blocked_stats(X, candidates, weights)
+    if X.dtype == np.float32 and not all(_finite_stats(s) for s in out):
+        # overflow in float32 (or NaN, which float64 finds again): float64 says which
+        out = _blocked_stats(_as(X, np.float64), candidates, weights)
+    return out
+
+
+# The float32 E-step's domain: precision factors (1 / standard deviations) within
+# 1e-15..1e15, so that squared distances and second moments are normal float32 numbers,
+# and means within 1e3 of the data's centre in those units, so that whitening x and mu
+# apart (x P - mu P, 'full' and 'tied') cancels at most 3 of float32's 7 digits.
+_FLOAT32_FACTORS = (1e-15, 1e15)
+_FLOAT32_WHITENED_MEAN = 1e3
+
+
+def float32_safe(params: Params) -> bool:
+    """Whether float32 rows may take the float32 E-step under ``params``; if not, the
+    chunk is computed in float64."""
+    factors = np.abs(params.precisions_cholesky)
+    factors = factors[factors > 0]
+    low, high = _FLOAT32_FACTORS
+    return bool(factors.size and low <= factors.min() and factors.max() <= high
+                and np.abs(params.means).max() * factors.max() <= _FLOAT32_WHITENED_MEAN)
+
+
+def _finite_stats(stats: Stats) -> bool:
+    return bool(math.isfinite(stats.log_likelihood) and np.isfinite(stats.s1).all()
+                and np.isfinite(stats.s2).all())
+
+
+def _blocked_stats(X, candidates: list[Params], weights=None) -> list[Stats]:
+    """The numpy E-step and statistics of rows without NaN, block by block, in the
+    rows' dtype."""
     n_features = X.shape[1]
     out = [empty_stats(p, n_features) for p in candidates]
-    ws = Workspace()
+    resp_zero = _LOG_LIMITS[X.dtype][1]
+    ws = Workspace(X.dtype)
     for start, block in _blocks(X, candidates):
         w = _block_weights(weights, start, block)
         shifted = {}
@@ -347,7 +424,7 @@ def _complete_stats(X, candidates: list[Params], weights=None) -> list[Stats]:
                 shifted[key] = np.subtract(block, p.shift, out=ws(f"xs{len(shifted)}", block.shape))
             xs = shifted[key]
             log_norm, log_resp = log_prob_resp(estimate_weighted_log_prob(xs, p, ws), ws)
-            negligible = log_resp < _LOG_RESP_ZERO
+            negligible = log_resp < resp_zero
             resp = np.exp(log_resp, out=log_resp)
             resp[negligible] = 0.0
             out[i] = out[i] + stats_from_resp(xs, weighted_resp(resp, w), p,

@@ -18,7 +18,11 @@ from .kernels import Params
 
 @dataclass
 class Mixture:
-    """Weights, means and covariances of a mixture (scikit-learn's shapes)."""
+    """Weights, means and covariances of a mixture (scikit-learn's shapes).
+
+    The arrays are float64, or float32 for a model fitted on float32 data (as
+    scikit-learn's); :meth:`params` gives the engine float64 parameters either way.
+    """
 
     covariance_type: str
     weights: np.ndarray
@@ -43,6 +47,20 @@ class Mixture:
         return covariance.get(self.covariance_type)
 
     @property
+    def dtype(self) -> np.dtype:
+        """float64, or float32 for a model of float32 data."""
+        return self.means.dtype
+
+    def astype(self, dtype) -> Mixture:
+        """The mixture with its arrays in ``dtype`` (itself when they are)."""
+        if all(a.dtype == dtype for a in self._arrays()):
+            return self
+        return Mixture(self.covariance_type, *(a.astype(dtype) for a in self._arrays()))
+
+    def _arrays(self):
+        return (self.weights, self.means, self.precisions_cholesky, self.covariances)
+
+    @property
     def n_components(self) -> int:
         return int(self.means.shape[0])
 
@@ -52,7 +70,10 @@ class Mixture:
 
     @property
     def precisions(self) -> np.ndarray:
-        return self.model.precisions(self.precisions_cholesky)
+        """The precisions, computed in float64 (from the stored factors) and given in
+        the mixture's dtype."""
+        return self.model.precisions(_float64(self.precisions_cholesky)).astype(
+            self.dtype, copy=False)
 
     def n_parameters(self) -> int:
         """Free parameters, as scikit-learn counts them (for BIC and AIC)."""
@@ -60,19 +81,26 @@ class Mixture:
                                        self.covariance_type)
 
     def params(self, shift=None) -> Params:
-        """Engine parameters, shifted by ``shift`` (default: the mixture's mean)."""
+        """Engine parameters (float64), shifted by ``shift`` (default: the mixture's
+        mean)."""
+        weights, means = _float64(self.weights), _float64(self.means)
         if shift is None:
-            shift = self.weights @ self.means / self.weights.sum()
-        return Params(self.covariance_type, self.weights, self.means - shift,
-                      self.precisions_cholesky, self.covariances, shift)
+            shift = weights @ means / weights.sum()
+        return Params(self.covariance_type, weights, means - shift,
+                      _float64(self.precisions_cholesky), _float64(self.covariances), shift)
 
     def sample(self, n_samples, rng):
-        """``(X, y)``: ``n_samples`` rows and their components, drawn from ``rng`` (a
-        ``RandomState``) exactly as scikit-learn's ``GaussianMixture.sample`` does."""
+        """``(X, y)``: ``n_samples`` float64 rows and their components, drawn from
+        ``rng`` (a ``RandomState``) as scikit-learn's ``GaussianMixture.sample`` does
+        (see :meth:`daskgmm.covariance.CovarianceModel.sample` for a float32 model)."""
         counts = rng.multinomial(n_samples, self.weights)
         X = self.model.sample(rng, self.means, self.covariances, counts)
         y = np.concatenate([np.full(int(n), i, dtype=np.int64) for i, n in enumerate(counts)])
         return X, y
+
+
+def _float64(a):
+    return a.astype(np.float64, copy=False)
 
 
 @dataclass

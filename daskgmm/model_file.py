@@ -98,6 +98,8 @@ def content_id(record: ModelRecord) -> str:
     for name, value in _arrays(record.mixture).items():
         if value is not None:
             h.update(name.encode())
+            if np.asarray(value).dtype == np.float32:  # not the id of its float64 copy
+                h.update(b"float32")
             h.update(np.ascontiguousarray(value, dtype=np.float64).tobytes())
     return h.hexdigest()[:16]
 
@@ -164,6 +166,7 @@ def read_model(path, *, storage_options=None, known_params=None) -> ModelRecord:
         _check_meta_types(shown, meta)
         limit = _array_bytes_limit(meta)
         arrays = {a: _read_array(shown, zf, f"arrays/{a}.npy", limit) for a in meta["arrays"]}
+    _check_one_dtype(shown, arrays)
     unknown = sorted(set(meta["params"]) - set(known_params or meta["params"]))
     if unknown:
         raise ModelFileError(
@@ -177,8 +180,9 @@ def read_model(path, *, storage_options=None, known_params=None) -> ModelRecord:
     model = covariance.get(covariance_type)
     covariances = arrays.get("covariances_")
     if covariances is None:
+        factors = arrays["precisions_cholesky_"]
         covariances = model.covariances_from_precisions(
-            model.precisions(arrays["precisions_cholesky_"]))
+            model.precisions(factors.astype(np.float64))).astype(factors.dtype, copy=False)
     mixture = Mixture(covariance_type, arrays["weights_"], arrays["means_"],
                       arrays["precisions_cholesky_"], covariances)
     fit = FitSummary(
@@ -244,15 +248,37 @@ def _read_array(shown, zf, name, limit) -> np.ndarray:
                 if data.startswith(b"\x93NUMPY") and "allow_pickle" in str(exc)
                 else f"is not a .npy array ({exc})")
         raise ModelFileError(
-            f"{shown!r}: member {name} {what}. Model files hold float64 arrays only; "
-            "re-save the model with GaussianMixture.save."
+            f"{shown!r}: member {name} {what}. Model files hold float64 (or float32) "
+            "arrays only; re-save the model with GaussianMixture.save."
         ) from None
     if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
         raise ModelFileError(
             f"{shown!r}: member {name} has dtype {getattr(array, 'dtype', type(array))}, "
             "not floating point. Re-save the model with GaussianMixture.save."
         )
-    return array.astype(np.float64, copy=False)
+    if array.dtype not in _DTYPES:
+        raise ModelFileError(
+            f"{shown!r}: member {name} has dtype {array.dtype}; model files hold float64 "
+            "arrays, or float32 for a model fitted on float32 data. The file is damaged "
+            "or was edited; re-save the model with GaussianMixture.save."
+        )
+    return array
+
+
+_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+def _check_one_dtype(shown, arrays):
+    """The arrays of one model share one dtype (a model fitted on float32 data has
+    float32 arrays, any other float64 ones)."""
+    dtypes = {name: array.dtype for name, array in arrays.items()}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
+        raise ModelFileError(
+            f"{shown!r}: the arrays of the model mix dtypes ({listed}); a model's arrays "
+            "are all float64, or all float32 for a model fitted on float32 data. The file "
+            "is damaged or was edited; re-save the model with GaussianMixture.save."
+        )
 
 
 def _is_int(value):
@@ -335,7 +361,7 @@ def _check_values(shown, arrays, covariance_type):
                 "holds finite numbers only. The file is damaged; refit the model."
             )
     weights = arrays["weights_"]
-    if np.any(weights <= 0) or abs(weights.sum() - 1.0) > 1e-6:
+    if np.any(weights <= 0) or abs(weights.sum(dtype=np.float64) - 1.0) > 1e-6:
         raise ModelFileError(
             f"{shown!r}: arrays/weights_.npy must be positive and sum to 1; got minimum "
             f"{weights.min():.6g} and sum {weights.sum():.10g}. The file is damaged; refit "

@@ -537,24 +537,25 @@ class TimedStats(Stats):
                           seconds=self.seconds + other.seconds)
 
 
-_WARMED: set = set()  # (covariance type, nan_policy) whose kernels this process has run
+_WARMED: set = set()  # (covariance type, nan_policy, dtype) this process has run
 
 
 def em_chunk(block, candidates, row_start, weights=None, nan_policy="raise"):
     """E-step and statistics of every candidate on one chunk, one candidate at a time so
-    that each one's compute time is its own (``TimedStats.seconds``)."""
-    X = np.asarray(block, dtype=np.float64)
-    # one row first, untimed, once per process and covariance type: a process's first
-    # call of a compiled kernel loads it (or compiles it, once per installation), which
-    # is not the candidate's compute time
+    that each one's compute time is its own (``TimedStats.seconds``). float32 rows stay
+    float32 (:func:`daskgmm.kernels.chunk_stats`)."""
+    X = kernels.as_rows(block)
+    # one row first, untimed, once per process, covariance type, policy and dtype: a
+    # process's first call of a compiled kernel loads it (or compiles it, once per
+    # installation), which is not the candidate's compute time
     for params in candidates:
-        if (params.covariance_type, nan_policy) not in _WARMED:
+        if (params.covariance_type, nan_policy, X.dtype.str) not in _WARMED:
             row = X[:1].copy()
             if nan_policy == "marginalize" and row.shape[1] > 1:
                 row[0, 0] = np.nan  # the kernels of rows with missing values too
             kernels.chunk_stats(row, [params], None if weights is None else weights[:1],
                                 nan_policy)
-            _WARMED.add((params.covariance_type, nan_policy))
+            _WARMED.add((params.covariance_type, nan_policy, X.dtype.str))
     out = []
     for params in candidates:
         t0 = time.perf_counter()

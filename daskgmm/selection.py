@@ -188,7 +188,7 @@ def select_model(
     best = GaussianMixture(**{**template.get_params(), "n_components": k,
                               "covariance_type": covariance_type})
     mixture, summary = em.fitted(chosen, n_samples=n, n_passes=counter.count,
-                                 seconds=time.perf_counter() - t0)
+                                 seconds=time.perf_counter() - t0, dtype=dataset.dtype)
     best.set_fitted(
         mixture, summary, anomaly.from_sketch(sketches[best_g], contamination, threshold),
         feature_names=getattr(template, "feature_names_in_", None),

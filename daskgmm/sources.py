@@ -74,8 +74,9 @@ class Dataset:
 
     Attributes
     ----------
-    array : dask.array.Array of shape (n_samples, n_features), float64
-        Chunked by rows only; chunk sizes are known.
+    array : dask.array.Array of shape (n_samples, n_features), float64 or float32
+        Chunked by rows only; chunk sizes are known. float32 when the input is float32
+        throughout (:func:`daskgmm.kernels.data_dtype`), float64 otherwise.
     feature_names : list of str or None
         Column names (Parquet columns), else None.
     description : str
@@ -115,6 +116,11 @@ class Dataset:
         return int(self.array.shape[0])
 
     @property
+    def dtype(self) -> np.dtype:
+        """The rows' dtype, float64 or float32: that of the fitted attributes too."""
+        return self.array.dtype
+
+    @property
     def n_features(self) -> int:
         return int(self.array.shape[1])
 
@@ -135,22 +141,25 @@ class RowReader:
     array-like: :class:`_ZarrRows` or :class:`_ParquetRows`, which name the stored chunk
     or file at fault when a read fails); ``weights`` the sample weights' column
     likewise, or None. ``row_chunks``: the row chunks of the array they were made for:
-    a pass uses them only on an array chunked so (:meth:`matches`).
+    a pass uses them only on an array chunked so (:meth:`matches`). ``dtype``: the
+    rows' dtype in that array.
     """
 
     features: object
     row_chunks: tuple
     weights: object = None
+    dtype: str = "<f8"  # the rows' dtype in the array (float64, or float32 kept)
 
     def matches(self, dataset: Dataset) -> bool:
         """Whether these readers read ``dataset``'s chunks (and its weights)."""
         return (tuple(dataset.array.chunks[0]) == self.row_chunks
+                and dataset.array.dtype.str == self.dtype
                 and (dataset.weights is None) == (self.weights is None))
 
     def read(self, start: int, stop: int):
         """``(rows, weights)`` of rows ``start`` to ``stop - 1`` (weights None)."""
         n_features = int(self.features.shape[1])
-        rows = np.asarray(self.features[start:stop, 0:n_features], dtype=np.float64)
+        rows = np.asarray(self.features[start:stop, 0:n_features], dtype=self.dtype)
         weights = None if self.weights is None else np.asarray(
             self.weights[start:stop, 0:1], dtype=np.float64)[:, 0]
         return rows, weights
@@ -310,10 +319,14 @@ def as_dataset(
     missing_chunks="raise",
     weight_column=None,
 ) -> Dataset:
-    """``X`` as a :class:`Dataset`: a 2-D float64 dask array chunked by rows only.
+    """``X`` as a :class:`Dataset`: a 2-D float64 dask array chunked by rows only, or
+    float32 for float32 input (as scikit-learn keeps it).
 
     Nothing is computed on the data: only shapes, chunk sizes and Parquet footers are
-    read on the client. Values are cast to float64 lazily, chunk by chunk.
+    read on the client. Values are cast lazily, chunk by chunk: float32 input (a numpy,
+    dask or Zarr array of dtype float32, Parquet columns that are all float32) stays
+    float32; everything else (integers, booleans, float16, mixed float32 and float64
+    columns) becomes float64 (:func:`daskgmm.kernels.data_dtype`).
 
     Parameters
     ----------
@@ -642,12 +655,13 @@ def _span_labels(old_chunks, old_labels, new_chunks):
 
 
 def _from_dataset(dataset):
-    """A Dataset as is, with its array brought to float64 and one column chunk if needed."""
+    """A Dataset as is, with its array brought to float64 (or float32) and one column
+    chunk if needed."""
     array = dataset.array
     if len(array.chunks[1]) > 1:
         array = array.rechunk({1: -1})
-    if array.dtype != np.float64:
-        array = array.astype(np.float64)
+    if array.dtype != kernels.data_dtype(array.dtype):
+        array = array.astype(kernels.data_dtype(array.dtype))
     if array is dataset.array:
         return dataset
     return dataclasses.replace(dataset, array=array, chunk_labels=list(dataset.chunk_labels))
@@ -797,7 +811,8 @@ def _from_memory(X, chunk_rows):
                      "or 'auto'")
     else:
         rows = _auto_rows(*array.shape, budget.target_bytes)
-    out = da.from_array(array, chunks=(rows, array.shape[1])).astype(np.float64)
+    out = da.from_array(array, chunks=(rows, array.shape[1])).astype(
+        kernels.data_dtype(array.dtype))
     return Dataset(out, names, description, _index_labels(out), lazy=False)
 
 
@@ -849,7 +864,7 @@ def _from_dask(X, chunk_rows):
                  f"Build it with chunks of about {good} rows where its chunks are made "
                  f"(da.from_zarr(..., chunks=({good}, -1)), dd.read_parquet(..., "
                  f"blocksize='{blocksize}')), or pass the Zarr or Parquet path itself")
-    out = X.astype(np.float64)
+    out = X.astype(kernels.data_dtype(X.dtype))
     return Dataset(out, None, description, _index_labels(out), lazy=True)
 
 
@@ -1043,9 +1058,10 @@ def _from_zarr_array(z, chunk_rows, description, reshape_hint="X", missing_chunk
     chunks = (min(rows, n_samples), n_features)
     name = "zarr-" + tokenize(str(z.store_path), z.shape, z.dtype.str, stored, chunks)
     out = da.from_array(reader, chunks=chunks, name=name, fancy=False,
-                        meta=np.empty((0, 0), dtype=z.dtype)).astype(np.float64)
+                        meta=np.empty((0, 0), dtype=z.dtype)).astype(
+                            kernels.data_dtype(z.dtype))
     return Dataset(out, None, description, _index_labels(out), lazy=True,
-                   rows=RowReader(reader, tuple(out.chunks[0])))
+                   rows=RowReader(reader, tuple(out.chunks[0]), dtype=out.dtype.str))
 
 
 def _storage_grid(z):
@@ -1310,7 +1326,11 @@ def _from_parquet(fs, files, shown, columns, chunk_rows, url, root, weight_colum
             "there is nothing to fit or predict. Check that the path points to the data."
         )
 
-    reader = _ParquetRows(fs, [(p, rg) for p, _, rg in kept], columns)
+    # float32 columns throughout stay float32 (the weight column is read apart)
+    dtype = np.dtype(np.float32 if all(
+        schema.field(schema.get_field_index(c)).type == pa.float32()
+        for schema in kept_schemas for c in columns) else np.float64)
+    reader = _ParquetRows(fs, [(p, rg) for p, _, rg in kept], columns, dtype)
     if isinstance(chunk_rows, numbers.Integral):
         row_chunks = int(chunk_rows)
         largest = min(row_chunks, n_rows)
@@ -1331,7 +1351,7 @@ def _from_parquet(fs, files, shown, columns, chunk_rows, url, root, weight_colum
                                  row_chunks)
     array = da.from_array(
         reader, chunks=(row_chunks, (len(columns),)), name=name,
-        meta=np.empty((0, 0), dtype=np.float64), fancy=False,
+        meta=np.empty((0, 0), dtype=dtype), fancy=False,
     )
     if array.chunks[0] != tuple(chunks):
         file_rows = [sum(rg) for _, _, rg in kept]
@@ -1353,7 +1373,8 @@ def _from_parquet(fs, files, shown, columns, chunk_rows, url, root, weight_colum
         )[:, 0]
     return Dataset(array, list(columns), description, labels, lazy=True, origin=origin,
                    weights=weights,
-                   rows=RowReader(reader, tuple(array.chunks[0]), weight_reader))
+                   rows=RowReader(reader, tuple(array.chunks[0]), weight_reader,
+                                  dtype=array.dtype.str))
 
 
 def _read_footer(fs, path, relative, description):
@@ -1392,13 +1413,13 @@ class _ParquetRows:
     groups it overlaps.
     """
 
-    def __init__(self, fs, files, columns):
+    def __init__(self, fs, files, columns, dtype=np.float64):
         self.fs = fs
         self.files = files  # [(path, (rows per row group, ...)), ...]
         self.columns = list(columns)
         self.offsets = np.concatenate([[0], np.cumsum([sum(rg) for _, rg in files])])
         self.shape = (int(self.offsets[-1]), len(self.columns))
-        self.dtype = np.dtype(np.float64)
+        self.dtype = np.dtype(dtype)  # float64, or float32 for float32 columns only
         self.ndim = 2
 
     def __getitem__(self, key):
@@ -1417,17 +1438,17 @@ class _ParquetRows:
         if parts:
             out = np.concatenate(parts) if len(parts) > 1 else parts[0]
         else:
-            out = np.empty((0, self.shape[1]), dtype=np.float64)
+            out = np.empty((0, self.shape[1]), dtype=self.dtype)
         return out[::step][:, cols]
 
     def _read(self, path, row_groups, lo, hi):
-        """Rows lo:hi (within the file) of the selected columns, as float64: one row
+        """Rows lo:hi (within the file) of the selected columns, as ``self.dtype``: one row
         group at a time into the output, so that a read holds the output and one row
         group's decoded columns, not a whole piece twice."""
         bounds = np.concatenate([[0], np.cumsum(row_groups)])
         first = int(np.searchsorted(bounds, lo, side="right")) - 1
         last = int(np.searchsorted(bounds, hi, side="left"))
-        out = np.empty((hi - lo, len(self.columns)), dtype=np.float64)
+        out = np.empty((hi - lo, len(self.columns)), dtype=self.dtype)
         try:
             with pq.ParquetFile(path, filesystem=self.fs, pre_buffer=False) as f:
                 _check_same_row_groups(f.metadata, row_groups, path)
@@ -1456,7 +1477,7 @@ class _ParquetRows:
             return
         part = table.slice(a - table_start, b - a)
         for j, name in enumerate(self.columns):
-            column = part.column(name).cast(pa.float64(), safe=False)
+            column = part.column(name).cast(pa.from_numpy_dtype(self.dtype), safe=False)
             out[a - lo:b - lo, j] = column.to_numpy(zero_copy_only=False)
 
     def _decoded_or_damaged(self, path, groups, exc):

@@ -99,8 +99,10 @@ class CovarianceModel(abc.ABC):
 
     ``n_components`` is k, ``n_features`` is d. Arrays follow scikit-learn's shapes
     (:meth:`shape`). ``ws`` is a :class:`daskgmm.kernels.Workspace`: ``ws(name, shape)``
-    returns a reusable float64 scratch buffer. Rows ``X`` are float64, already shifted
-    by the engine's centre; ``means`` are in the same coordinates.
+    returns a reusable scratch buffer of the rows' dtype. Rows ``X`` are float64, or
+    float32 for a float32 E-step (``means`` and ``precisions_cholesky`` given to the
+    E-step and statistics methods are then float32 too), already shifted by the
+    engine's centre; ``means`` are in the same coordinates.
     """
 
     name: str
@@ -194,8 +196,12 @@ class CovarianceModel(abc.ABC):
 
     @abc.abstractmethod
     def sample(self, rng, means, covariances, counts):
-        """``counts[k]`` rows from each component, stacked in component order, drawn
-        from ``rng`` (a ``RandomState``) exactly as scikit-learn draws them."""
+        """``counts[k]`` rows from each component (float64), stacked in component
+        order, drawn from ``rng`` (a ``RandomState``) exactly as scikit-learn draws
+        them, but for the covariance matrices of a float32 model ('full', 'tied'), taken
+        as float64: scikit-learn hands them to numpy's ``multivariate_normal`` as
+        float32, whose factorisation then differs in the last float32 digits and warns
+        that they are not positive semi-definite."""
 
     # ----------------------------------------------------------------- helpers
 
@@ -362,7 +368,7 @@ def squares_statistic(X, resp, means, ws, after_e_step):
     n = D2.shape[2]
     respT = ws("respT", (n_components, n))
     np.copyto(respT, resp.T)
-    s2 = np.empty((n_components, n_features))
+    s2 = np.empty((n_components, n_features), dtype=X.dtype)
     for k in range(n_components):
         np.dot(D2[k], respT[k], out=s2[k])
     return refine_statistic(s2, X, resp, means, lambda diff, r: r @ (diff * diff))
@@ -373,7 +379,7 @@ def outer_products(X, resp, means, ws):
     # Features-by-rows layout: each product is (d x B) @ (B x d) over contiguous rows.
     n_components, n_features = means.shape
     n = X.shape[0]
-    s2 = np.empty((n_components, n_features, n_features))
+    s2 = np.empty((n_components, n_features, n_features), dtype=X.dtype)
     XT = ws("XT", (n_features, n))
     np.copyto(XT, X.T)
     respT = ws("respT", (n_components, n))

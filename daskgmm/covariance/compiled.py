@@ -252,8 +252,9 @@ class OnePass:
     def stats(self, X, weights=None):
         """``(nk, s1, s2, log_likelihood)`` of the rows ``X``, as
         :func:`daskgmm.kernels.chunk_stats` gathers them; ``weights``: the rows' sample
-        weights (None: all 1)."""
-        X = np.ascontiguousarray(X, dtype=np.float64)
+        weights (None: all 1). float32 rows are read as they are (numba compiles a
+        float32 reader) and computed in float64, as float64 rows."""
+        X = np.ascontiguousarray(X, dtype=np.float32 if X.dtype == np.float32 else np.float64)
         weights = np.empty(0) if weights is None else np.ascontiguousarray(
             weights, dtype=np.float64)
         n_components, n_features = self.means.shape

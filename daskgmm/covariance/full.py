@@ -68,7 +68,7 @@ class Full(MatrixModel):
 
     def sample(self, rng, means, covariances, counts):
         return np.vstack([
-            rng.multivariate_normal(mean, cov, int(n))
+            rng.multivariate_normal(mean, cov.astype(np.float64, copy=False), int(n))
             for mean, cov, n in zip(means, covariances, counts, strict=True)
         ])
 

@@ -61,6 +61,7 @@ class Tied(MatrixModel):
         check_symmetric_positive_definite(precisions[None], self.name)
 
     def sample(self, rng, means, covariances, counts):
+        covariances = covariances.astype(np.float64, copy=False)
         return np.vstack([
             rng.multivariate_normal(mean, covariances, int(n))
             for mean, n in zip(means, counts, strict=True)
