@@ -221,14 +221,16 @@ def _locate_text(X, exc):
         try:
             float(value)
         except (TypeError, ValueError):
+            # the type scikit-learn raises (TypeError for objects float() refuses)
+            error = TypeError if isinstance(exc, TypeError) else ValueError
             if type(value).__name__ == "NAType":  # pandas' missing value
-                return ValueError(
+                return error(
                     f"X holds pandas' missing value pd.NA at row {row}, column {col}: "
                     "numpy cannot read it as a number. Convert the frame first, e.g. "
                     "X = df.astype('Float64').to_numpy('float64', na_value=np.nan), so "
                     "that missing values are NaN (nan_policy then decides what they do)."
                 )
-            return ValueError(
+            return error(
                 f"X holds a value that is not a number at row {row}, column {col}: "
                 f"{value!r:.60} ({type(value).__name__}; {exc}). Gaussian mixtures need "
                 "numbers: convert or drop that column, e.g. X[:, numeric_columns]"

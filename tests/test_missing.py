@@ -508,7 +508,7 @@ def test_pandas_missing_values_are_named_and_the_fix_works():
     X = punch_holes(make_blobs(500, 3, 2, seed=41), 0.1, seed=42)
     frame = pd.DataFrame(X, columns=list("abc")).astype(object)
     frame.iloc[7, 1] = pd.NA
-    with pytest.raises(ValueError, match=r"pd.NA at row 7, column 1.*"
+    with pytest.raises(TypeError, match=r"pd.NA at row 7, column 1.*"
                                          r"df.astype\('Float64'\).to_numpy"):
         GaussianMixture(2, nan_policy="marginalize").fit(frame)
     fixed = frame.astype("Float64").to_numpy("float64", na_value=np.nan)
