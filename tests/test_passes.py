@@ -135,10 +135,18 @@ def test_a_pass_over_persisted_data_runs_a_few_tasks_per_worker_thread(cluster_c
     keys = [row[0] for row in persisted.array.__dask_keys__()]
     groups = passes.chunk_groups(persisted.array, keys)
     threads = sum(cluster_client.nthreads().values())
-    assert len(groups) <= passes.GROUPS_PER_THREAD * threads < len(keys) == 60
+    grouped = [g for g in groups if len(g) > 1]
+    assert len(grouped) <= passes.GROUPS_PER_THREAD * threads < len(keys) == 60
     assert sorted(i for g in groups for i in g) == list(range(60))
     where = cluster_client.who_has(persisted.array)
     assert all(len({where[keys[i]][0] for i in g}) == 1 for g in groups)  # one worker each
+    # a worker's groups hold at most its fair share (30 of 60 here); the rest go alone,
+    # for the scheduler to balance
+    per_worker = {}
+    for g in grouped:
+        per_worker[where[keys[g[0]]][0]] = per_worker.get(where[keys[g[0]]][0], 0) + len(g)
+    assert max(per_worker.values()) <= 30
+    assert len(groups) - len(grouped) == 60 - sum(per_worker.values())
     assert passes.chunk_groups(streamed.array, keys) is None
 
     built = passes.pass_graph(persisted, passes.em_chunk, (params,), split_every=8)
