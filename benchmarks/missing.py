@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import warnings
 from datetime import UTC, datetime
@@ -32,16 +33,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import per_iteration  # noqa: E402  (the speed benchmark's: (t(1 + m) - t(1)) / m)
+
 N_FEATURES, K, FRACTION = 16, 8, 0.10
-
-
-def per_iteration(fit, iterations):
-    t0 = time.perf_counter()
-    fit(1)
-    one = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fit(1 + iterations)
-    return max(time.perf_counter() - t0 - one, 1e-9) / iterations
 
 
 def data(n_rows, seed=0):

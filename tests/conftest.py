@@ -49,16 +49,30 @@ def random_params(covariance_type, n_components=3, n_features=4, seed=0):
     return Params(covariance_type, weights, means, prec, cov, np.zeros(n_features))
 
 
-def full_covariances(params, n_features):
-    """The covariances of ``params`` as (n_components, n_features, n_features) matrices."""
-    cov = params.covariances
-    k = params.n_components
+def dense_covariances(covariance_type, cov, n_components, n_features):
+    """Covariances of any type as (n_components, n_features, n_features) matrices."""
     return {
         "full": lambda: cov,
-        "tied": lambda: np.repeat(cov[None], k, axis=0),
+        "tied": lambda: np.repeat(cov[None], n_components, axis=0),
         "diag": lambda: np.stack([np.diag(c) for c in cov]),
         "spherical": lambda: np.stack([np.eye(n_features) * c for c in cov]),
-    }[params.covariance_type]()
+    }[covariance_type]()
+
+
+def full_covariances(params, n_features):
+    """The covariances of ``params`` as (n_components, n_features, n_features) matrices."""
+    return dense_covariances(params.covariance_type, params.covariances,
+                             params.n_components, n_features)
+
+
+def refused_when_edited(path, edit, message):
+    """The model file at ``path``, rewritten by ``edit`` (see :func:`rewrite_zip`), is
+    refused by ``daskgmm.load`` with a ``ModelFileError`` matching ``message``."""
+    import daskgmm
+
+    rewrite_zip(path, edit)
+    with pytest.raises(daskgmm.model_file.ModelFileError, match=message):
+        daskgmm.load(path)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 import daskgmm
 from daskgmm import GaussianMixture, kernels, missing, select_model
 
+from . import conftest
 from .conftest import COVARIANCE_TYPES, full_covariances, make_blobs, random_params
 
 POLICIES = ["raise", "omit", "marginalize"]
@@ -65,13 +66,9 @@ def marginal_oracle(X, weights, means, covs):
 
 
 def dense_covariances(est):
-    cov, k, d = est.covariances_, est.n_components, est.n_features_in_
-    return {
-        "full": lambda: cov,
-        "tied": lambda: np.repeat(cov[None], k, axis=0),
-        "diag": lambda: np.stack([np.diag(c) for c in cov]),
-        "spherical": lambda: np.stack([np.eye(d) * c for c in cov]),
-    }[est.covariance_type]()
+    """A fitted estimator's covariances as (k, d, d) matrices."""
+    return conftest.dense_covariances(est.covariance_type, est.covariances_,
+                                      est.n_components, est.n_features_in_)
 
 
 def reference_em_step(X, weights, means, covs, covariance_type, reg_covar, w=None):
@@ -422,7 +419,6 @@ def test_score_rows_records_missing_features():
 def test_nightly_job_marginalizes_and_reports_rows_with_missing_features(tmp_path,
                                                                        prefect_api,
                                                                        monkeypatch):
-    import yaml
 
     from daskgmm_pipelines.flows import nightly
 
@@ -432,19 +428,15 @@ def test_nightly_job_marginalizes_and_reports_rows_with_missing_features(tmp_pat
     (tmp_path / "pq").mkdir()
     for i in range(3):
         frame.iloc[i * 2000:(i + 1) * 2000].to_parquet(tmp_path / "pq" / f"part-{i}.parquet")
-    job = {"name": "holes",
-           "source": {"uri": str(tmp_path / "pq"), "format": "parquet",
-                      "columns": ["f0", "f1", "f2"], "id_columns": ["id"]},
-           "model": {"n_components": [2, 3], "covariance_types": ["full"], "seed": 0,
-                     "nan_policy": "marginalize"},
-           "anomaly": {"contamination": 0.02},
-           "outputs": {"model_store": str(tmp_path / "models"),
-                       "scores": str(tmp_path / "scores")},
-           "cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": None,
-                       "processes": False}}
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    config = conftest.write_job_config(
+        tmp_path,
+        source={"uri": str(tmp_path / "pq"), "format": "parquet", "array_name": None,
+                "columns": ["f0", "f1", "f2"], "id_columns": ["id"]},
+        model={"n_components": [2, 3], "covariance_types": ["full"],
+               "nan_policy": "marginalize"},
+        anomaly={"contamination": 0.02}, outputs={"scores": str(tmp_path / "scores")})
     monkeypatch.chdir(tmp_path)
-    out = nightly(config_path=str(tmp_path / "job.yaml"), run_id="holes-1")
+    out = nightly(config_path=config, run_id="holes-1")
     incomplete = int(np.isnan(X).any(axis=1).sum())
     assert out["n_incomplete"] == incomplete > 1000
     model = daskgmm.ModelStore(str(tmp_path / "models")).load()

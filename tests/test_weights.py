@@ -18,7 +18,14 @@ from daskgmm.initialization import draw_sample
 from daskgmm.quantiles import RankSketch, WeightedRankSketch, combine_sketches
 from daskgmm.sources import as_dataset, with_weights
 
-from .conftest import COVARIANCE_TYPES, Crash, crash_at, make_blobs, random_params
+from .conftest import (
+    COVARIANCE_TYPES,
+    Crash,
+    crash_at,
+    make_blobs,
+    random_params,
+    write_job_config,
+)
 from .test_estimator import assert_same_model, sk_start
 
 RTOL = 1e-6
@@ -537,25 +544,19 @@ def test_pipeline_config_weight_column(tmp_path):
 def test_nightly_job_weighs_the_rows_by_its_weight_column(weighted, tmp_path, prefect_api,
                                                           monkeypatch):
     import pandas as pd
-    import yaml
 
     from daskgmm_pipelines.flows import nightly
 
     X, w, _ = weighted
     source = _write_parquet(tmp_path / "pq", X, w.astype(np.int64))
-    job = {"name": "weighted",
-           "source": {"uri": source, "format": "parquet", "columns": ["f0", "f1", "f2"],
-                      "id_columns": ["id"], "weight_column": "w"},
-           "model": {"n_components": [2, 3], "covariance_types": ["diag"], "seed": 0,
-                     "tol": 1e-6},
-           "anomaly": {"contamination": 0.05},
-           "outputs": {"model_store": str(tmp_path / "models"),
-                       "scores": str(tmp_path / "scores")},
-           "cluster": {"n_workers": 2, "threads_per_worker": 1, "memory_limit": None,
-                       "processes": False}}
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    config = write_job_config(
+        tmp_path,
+        source={"uri": source, "format": "parquet", "array_name": None,
+                "columns": ["f0", "f1", "f2"], "id_columns": ["id"], "weight_column": "w"},
+        model={"n_components": [2, 3], "covariance_types": ["diag"], "tol": 1e-6},
+        anomaly={"contamination": 0.05}, outputs={"scores": str(tmp_path / "scores")})
     monkeypatch.chdir(tmp_path)
-    nightly(config_path=str(tmp_path / "job.yaml"))
+    nightly(config_path=config)
     model = daskgmm.ModelStore(str(tmp_path / "models")).load()
     assert model.weight_column == "w" and list(model.feature_names_in_) == ["f0", "f1", "f2"]
     logdens = model.score_samples(pd.DataFrame(X, columns=["f0", "f1", "f2"]))
