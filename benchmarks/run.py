@@ -550,8 +550,8 @@ def fixed_cost_lines(f):
         lines.append(f"| {p['chunks']} | {p['s_per_iter'] * 1000:.1f} ms "
                      f"| {p['kernel_s_per_iter'] * 1000:.1f} ms "
                      f"| {p['fixed_s_per_iter'] * 1000:.1f} ms |")
-    lines += ["", f"Least-squares fit: fixed cost per pass = {f['a_s'] * 1000:.1f} ms + "
-              f"{f['b_s_per_chunk'] * 1000:.2f} ms x chunks."]
+    lines += ["", f"Least-squares fit: fixed cost per pass = {f['a_s'] * 1000:.1f} ms "
+              f"{_signed(f['b_s_per_chunk'] * 1000)} ms x chunks."]
     return lines
 
 
@@ -696,17 +696,24 @@ def plot_speed(ax, speed, systems, quick):
               frameon=False)
 
 
+def _signed(value):
+    """``+ 1.23`` or ``- 1.23`` (no ``+ -0.00``)."""
+    value = 0.0 if abs(value) < 0.005 else value
+    return f"{'-' if value < 0 else '+'} {abs(value):.2f}"
+
+
 def plot_fixed_cost(ax, fixed):
     chunks = [p["chunks"] for p in fixed["points"]]
     ax.plot(chunks, [p["fixed_s_per_iter"] * 1000 for p in fixed["points"]], "o",
             color=COLOURS["persisted"], label="measured: wall - compute / 2 workers")
     line = [0, max(chunks) * 1.05]
     ax.plot(line, [(fixed["a_s"] + fixed["b_s_per_chunk"] * c) * 1000 for c in line], "-",
-            color="black", lw=1, label=f"fit: {fixed['a_s'] * 1000:.1f} ms + "
-            f"{fixed['b_s_per_chunk'] * 1000:.2f} ms x chunks")
+            color="black", lw=1, label=f"fit: {fixed['a_s'] * 1000:.1f} ms "
+            f"{_signed(fixed['b_s_per_chunk'] * 1000)} ms x chunks")
     ax.set_xlabel("chunks")
     ax.set_ylabel("ms per pass")
-    ax.set_ylim(bottom=0)
+    top = max(p["fixed_s_per_iter"] for p in fixed["points"]) * 1000
+    ax.set_ylim(0, top * 1.4)  # the points below the legend
     ax.set_title(f"daskgmm's fixed cost of one pass ({fixed['rows']:,} x {fixed['features']}"
                  f", k={fixed['components']} {fixed['covariance_type']}, persisted)",
                  fontsize=10)
