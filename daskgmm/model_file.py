@@ -274,10 +274,17 @@ def _check_one_dtype(shown, arrays):
     dtypes = {name: array.dtype for name, array in arrays.items()}
     if len(set(dtypes.values())) > 1:
         listed = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
+        # the members whose dtype differs from the most common one: the edited ones
+        counts = {}
+        for dtype in dtypes.values():
+            counts[dtype] = counts.get(dtype, 0) + 1
+        usual = max(counts, key=counts.get)
+        odd = [f"arrays/{name}.npy" for name, dtype in dtypes.items() if dtype != usual]
         raise ModelFileError(
-            f"{shown!r}: the arrays of the model mix dtypes ({listed}); a model's arrays "
-            "are all float64, or all float32 for a model fitted on float32 data. The file "
-            "is damaged or was edited; re-save the model with GaussianMixture.save."
+            f"{shown!r}: member {', '.join(odd)} has another dtype than the model's other "
+            f"arrays ({listed}); a model's arrays are all float64, or all float32 for a "
+            "model fitted on float32 data. The file is damaged or was edited; re-save the "
+            "model with GaussianMixture.save."
         )
 
 

@@ -333,7 +333,8 @@ def _all_retyped(dtype):
     (_retyped("means_", np.float16), r"member arrays/means_.npy has dtype float16; model "
                                      r"files hold float64 arrays, or float32"),
     (_retyped("covariances_", np.float64),
-     r"mix dtypes \(weights_ float32, means_ float32, covariances_ float64"),
+     r"member arrays/covariances_.npy has another dtype than the model's other arrays "
+     r"\(weights_ float32, means_ float32, covariances_ float64"),
     (_retyped("weights_", np.int32), r"arrays/weights_.npy has dtype int32, not floating"),
     # every array made float64: the same values, but not the model that was saved
     (_all_retyped(np.float64), r"does not hash to its model id"),
