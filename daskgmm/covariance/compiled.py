@@ -167,6 +167,14 @@ def _add_tile_stats(resp, xt, means, n_rows, nk, s1, s2):
 
 
 @_jit
+def _tile_buffers(n_features, n_components):
+    """Scratch of one tile: its rows (rows x features and features x rows), their
+    distances (components x rows), and one row's log-responsibilities and terms."""
+    return (np.empty((_TILE, n_features)), np.empty((n_features, _TILE)),
+            np.empty((n_components, _TILE)), np.empty(n_components), np.empty(n_components))
+
+
+@_jit
 def _stats(X, weights, shift, means, factors, const, nk, s1, s2):
     """Adds the statistics of the rows of ``X`` to ``nk``, ``s1``, ``s2``; returns the
     sum of their log-densities. With ``weights`` (not empty) each row's responsibilities
@@ -174,12 +182,8 @@ def _stats(X, weights, shift, means, factors, const, nk, s1, s2):
     when its density underflows). Sums run per tile, then across tiles."""
     n_samples, n_features = X.shape
     n_components = means.shape[0]
-    xs = np.empty((_TILE, n_features))
-    xt = np.empty((n_features, _TILE))
-    dist = np.empty((n_components, _TILE))
+    xs, xt, dist, log_resp, terms = _tile_buffers(n_features, n_components)
     resp = np.empty((n_components, _TILE))
-    log_resp = np.empty(n_components)
-    terms = np.empty(n_components)
     weighted = weights.shape[0] > 0
     log_likelihood = 0.0
     for start in range(0, n_samples, _TILE):
@@ -211,11 +215,7 @@ def _scores(X, shift, means, factors, const, log_norm, component, responsibility
     non-empty ``proba`` (rows x components) every responsibility."""
     n_samples, n_features = X.shape
     n_components = means.shape[0]
-    xs = np.empty((_TILE, n_features))
-    xt = np.empty((n_features, _TILE))
-    dist = np.empty((n_components, _TILE))
-    log_resp = np.empty(n_components)
-    terms = np.empty(n_components)
+    xs, xt, dist, log_resp, terms = _tile_buffers(n_features, n_components)
     with_proba = proba.shape[0] > 0
     for start in range(0, n_samples, _TILE):
         n_rows = min(_TILE, n_samples - start)
@@ -298,6 +298,28 @@ class OnePass:
 # pattern (a few dozen calls) is what made thousands of patterns per chunk slow.
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+@_jit
+def _log_normalise(w):
+    """One row's weighted log-probabilities ``w`` (per component) become, in place, its
+    log-responsibilities (each term clipped at ``_LOG_TINY`` below the largest, as the
+    numpy path); returns the row's log-density (-inf when every term is -inf)."""
+    amax = -np.inf
+    for c in range(w.shape[0]):
+        if w[c] > amax:
+            amax = w[c]
+    underflow = amax == -np.inf
+    if not math.isfinite(amax):
+        amax = 0.0
+    total = 0.0
+    for c in range(w.shape[0]):
+        w[c] = max(w[c] - amax, _LOG_TINY)
+        total += math.exp(w[c])
+    log_s = math.log(total)
+    for c in range(w.shape[0]):
+        w[c] -= log_s
+    return -np.inf if underflow else amax + log_s
 
 
 @_jit
@@ -406,25 +428,12 @@ def _marginal(X, order, starts, means, covs, log_weights, weights, want_stats,
                 for a in range(no):
                     for t in range(nt):
                         wlp[c, t] -= 0.5 * z[c, a, t] * z[c, a, t]
-            for t in range(nt):  # log-sum-exp: the rows' log-densities and log-resp
-                amax = -np.inf
-                for c in range(n_components):
-                    if wlp[c, t] > amax:
-                        amax = wlp[c, t]
-                underflow = amax == -np.inf
-                if not math.isfinite(amax):
-                    amax = 0.0
-                total_exp = 0.0
-                for c in range(n_components):
-                    wlp[c, t] = max(wlp[c, t] - amax, _LOG_TINY)
-                    total_exp += math.exp(wlp[c, t])
-                log_s = math.log(total_exp)
-                row_norm = -np.inf if underflow else amax + log_s
+            for t in range(nt):  # the rows' log-densities and log-responsibilities
+                row_norm = _log_normalise(wlp[:, t])
                 i = order[tile + t]
                 log_norm[i] = row_norm
-                for c in range(n_components):
-                    wlp[c, t] -= log_s
-                    if with_resp:
+                if with_resp:
+                    for c in range(n_components):
                         log_resp[i, c] = wlp[c, t]
                 if want_stats:
                     w = weights[i] if weighted else 1.0
@@ -534,7 +543,6 @@ def _variance_marginal(X, means, factors, log_weights, weights, want_stats, log_
             seen[j] = 1.0 if ok else 0.0
             x[j] = v if ok else 0.0
             n_obs += seen[j]
-        amax = -np.inf
         for c in range(n_components):  # branch-free over the features
             q = 0.0
             log_det = 0.0
@@ -543,21 +551,10 @@ def _variance_marginal(X, means, factors, log_weights, weights, want_stats, log_
                 q += t * t
                 log_det += log_factors[c, j] * seen[j]
             wlp[c] = log_weights[c] + log_det - 0.5 * n_obs * _LOG_2PI - 0.5 * q
-            if wlp[c] > amax:
-                amax = wlp[c]
-        underflow = amax == -np.inf
-        if not math.isfinite(amax):
-            amax = 0.0
-        total_exp = 0.0
-        for c in range(n_components):
-            wlp[c] = max(wlp[c] - amax, _LOG_TINY)
-            total_exp += math.exp(wlp[c])
-        log_s = math.log(total_exp)
-        row_norm = -np.inf if underflow else amax + log_s
+        row_norm = _log_normalise(wlp)
         log_norm[i] = row_norm
-        for c in range(n_components):
-            wlp[c] -= log_s
-            if with_resp:
+        if with_resp:
+            for c in range(n_components):
                 log_resp[i, c] = wlp[c]
         if not want_stats:
             continue
