@@ -300,7 +300,7 @@ class OnePass:
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-@_jit
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")  # per row: no call
 def _log_normalise(w):
     """One row's weighted log-probabilities ``w`` (per component) become, in place, its
     log-responsibilities (each term clipped at ``_LOG_TINY`` below the largest, as the
